@@ -1,0 +1,257 @@
+"""Runtime support for the generated XDR codecs in :mod:`pyvirtrpc._gen`.
+
+Contract:
+
+* :func:`decode` turns bytes into a value of a named XDR type and
+  :func:`encode` does the reverse.  Both are strict (RFC 4506 plus libvirt's
+  quirks): every ``<max>`` is enforced, every length is checked against the
+  bytes that remain before anything is allocated, padding must be zero,
+  optional-data flags must be 0 or 1, and trailing bytes are an error.
+* Any malformed input ends as :class:`~pyvirtrpc.errors.DecodeError` (or
+  :class:`~pyvirtrpc.errors.EncodeError` for a value that cannot be
+  encoded): never ``struct.error``, ``IndexError`` or an unbounded
+  allocation.
+* The generated decoders are a fast path with minimal checks.  When they
+  fail, the schema interpreter in :mod:`pyvirtrpc._xdrcheck` runs over the
+  same bytes to say exactly what was wrong and where (it is also the decoder
+  for the rare strings that are not valid UTF-8, which it keeps with
+  ``surrogateescape`` so they re-encode to the same bytes).
+
+This module does no I/O and keeps no global state beyond constants.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from struct import Struct
+from struct import error as StructError
+
+from .errors import DecodeError, EncodeError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs milliseconds at start-up; annotations only
+    from typing import Any, Callable, ClassVar, Optional
+
+    Decoder = Callable[[bytes, int, int], "tuple[Any, int]"]
+    Encoder = Callable[[Any, bytearray], None]
+
+#: Zero padding for 0..3 bytes (RFC 4506 section 3: pad to a multiple of 4).
+ZPAD = (b"", b"\0", b"\0\0", b"\0\0\0")
+
+#: Pre-built packers used by the generated code.
+u32 = Struct(">I")
+i32 = Struct(">i")
+FLAG0 = b"\0\0\0\0"
+FLAG1 = b"\0\0\0\1"
+
+
+class Bad(Exception):
+    """Internal signal from a fast-path codec; never escapes this package."""
+
+
+class Codec:
+    """A named XDR type with its generated encoder and decoder."""
+
+    __slots__ = ("name", "enc", "dec")
+
+    def __init__(self, name: str, enc: Encoder, dec: Decoder) -> None:
+        self.name = name
+        self.enc = enc
+        self.dec = dec
+
+    def __repr__(self) -> str:
+        return f"<Codec {self.name}>"
+
+
+class Procedure:
+    """One row of a program's procedure table.
+
+    ``args``, ``ret`` and ``msg`` are the codecs of the call arguments, the
+    reply and the event message (None for void).  They are looked up on
+    first use, so that a program's procedure-specific types are imported
+    only when a procedure needs them.
+    """
+
+    __slots__ = ("number", "name", "annotations", "_module", "_names", "args", "ret", "msg")
+
+    args: Optional[Codec]
+    ret: Optional[Codec]
+    msg: Optional[Codec]
+
+    def __init__(
+        self,
+        number: int,
+        name: str,
+        module: str,
+        args: Optional[str],
+        ret: Optional[str],
+        msg: Optional[str],
+        annotations: tuple[tuple[str, str], ...],
+    ) -> None:
+        self.number = number
+        self.name = name
+        self.annotations = annotations
+        self._module = module
+        self._names = (args, ret, msg)
+
+    def __getattr__(self, attr: str) -> Optional[Codec]:
+        # Only reached while a codec slot is still unset.
+        if attr not in ("args", "ret", "msg"):
+            raise AttributeError(attr)
+        import sys
+
+        module = sys.modules[self._module]
+        for slot, name in zip(("args", "ret", "msg"), self._names):
+            setattr(self, slot, None if name is None else getattr(module, "_c_" + name))
+        value: Optional[Codec] = object.__getattribute__(self, attr)
+        return value
+
+    def annotation(self, key: str) -> list[str]:
+        """Every value of ``@key`` (e.g. ``acl``) in file order."""
+        return [v for k, v in self.annotations if k == key]
+
+    def __repr__(self) -> str:
+        return f"<Procedure {self.number} {self.name}>"
+
+
+class XdrStruct:
+    """Base of generated struct classes: equality, repr and a dict view."""
+
+    __slots__ = ()
+    _fields: ClassVar[tuple[str, ...]] = ()
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return all(getattr(self, f) == getattr(other, f) for f in self._fields)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like a dataclass
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{f}={getattr(self, f)!r}" for f in self._fields)
+        return f"{type(self).__name__}({inner})"
+
+    def _asdict(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in self._fields}
+
+
+class XdrUnion:
+    """Base of generated union classes: a discriminant and one arm's value.
+
+    The discriminant keeps its name from the ``.x`` file (e.g. ``type``); the
+    arm's value is ``value`` and :attr:`arm` names the arm.
+    """
+
+    __slots__ = ()
+    _disc: ClassVar[str] = ""
+    _arms: ClassVar[dict[int, Optional[str]]] = {}
+    _default: ClassVar[Optional[str]] = None
+    _has_default: ClassVar[bool] = False
+
+    @property
+    def arm(self) -> Optional[str]:
+        d = getattr(self, self._disc)
+        if d in self._arms:
+            return self._arms[d]
+        return self._default
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return bool(getattr(self, self._disc) == getattr(other, self._disc) and self.value == other.value)  # type: ignore[attr-defined]
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        d = getattr(self, self._disc)
+        arm = self.arm
+        inner = f"{self._disc}={d!r}"
+        if arm:
+            inner += f", {arm}={self.value!r}"  # type: ignore[attr-defined]
+        return f"{type(self).__name__}({inner})"
+
+
+class OpenEnum(IntEnum):
+    """An XDR enum that also holds values it does not know.
+
+    A newer daemon may send a value added after our ``.x`` files; it decodes
+    to a pseudo-member named ``<ENUM>_UNKNOWN_<value>`` instead of failing.
+    Pseudo-members are not cached, so a hostile peer cannot grow memory.
+    """
+
+    @classmethod
+    def _missing_(cls, value: object) -> Optional[OpenEnum]:
+        if isinstance(value, int) and -0x80000000 <= value <= 0x7FFFFFFF:
+            member = int.__new__(cls, value)
+            member._name_ = f"{cls.__name__}_UNKNOWN_{value}"
+            member._value_ = value
+            return member
+        return None
+
+
+def enum_member(table: dict[int, Any], cls: type[OpenEnum], value: int) -> Any:
+    member = table.get(value)
+    if member is None:
+        member = cls(value)
+    return member
+
+
+def dec_chars(ints: tuple[int, ...]) -> bytes:
+    """``char x<N>``: each byte came as a 4-byte int (signed on x86, unsigned on ARM)."""
+    if ints and (min(ints) < -128 or max(ints) > 255):
+        raise Bad
+    return bytes([i & 255 for i in ints])
+
+
+def enc_chars(data: bytes) -> bytes:
+    # x86 libvirt sends char as signed: 0xC3 travels as 0xFFFFFFC3.
+    return Struct(">%di" % len(data)).pack(*[c - 256 if c > 127 else c for c in data])
+
+
+_DECODE_FAILURES = (Bad, StructError, IndexError, UnicodeDecodeError, ValueError, OverflowError)
+_ENCODE_FAILURES = (Bad, StructError, TypeError, AttributeError, ValueError, OverflowError, IndexError, KeyError)
+
+
+def decode(codec: Codec, data: bytes, offset: int = 0, end: Optional[int] = None) -> Any:
+    """Decode ``data[offset:end]`` as exactly one value of ``codec``'s type."""
+    if end is None:
+        end = len(data)
+    try:
+        value, o = codec.dec(data, offset, end)
+    except _DECODE_FAILURES:
+        from ._xdrcheck import explain_decode
+
+        # The interpreter either raises a precise DecodeError or, for the
+        # one case the fast path does not handle (non-UTF-8 strings),
+        # returns the value.
+        return explain_decode(codec.name, data, offset, end)
+    if o != end:
+        raise DecodeError(
+            f"{codec.name}: {end - o} unexpected trailing byte(s) after the value "
+            f"(the value ends at byte {o - offset} of {end - offset})"
+        )
+    return value
+
+
+def encode(codec: Codec, value: Any) -> bytes:
+    """Encode ``value`` as ``codec``'s type, or raise :class:`EncodeError`."""
+    w = bytearray()
+    try:
+        codec.enc(value, w)
+    except _ENCODE_FAILURES as exc:
+        from ._xdrcheck import explain_encode
+
+        raise explain_encode(codec.name, value, exc) from None
+    return bytes(w)
+
+
+def encode_into(codec: Codec, value: Any, w: bytearray) -> None:
+    """Append the encoding of ``value`` to ``w`` (left unchanged on failure)."""
+    mark = len(w)
+    try:
+        codec.enc(value, w)
+    except _ENCODE_FAILURES as exc:
+        del w[mark:]
+        from ._xdrcheck import explain_encode
+
+        raise explain_encode(codec.name, value, exc) from None

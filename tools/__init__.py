@@ -1,0 +1,1 @@
+"""Developer tools for pyvirtrpc (code generation); not shipped in the wheel."""

@@ -1,0 +1,86 @@
+"""Opening a connection: URI plan -> transport -> handshake -> virConnect.
+
+Contract: :func:`open_uri` does what ``virConnectOpenAuth`` does for the
+remote driver: resolve the URI (default URI, aliases, socket selection:
+:func:`pyvirtrpc.uri.plan`), bring up the transport the plan names, run
+the open handshake (:mod:`pyvirtrpc.core.handshake`), and wrap the result
+in a :class:`~pyvirtrpc._api.virConnect`.  On failure the channel is
+closed and the libvirtError the C client would report is raised (the
+caller reports it to the last-error machinery).  Transports other than
+unix are imported only when a URI needs them, so the unix path never
+imports ``ssl`` or ``subprocess``.
+"""
+
+from __future__ import annotations
+
+from . import uri as _uri
+from ._api import _Shared, virConnect
+from ._gen import constants as C
+from .client import Connection
+from .core import handshake as hs
+from .errors import libvirtError, make_error
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Optional
+
+    from .transport import Channel
+
+#: set by the event-loop module when an event loop implementation is registered
+#: (libvirt probes keepalive only when it can run keepalive timers)
+keepalive_possible = False
+
+
+def connect_channel(plan: Any, auth: Any, timeout: Optional[float]) -> Channel:
+    transport = plan.transport
+    if transport == "unix":
+        from .transport import unix
+
+        _uri_check = getattr(_uri, "check_local_socket", None)
+        if _uri_check is not None:
+            _uri_check(plan)
+        return unix.connect(plan.socket_path, timeout)
+    if transport in ("tcp", "tls"):
+        from .transport import tcp
+
+        return tcp.connect(plan, timeout)
+    if transport in ("ssh", "libssh", "libssh2", "ext"):
+        from .transport import command
+
+        return command.connect(plan, timeout)
+    raise make_error(C.VIR_ERR_INVALID_ARG, C.VIR_FROM_REMOTE, f"transport {transport!r} is not supported")
+
+
+def sasl_steps_factory(plan: Any, auth: Any, channel: Any) -> Callable[[Optional[str]], Any]:
+    """The SASL sub-handshake for this open, imported only if the server asks for SASL."""
+
+    def steps(mech: Optional[str]) -> Any:
+        from .core import auth as _auth
+
+        return _auth.sasl_steps(plan, auth, channel, mech)
+
+    return steps
+
+
+def open_uri(name: Optional[str], flags: int, auth: Any, *, timeout: Optional[float] = None) -> virConnect:
+    plan = _uri.plan(name, flags)
+    channel = connect_channel(plan, auth, timeout)
+    client = Connection(channel, timeout=timeout)
+    try:
+        params = hs.OpenParams(
+            plan.open_name,
+            plan.open_flags,
+            plan.auth,
+            want_keepalive=keepalive_possible,
+            need_uri=plan.effective_uri is None,
+            sasl=sasl_steps_factory(plan, auth, channel),
+        )
+        result = client.run_steps(hs.open_connection(params))
+    except libvirtError:
+        client.abort(C.VIR_CONNECT_CLOSE_REASON_CLIENT, make_error(C.VIR_ERR_INTERNAL_ERROR, C.VIR_FROM_RPC, "client socket is closed"))
+        raise
+    except BaseException:
+        client.abort(C.VIR_CONNECT_CLOSE_REASON_CLIENT, make_error(C.VIR_ERR_INTERNAL_ERROR, C.VIR_FROM_RPC, "client socket is closed"))
+        raise
+    uri_text = plan.effective_uri if plan.effective_uri is not None else result.uri
+    return virConnect(_Shared(client, uri_text, result, plan))

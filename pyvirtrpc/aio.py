@@ -1,0 +1,456 @@
+"""The asyncio client: the same operations as coroutines, on the same core.
+
+Contract::
+
+    import pyvirtrpc.aio as aio
+    conn = await aio.open("qemu:///system")
+    host = await conn.getHostname()
+    doms = await conn.listAllDomains()
+    await conn.close()
+
+* :func:`open`, :func:`openReadOnly`, :func:`openAuth` resolve the URI and
+  run the same handshake as the sync client
+  (:mod:`pyvirtrpc.core.handshake`), over an ``asyncio.Protocol``.
+* Many calls may be in flight on one connection (``asyncio.gather``); they
+  are multiplexed by serial.  Cancelling a call (``task.cancel()``, or
+  ``asyncio.wait_for``) abandons it without desynchronising the connection:
+  its late reply is dropped.  ``timeout=`` on a call, or a default per
+  connection, fails it with :class:`~pyvirtrpc.errors.OperationTimeoutError`.
+* Errors are libvirtErrors with the same codes and fields as the sync API;
+  unlike the sync API (which mirrors libvirt-python) they are not recorded
+  as the thread's last error nor printed: asyncio code handles exceptions.
+* When the connection dies every pending call fails at once with the
+  error libvirt reports, and close listeners run with the reason.
+* :meth:`AsyncConnection.call` is the raw escape hatch: any generated
+  procedure with its argument struct; :meth:`AsyncConnect.rpc_call` takes
+  a name or number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno as _errno
+
+from . import _ops
+from . import uri as _uri
+from ._gen import constants as C
+from ._gen import remote as R
+from .client import CLOSE_CLIENT, CLOSE_EOF, CLOSE_ERROR, PROGRAMS, REMOTE
+from .core import handshake as hs
+from .core.rpc import RPC, Call
+from .errors import from_fields, libvirtError, make_error, system_error
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Generator, Optional, Union
+
+    from ._xdr import Procedure
+
+P = R.PROCEDURES
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self, conn: AsyncConnection) -> None:
+        self.conn = conn
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.conn._transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.conn._received(data)
+
+    def eof_received(self) -> Optional[bool]:
+        self.conn._die(system_error(C.VIR_FROM_RPC, _errno.EIO, "End of file while reading data"), CLOSE_EOF)
+        return None
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        if exc is None:
+            err = system_error(C.VIR_FROM_RPC, _errno.EIO, "End of file while reading data")
+            self.conn._die(err, CLOSE_EOF)
+        else:
+            eno = getattr(exc, "errno", None) or _errno.EIO
+            self.conn._die(system_error(C.VIR_FROM_RPC, eno, "Cannot recv data"), CLOSE_ERROR)
+
+
+class AsyncConnection:
+    """The asyncio driver of :class:`~pyvirtrpc.core.rpc.RPC` (see the module docstring)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, timeout: Optional[float] = None) -> None:
+        self.loop = loop
+        self.rpc = RPC(PROGRAMS)
+        self.timeout = timeout
+        self._transport: Optional[asyncio.Transport] = None
+        self._dead: Optional[libvirtError] = None
+        self.layer: Any = None  # SASL security layer, once negotiated
+        self.is_secure = True
+        self.is_encrypted = False
+        self.event_sink: Optional[Callable[[list[tuple[Procedure, Any]]], None]] = None
+        self.close_listeners: list[Callable[[int, Optional[libvirtError]], None]] = []
+
+    @property
+    def alive(self) -> bool:
+        return self._dead is None
+
+    # -------------------------------------------------------------- data
+    def _received(self, data: bytes) -> None:
+        if self.layer is not None:
+            try:
+                data = self.layer.feed(data)
+            except libvirtError as exc:
+                self._die(exc, CLOSE_ERROR)
+                return
+            if not data:
+                return
+        rpc = self.rpc
+        try:
+            completed = rpc.receive(data)
+        except libvirtError as exc:
+            self._die(exc, CLOSE_ERROR)
+            return
+        for c in completed:
+            fut = c.waiter
+            if fut is not None and not fut.done():
+                if c.error is not None:
+                    fut.set_exception(c.error)
+                else:
+                    fut.set_result(c.result)
+        if rpc.outgoing:
+            out, rpc.outgoing = rpc.outgoing, []
+            for packet in out:
+                self._write(packet)
+        if rpc.events:
+            events, rpc.events = rpc.events, []
+            sink = self.event_sink
+            if sink is not None:
+                sink(events)
+
+    def _write(self, packet: bytes) -> None:
+        assert self._transport is not None
+        if self.layer is not None:
+            packet = self.layer.encode(packet)
+        self._transport.write(packet)
+
+    def send_packet(self, packet: bytes) -> None:
+        if self._dead is not None:
+            raise _closed()
+        self._write(packet)
+
+    # ------------------------------------------------------------- calls
+    async def call(
+        self, proc: Procedure, args: Any = None, *, program: int = REMOTE, version: int = 1, timeout: Any = None
+    ) -> Any:
+        """Make one call and return its decoded reply (None for void)."""
+        if self._dead is not None:
+            raise _closed()
+        call = self.rpc.request(program, version, proc, args)
+        fut = self.loop.create_future()
+        call.waiter = fut
+        self._write(call.packet)
+        if timeout is None:
+            timeout = self.timeout
+        try:
+            if timeout is None:
+                return await fut
+            return await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            self.rpc.abandon(call)
+            raise make_error(
+                C.VIR_ERR_OPERATION_TIMEOUT,
+                C.VIR_FROM_RPC,
+                f"no reply to {proc.name} (serial {call.serial}) within {timeout} s; the call was abandoned",
+            ) from None
+        except asyncio.CancelledError:
+            self.rpc.abandon(call)
+            raise
+
+    async def run_steps(self, gen: Generator[hs.Step, Any, Any]) -> Any:
+        try:
+            step = next(gen)
+            while True:
+                if isinstance(step, hs.Call):
+                    try:
+                        result = await self.call(step.procedure, step.args)
+                    except libvirtError as exc:
+                        step = gen.throw(exc)
+                        continue
+                    step = gen.send(result)
+                elif isinstance(step, hs.InstallLayer):
+                    self.layer = step.layer
+                    self.is_encrypted = self.is_encrypted or bool(getattr(step.layer, "ssf", 0))
+                    step = gen.send(None)
+                else:
+                    raise TypeError(f"unknown handshake step {step!r}")
+        except StopIteration as stop:
+            return stop.value
+
+    # ------------------------------------------------------------- death
+    def _die(self, error: libvirtError, reason: int) -> None:
+        if self._dead is not None:
+            return
+        self._dead = error
+        for c in self.rpc.fail_all(error):
+            fut = c.waiter
+            if fut is not None and not fut.done():
+                fut.set_exception(from_fields(error.err) if error.err else error)
+        if self._transport is not None:
+            self._transport.close()
+        listeners, self.close_listeners = self.close_listeners, []
+        for listener in listeners:
+            listener(reason, error)
+
+    def abort(self, reason: int, error: libvirtError) -> None:
+        self._die(error, reason)
+
+    async def close(self) -> None:
+        self.close_listeners = []
+        try:
+            if self._dead is None:
+                await self.call(P[R.REMOTE_PROC_CONNECT_CLOSE])
+        finally:
+            self._die(_closed(), CLOSE_CLIENT)
+
+
+def _closed() -> libvirtError:
+    return make_error(C.VIR_ERR_INTERNAL_ERROR, C.VIR_FROM_RPC, "client socket is closed")
+
+
+async def _connect(plan: Any, auth: Any, conn: AsyncConnection) -> None:
+    loop = conn.loop
+    if plan.transport == "unix":
+        check = getattr(_uri, "check_local_socket", None)
+        if check is not None:
+            check(plan)
+        path = plan.socket_path
+        try:
+            await loop.create_unix_connection(lambda: _Protocol(conn), path)
+        except OSError as exc:
+            raise system_error(C.VIR_FROM_RPC, exc.errno or _errno.EIO, f"Failed to connect socket to '{path}'") from None
+        return
+    # Other transports: bring the channel up with the blocking transport code
+    # in a worker thread (TLS handshake, ssh process), then hand asyncio the socket.
+    from ._open import connect_channel
+
+    channel = await loop.run_in_executor(None, connect_channel, plan, auth, None)
+    conn.is_secure = bool(getattr(channel, "is_secure", False))
+    conn.is_encrypted = bool(getattr(channel, "is_encrypted", False))
+    adopt = getattr(channel, "asyncio_adopt", None)
+    if adopt is not None:
+        await adopt(loop, lambda: _Protocol(conn))
+    else:
+        await loop.create_connection(lambda: _Protocol(conn), sock=channel)  # type: ignore[arg-type]
+
+
+async def _open(name: Optional[str], flags: int, auth: Any, timeout: Optional[float]) -> AsyncConnect:
+    plan = _uri.plan(name, flags)
+    conn = AsyncConnection(asyncio.get_running_loop(), timeout=timeout)
+    await _connect(plan, auth, conn)
+    try:
+        sasl = None
+        from ._open import sasl_steps_factory
+
+        sasl = sasl_steps_factory(plan, auth, conn)
+        params = hs.OpenParams(
+            plan.open_name, plan.open_flags, plan.auth, want_keepalive=False, need_uri=plan.effective_uri is None, sasl=sasl
+        )
+        result = await conn.run_steps(hs.open_connection(params))
+    except BaseException:
+        conn.abort(CLOSE_CLIENT, _closed())
+        raise
+    uri_text = plan.effective_uri if plan.effective_uri is not None else result.uri
+    return AsyncConnect(conn, uri_text, result)
+
+
+async def open(name: Optional[str] = None, flags: int = 0, *, timeout: Optional[float] = None) -> AsyncConnect:  # noqa: A001
+    return await _open(name, flags, None, timeout)
+
+
+async def openReadOnly(name: Optional[str] = None, *, timeout: Optional[float] = None) -> AsyncConnect:
+    return await _open(name, C.VIR_CONNECT_RO, None, timeout)
+
+
+async def openAuth(uri: Optional[str], auth: Any, flags: int = 0, *, timeout: Optional[float] = None) -> AsyncConnect:
+    return await _open(uri, flags, auth, timeout)
+
+
+class AsyncConnect:
+    """A connection: virConnect's operations as coroutines."""
+
+    def __init__(self, conn: AsyncConnection, uri: Optional[str], result: hs.OpenResult) -> None:
+        self.connection = conn
+        self._uri = uri
+        self._result = result
+        self._type: Optional[str] = None
+        self._closed = False
+
+    async def _call(self, number: int, args: Any = None, cname: str = "") -> Any:
+        if self._closed:
+            raise make_error(C.VIR_ERR_INVALID_CONN, C.VIR_FROM_DOMAIN, cname)
+        return await self.connection.call(P[number], args)
+
+    async def __aenter__(self) -> AsyncConnect:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        if not self._closed:
+            await self.close()
+
+    async def close(self) -> int:
+        if self._closed:
+            raise make_error(C.VIR_ERR_INVALID_CONN, C.VIR_FROM_DOMAIN, "virConnectClose")
+        self._closed = True
+        await self.connection.close()
+        return 0
+
+    def isAlive(self) -> int:
+        return 1 if self.connection.alive and not self._closed else 0
+
+    async def rpc_call(self, procedure: Union[str, int], args: Any = None, *, timeout: Any = None) -> Any:
+        from ._api import _proc
+
+        try:
+            proc = _proc(procedure)
+        except KeyError:
+            raise make_error(C.VIR_ERR_INVALID_ARG, C.VIR_FROM_RPC, f"unknown procedure {procedure!r}") from None
+        return await self.connection.call(proc, args, timeout=timeout)
+
+    async def getHostname(self) -> str:
+        return str((await self._call(R.REMOTE_PROC_CONNECT_GET_HOSTNAME, None, "virConnectGetHostname")).hostname)
+
+    async def getMaxVcpus(self, type: Optional[str]) -> int:  # noqa: A002
+        ret = await self._call(R.REMOTE_PROC_CONNECT_GET_MAX_VCPUS, R.remote_connect_get_max_vcpus_args(type), "virConnectGetMaxVcpus")
+        return int(ret.max_vcpus)
+
+    async def getFreeMemory(self) -> int:
+        return int((await self._call(R.REMOTE_PROC_NODE_GET_FREE_MEMORY, None, "virNodeGetFreeMemory")).freeMem)
+
+    async def getInfo(self) -> list[Any]:
+        return _ops.node_info(await self._call(R.REMOTE_PROC_NODE_GET_INFO, None, "virNodeGetInfo"))
+
+    async def getCellsFreeMemory(self, startCell: int, maxCells: int) -> list[int]:
+        if maxCells > R.REMOTE_NODE_MAX_CELLS:
+            raise make_error(C.VIR_ERR_RPC, C.VIR_FROM_REMOTE, f"too many NUMA cells: {maxCells} > {R.REMOTE_NODE_MAX_CELLS}")
+        ret = await self._call(
+            R.REMOTE_PROC_NODE_GET_CELLS_FREE_MEMORY,
+            R.remote_node_get_cells_free_memory_args(startCell, maxCells),
+            "virNodeGetCellsFreeMemory",
+        )
+        return [int(c) for c in ret.cells]
+
+    async def getType(self) -> str:
+        if self._type is None:
+            self._type = str((await self._call(R.REMOTE_PROC_CONNECT_GET_TYPE, None, "virConnectGetType")).type)
+        return self._type
+
+    async def getVersion(self) -> int:
+        return int((await self._call(R.REMOTE_PROC_CONNECT_GET_VERSION, None, "virConnectGetVersion")).hv_ver)
+
+    async def getLibVersion(self) -> int:
+        return int((await self._call(R.REMOTE_PROC_CONNECT_GET_LIB_VERSION, None, "virConnectGetLibVersion")).lib_ver)
+
+    def getURI(self) -> str:
+        if self._uri is None:
+            raise make_error(C.VIR_ERR_INTERNAL_ERROR, C.VIR_FROM_REMOTE, "connection has no URI")
+        return self._uri
+
+    async def isSecure(self) -> int:
+        ret = await self._call(R.REMOTE_PROC_CONNECT_IS_SECURE, None, "virConnectIsSecure")
+        return _ops.secure(self.connection.is_secure, ret)
+
+    async def isEncrypted(self) -> int:
+        ret = await self._call(R.REMOTE_PROC_CONNECT_IS_SECURE, None, "virConnectIsEncrypted")
+        return _ops.encrypted(self.connection.is_encrypted, self._result.auth_type, ret)
+
+    async def getCapabilities(self) -> str:
+        return str((await self._call(R.REMOTE_PROC_CONNECT_GET_CAPABILITIES, None, "virConnectGetCapabilities")).capabilities)
+
+    async def getSysinfo(self, flags: int = 0) -> str:
+        ret = await self._call(R.REMOTE_PROC_CONNECT_GET_SYSINFO, R.remote_connect_get_sysinfo_args(flags), "virConnectGetSysinfo")
+        return str(ret.sysinfo)
+
+    async def getSecurityModel(self) -> list[str]:
+        return _ops.security_model(await self._call(R.REMOTE_PROC_NODE_GET_SECURITY_MODEL, None, "virNodeGetSecurityModel"))
+
+    async def listAllDomains(self, flags: int = 0) -> list[AsyncDomain]:
+        ret = await self._call(
+            R.REMOTE_PROC_CONNECT_LIST_ALL_DOMAINS, R.remote_connect_list_all_domains_args(1, flags), "virConnectListAllDomains"
+        )
+        return [AsyncDomain(self, d) for d in ret.domains]
+
+    async def lookupByName(self, name: str) -> AsyncDomain:
+        ret = await self._call(R.REMOTE_PROC_DOMAIN_LOOKUP_BY_NAME, R.remote_domain_lookup_by_name_args(name), "virDomainLookupByName")
+        return AsyncDomain(self, ret.dom)
+
+    async def lookupByID(self, id: int) -> AsyncDomain:  # noqa: A002
+        ret = await self._call(R.REMOTE_PROC_DOMAIN_LOOKUP_BY_ID, R.remote_domain_lookup_by_id_args(id), "virDomainLookupByID")
+        return AsyncDomain(self, ret.dom)
+
+    async def lookupByUUIDString(self, uuidstr: str) -> AsyncDomain:
+        raw = _ops.parse_uuid(uuidstr)
+        if raw is None:
+            raise make_error(
+                C.VIR_ERR_INVALID_ARG, C.VIR_FROM_DOMAIN, "uuidstr in virDomainLookupByUUIDString must be a valid UUID"
+            )
+        ret = await self._call(R.REMOTE_PROC_DOMAIN_LOOKUP_BY_UUID, R.remote_domain_lookup_by_uuid_args(raw), "virDomainLookupByUUID")
+        return AsyncDomain(self, ret.dom)
+
+
+class AsyncDomain:
+    """A domain: virDomain's operations as coroutines."""
+
+    def __init__(self, conn: AsyncConnect, dom: Any) -> None:
+        self._conn = conn
+        self._dom = dom
+
+    async def _call(self, number: int, args: Any, cname: str) -> Any:
+        return await self._conn.connection.call(P[number], args)
+
+    def connect(self) -> AsyncConnect:
+        return self._conn
+
+    def name(self) -> str:
+        return str(self._dom.name)
+
+    def ID(self) -> int:
+        return int(self._dom.id)
+
+    def UUID(self) -> bytes:
+        return bytes(self._dom.uuid)
+
+    def UUIDString(self) -> str:
+        return _ops.format_uuid(self._dom.uuid)
+
+    async def info(self) -> list[int]:
+        return _ops.domain_info(await self._call(R.REMOTE_PROC_DOMAIN_GET_INFO, R.remote_domain_get_info_args(self._dom), "virDomainGetInfo"))
+
+    async def state(self, flags: int = 0) -> list[int]:
+        ret = await self._call(R.REMOTE_PROC_DOMAIN_GET_STATE, R.remote_domain_get_state_args(self._dom, flags), "virDomainGetState")
+        return [ret.state, ret.reason]
+
+    async def XMLDesc(self, flags: int = 0) -> str:
+        ret = await self._call(R.REMOTE_PROC_DOMAIN_GET_XML_DESC, R.remote_domain_get_xml_desc_args(self._dom, flags), "virDomainGetXMLDesc")
+        return str(ret.xml)
+
+    async def suspend(self) -> int:
+        await self._call(R.REMOTE_PROC_DOMAIN_SUSPEND, R.remote_domain_suspend_args(self._dom), "virDomainSuspend")
+        return 0
+
+    async def resume(self) -> int:
+        await self._call(R.REMOTE_PROC_DOMAIN_RESUME, R.remote_domain_resume_args(self._dom), "virDomainResume")
+        return 0
+
+    async def create(self) -> int:
+        ret = await self._call(
+            R.REMOTE_PROC_DOMAIN_CREATE_WITH_FLAGS, R.remote_domain_create_with_flags_args(self._dom, 0), "virDomainCreate"
+        )
+        self._dom = ret.dom
+        return 0
+
+    async def destroy(self) -> int:
+        await self._call(R.REMOTE_PROC_DOMAIN_DESTROY, R.remote_domain_destroy_args(self._dom), "virDomainDestroy")
+        return 0
+
+    def __repr__(self) -> str:
+        return f"<AsyncDomain {self._dom.name!r} id={self._dom.id}>"
+
+
+__all__ = ["open", "openReadOnly", "openAuth", "AsyncConnect", "AsyncDomain", "AsyncConnection", "Call"]

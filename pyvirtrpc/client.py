@@ -1,0 +1,432 @@
+"""The blocking (sync) driver of the protocol core: one connection, many threads.
+
+Contract:
+
+* :class:`Connection` wraps a connected :mod:`~pyvirtrpc.transport` channel
+  and an :class:`~pyvirtrpc.core.rpc.RPC`.  :meth:`Connection.call` sends a
+  call and returns its decoded reply, raising the call's libvirtError.
+* Thread-safe, and calls from several threads are in flight together,
+  multiplexed by serial: a caller sends its packet and then either becomes
+  the *reader* (reads from the channel and completes whichever calls the
+  replies belong to, its own included) or waits to be woken by the reader.
+  When the reader's own call completes it hands the reader role to a
+  waiting thread (libvirt's virNetClient "buck passing").  No lock is held
+  across the round trip, and a single-threaded caller reads for itself: no
+  extra thread is on its path.
+* A call may have a timeout (per connection, or per call).  A call that
+  times out fails with :class:`~pyvirtrpc.errors.OperationTimeoutError`
+  and is abandoned: its reply, when it comes, is dropped, and the
+  connection stays usable.
+* When the channel fails (EOF, I/O error, a protocol violation), every call
+  in flight fails at once with the error libvirt reports (``End of file
+  while reading data``, ``Cannot recv data``, ...), the channel is closed,
+  later calls fail with ``client socket is closed``, and the close
+  listeners run with the reason (ERROR, EOF, KEEPALIVE or CLIENT).
+* Keepalive PINGs are answered whenever packets are read; events are handed
+  to :attr:`Connection.event_sink` in arrival order.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import socket
+import threading
+from _thread import allocate_lock
+from time import monotonic
+
+from . import _log
+from ._gen import constants as C
+from ._gen import lxc as _lxc
+from ._gen import qemu as _qemu
+from ._gen import remote as _remote
+from .core import handshake as hs
+from .core.rpc import RPC, Call
+from .errors import OperationTimeoutError, TransportError, from_fields, libvirtError, make_error, system_error
+from .packet import HEAD, STATUS_NAMES, TYPE_NAMES
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Generator, Optional
+
+    from ._xdr import Procedure
+    from .packet import Message
+    from .transport import Channel
+
+#: libvirt's close reasons (virConnectCloseReason)
+CLOSE_ERROR = C.VIR_CONNECT_CLOSE_REASON_ERROR
+CLOSE_EOF = C.VIR_CONNECT_CLOSE_REASON_EOF
+CLOSE_KEEPALIVE = C.VIR_CONNECT_CLOSE_REASON_KEEPALIVE
+CLOSE_CLIENT = C.VIR_CONNECT_CLOSE_REASON_CLIENT
+
+PROGRAMS = {
+    _remote.PROGRAM: _remote.PROCEDURES,
+    _qemu.PROGRAM: _qemu.PROCEDURES,
+    _lxc.PROGRAM: _lxc.PROCEDURES,
+}
+REMOTE = _remote.PROGRAM
+#: How much one recv() asks for: a whole typical reply, or a big chunk of a large one.
+RECV_SIZE = 262144
+
+_USE_DEFAULT: Any = object()
+
+
+class _Waiter:
+    """A binary semaphore a waiting caller blocks on (cheaper than threading.Event)."""
+
+    __slots__ = ("_lock", "_set")
+
+    def __init__(self) -> None:
+        self._lock = allocate_lock()
+        self._lock.acquire()
+        self._set = False
+
+    def set(self) -> None:
+        # called with the connection lock held
+        if not self._set:
+            self._set = True
+            self._lock.release()
+
+    def wait(self, timeout: Optional[float]) -> bool:
+        ok = self._lock.acquire(True, -1 if timeout is None else max(timeout, 0.0))
+        if ok:
+            self._set = False
+        return ok
+
+
+def _copy(error: libvirtError) -> libvirtError:
+    """A fresh exception with the same fields (one instance per raising thread)."""
+    return from_fields(error.err) if error.err is not None else libvirtError(str(error))
+
+
+class Connection:
+    """See the module docstring."""
+
+    def __init__(self, channel: Channel, *, timeout: Optional[float] = None) -> None:
+        self.channel = channel
+        self.rpc = RPC(PROGRAMS)
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._reading = False
+        self._dead: Optional[libvirtError] = None
+        self._close_reason: Optional[int] = None
+        #: called (without locks held) after events were queued in rpc.events
+        self.event_sink: Optional[Callable[[list[tuple[Procedure, Any]]], None]] = None
+        #: called once when the connection goes away: (reason, error or None)
+        self.close_listeners: list[Callable[[int, Optional[libvirtError]], None]] = []
+        self._log = _log.logger("rpc") if _log.debug_enabled("rpc") else None
+        if self._log is not None:
+            self.rpc.trace = self._trace_in
+
+    # ------------------------------------------------------------ tracing
+    def _trace_in(self, m: Message) -> None:
+        self._trace("<", m.program, m.procedure, m.type, m.serial, m.status, len(m.data))
+
+    def _trace_out(self, packet: bytes) -> None:
+        n, prog, _vers, proc, mtype, serial, status = HEAD.unpack_from(packet, 0)
+        self._trace(">", prog, proc, mtype, serial, status, n)
+
+    def _trace(self, direction: str, prog: int, proc: int, mtype: int, serial: int, status: int, size: int) -> None:
+        assert self._log is not None
+        table = PROGRAMS.get(prog)
+        p = table.get(proc) if table is not None else None
+        if prog == 0x6B656570:
+            name = {1: "KEEPALIVE_PROC_PING", 2: "KEEPALIVE_PROC_PONG"}.get(proc, str(proc))
+        else:
+            name = p.name if p is not None else str(proc)
+        t = TYPE_NAMES[mtype] if 0 <= mtype < len(TYPE_NAMES) else str(mtype)
+        s = STATUS_NAMES[status] if 0 <= status < len(STATUS_NAMES) else str(status)
+        self._log.debug(
+            "%s prog=%#x proc=%s type=%s serial=%d status=%s size=%d", direction, prog, name, t, serial, s, size
+        )
+
+    # --------------------------------------------------------------- calls
+    @property
+    def alive(self) -> bool:
+        return self._dead is None
+
+    def call(
+        self, proc: Procedure, args: Any = None, *, program: int = REMOTE, version: int = 1, timeout: Any = _USE_DEFAULT
+    ) -> Any:
+        """Make one call and return its decoded reply (None for void)."""
+        lock = self._lock
+        with lock:
+            if self._dead is not None:
+                raise self._closed_error()
+            call = self.rpc.request(program, version, proc, args)
+        self._send(call.packet)
+        return self._wait(call, self.timeout if timeout is _USE_DEFAULT else timeout)
+
+    def _closed_error(self) -> libvirtError:
+        return make_error(C.VIR_ERR_INTERNAL_ERROR, C.VIR_FROM_RPC, "client socket is closed")
+
+    def send_packet(self, packet: bytes) -> None:
+        """Send a raw packet (stream data, keepalive) in order with the calls."""
+        with self._lock:
+            if self._dead is not None:
+                raise self._closed_error()
+        self._send(packet)
+
+    def _send(self, packet: bytes) -> None:
+        if self._log is not None:
+            self._trace_out(packet)
+        try:
+            with self._send_lock:
+                self.channel.sendall(packet)
+        except libvirtError as exc:  # a SASL layer may fail to encode
+            self._die(exc, CLOSE_ERROR)
+            raise _copy(exc) from None
+        except OSError as exc:
+            error = system_error(C.VIR_FROM_RPC, exc.errno or _errno.EIO, "Cannot write data")
+            self._die(error, CLOSE_ERROR)
+            raise _copy(error) from None
+
+    def _wait(self, call: Call, timeout: Optional[float]) -> Any:
+        lock = self._lock
+        deadline = None if timeout is None else monotonic() + timeout
+        while True:
+            lock.acquire()
+            if call.done:
+                lock.release()
+                break
+            if not self._reading:
+                self._reading = True
+                lock.release()
+                self._read_until(call, deadline, timeout)
+                break
+            waiter = call.waiter
+            if waiter is None:
+                waiter = call.waiter = _Waiter()
+            lock.release()
+            remaining = None if deadline is None else deadline - monotonic()
+            if not waiter.wait(remaining):
+                with lock:
+                    if not call.done:
+                        self.rpc.abandon(call)
+                        raise self._timeout_error(call, timeout)
+        if call.error is not None:
+            raise call.error
+        return call.result
+
+    @staticmethod
+    def _timeout_error(call: Call, timeout: Optional[float]) -> libvirtError:
+        return make_error(
+            C.VIR_ERR_OPERATION_TIMEOUT,
+            C.VIR_FROM_RPC,
+            f"no reply to {call.name or call.procedure} (serial {call.serial}) within {timeout} s; "
+            "the call was abandoned",
+        )
+
+    def _read_until(self, call: Call, deadline: Optional[float], timeout: Optional[float]) -> None:
+        """Be the reader until ``call`` completes (or times out, or the channel dies)."""
+        channel = self.channel
+        recv = channel.recv
+        rpc = self.rpc
+        lock = self._lock
+        timed = False
+        try:
+            while True:
+                if deadline is not None:
+                    remaining = deadline - monotonic()
+                    if remaining <= 0:
+                        raise socket.timeout()
+                    channel.settimeout(remaining)
+                    timed = True
+                elif timed:
+                    channel.settimeout(None)
+                    timed = False
+                try:
+                    data = recv(RECV_SIZE)
+                except socket.timeout:
+                    raise
+                except libvirtError as exc:  # SASL layer rejected a packet
+                    self._die(exc, CLOSE_ERROR)
+                    break
+                except OSError as exc:
+                    self._die(system_error(C.VIR_FROM_RPC, exc.errno or _errno.EIO, "Cannot recv data"), CLOSE_ERROR)
+                    break
+                if not data:
+                    self._die(system_error(C.VIR_FROM_RPC, _errno.EIO, "End of file while reading data"), CLOSE_EOF)
+                    break
+                with lock:
+                    try:
+                        completed = rpc.receive(data)
+                    except libvirtError as exc:
+                        completed = None
+                        protocol_error: Optional[libvirtError] = exc
+                    else:
+                        protocol_error = None
+                        for c in completed:
+                            w = c.waiter
+                            if w is not None:
+                                w.set()
+                    outgoing = rpc.outgoing
+                    if outgoing:
+                        rpc.outgoing = []
+                    events = rpc.events
+                    if events:
+                        rpc.events = []
+                if protocol_error is not None:
+                    self._die(protocol_error, CLOSE_ERROR)
+                    break
+                for packet in outgoing:
+                    self._send(packet)
+                if events:
+                    self._deliver(events)
+                if call.done:
+                    break
+        except socket.timeout:
+            with lock:
+                if not call.done:
+                    rpc.abandon(call)
+                    call.error = self._timeout_error(call, timeout)
+                    call.done = True
+        finally:
+            if timed:
+                try:
+                    channel.settimeout(None)
+                except OSError:
+                    pass
+            with lock:
+                self._reading = False
+                self._promote()
+
+    def _promote(self) -> None:
+        """Wake one waiting caller so that it takes over reading (lock held)."""
+        for c in self.rpc.calls.values():
+            w = c.waiter
+            if w is not None:
+                w.set()
+                return
+
+    def _deliver(self, events: list[tuple[Procedure, Any]]) -> None:
+        sink = self.event_sink
+        if sink is not None:
+            sink(events)
+
+    def pump(self, timeout: Optional[float] = 0.0) -> bool:
+        """Read and dispatch what has arrived, if no caller is reading (event loops use this).
+
+        Returns False when the connection is dead.
+        """
+        with self._lock:
+            if self._dead is not None:
+                return False
+            if self._reading:
+                return True
+            self._reading = True
+        # A call object nobody waits for: the loop reads until nothing is left.
+        probe = Call(0xFFFFFFFF, 0, 0, None, b"", "")
+        probe.done = True
+        try:
+            self.channel.settimeout(timeout)
+            try:
+                data = self.channel.recv(RECV_SIZE)
+            except socket.timeout:
+                return True
+            except libvirtError as exc:
+                self._die(exc, CLOSE_ERROR)
+                return False
+            except OSError as exc:
+                self._die(system_error(C.VIR_FROM_RPC, exc.errno or _errno.EIO, "Cannot recv data"), CLOSE_ERROR)
+                return False
+            finally:
+                try:
+                    self.channel.settimeout(None)
+                except OSError:
+                    pass
+            if not data:
+                self._die(system_error(C.VIR_FROM_RPC, _errno.EIO, "End of file while reading data"), CLOSE_EOF)
+                return False
+            with self._lock:
+                try:
+                    completed = self.rpc.receive(data)
+                except libvirtError as exc:
+                    error: Optional[libvirtError] = exc
+                    completed = []
+                else:
+                    error = None
+                for c in completed:
+                    if c.waiter is not None:
+                        c.waiter.set()
+                outgoing, self.rpc.outgoing = self.rpc.outgoing, []
+                events, self.rpc.events = self.rpc.events, []
+            if error is not None:
+                self._die(error, CLOSE_ERROR)
+                return False
+            for packet in outgoing:
+                self._send(packet)
+            if events:
+                self._deliver(events)
+            return True
+        finally:
+            with self._lock:
+                self._reading = False
+                self._promote()
+
+    # --------------------------------------------------------------- death
+    def _die(self, error: libvirtError, reason: int) -> None:
+        with self._lock:
+            if self._dead is not None:
+                return
+            self._dead = error
+            self._close_reason = reason
+            failed = self.rpc.fail_all(error)
+            for c in failed:
+                c.error = _copy(error)
+                if c.waiter is not None:
+                    c.waiter.set()
+        try:
+            self.channel.close()
+        except OSError:
+            pass
+        self._notify_close(reason, error)
+
+    def _notify_close(self, reason: int, error: Optional[libvirtError]) -> None:
+        listeners, self.close_listeners = self.close_listeners, []
+        for listener in listeners:
+            listener(reason, error)
+
+    def abort(self, reason: int, error: libvirtError) -> None:
+        """Kill the connection from outside (keepalive timeout, ...)."""
+        self._die(error, reason)
+
+    def close(self) -> None:
+        """CONNECT_CLOSE, then close the channel (listeners are not told: libvirt drops them first)."""
+        self.close_listeners = []
+        try:
+            if self._dead is None:
+                self.call(_remote.PROCEDURES[_remote.REMOTE_PROC_CONNECT_CLOSE])
+        finally:
+            self._die(make_error(C.VIR_ERR_INTERNAL_ERROR, C.VIR_FROM_RPC, "client socket is closed"), CLOSE_CLIENT)
+
+    # ----------------------------------------------------------- handshake
+    def run_steps(self, gen: Generator[hs.Step, Any, Any]) -> Any:
+        """Drive a handshake generator (see pyvirtrpc.core.handshake)."""
+        try:
+            step = next(gen)
+            while True:
+                if isinstance(step, hs.Call):
+                    try:
+                        result = self.call(step.procedure, step.args)
+                    except libvirtError as exc:
+                        step = gen.throw(exc)
+                        continue
+                    step = gen.send(result)
+                elif isinstance(step, hs.InstallLayer):
+                    self.install_layer(step.layer)
+                    step = gen.send(None)
+                else:
+                    raise TypeError(f"unknown handshake step {step!r}")
+        except StopIteration as stop:
+            return stop.value
+
+    def install_layer(self, layer: Any) -> None:
+        """Put a SASL security layer under the framing (after the last auth step)."""
+        from .transport.sasl import SaslChannel
+
+        with self._lock, self._send_lock:
+            self.channel = SaslChannel(self.channel, layer)
+
+
+__all__ = ["Connection", "TransportError", "OperationTimeoutError"]

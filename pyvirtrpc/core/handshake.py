@@ -1,0 +1,194 @@
+"""The open and close sequences, written once as generators (psycopg style).
+
+Contract: :func:`open_connection` is a generator that yields the steps a
+driver must perform and receives their results:
+
+* ``Call(procedure, args)``: send the call, ``send()`` back the decoded
+  return value, or ``throw()`` the libvirtError the call failed with;
+* ``InstallLayer(layer)``: put a negotiated SASL security layer under the
+  framing before the next packet (nothing is sent back).
+
+It follows the C client's ``doRemoteOpen``/``remoteAuthenticate`` step for
+step: AUTH_LIST (an old daemon's NO_SUPPORT means no auth), the forced or
+first-listed auth type (SASL, POLKIT or NONE), the keepalive probe
+(``CONNECT_SUPPORTS_FEATURE(PROGRAM_KEEPALIVE)``) only when the driver can
+run keepalive, CONNECT_OPEN with the name and flags libvirt sends,
+CONNECT_GET_URI when the application gave no URI, then the probes for
+features 14 (REMOTE_EVENT_CALLBACK) and 15 (REMOTE_CLOSE_CALLBACK).  Its
+return value is an :class:`OpenResult`.
+
+SASL negotiation is delegated to ``auth.sasl_steps`` (a sub-generator) so
+that this module stays the readable outline of the open.
+"""
+
+from __future__ import annotations
+
+from .._gen import constants as C
+from .._gen import remote as R
+from ..errors import libvirtError, make_error
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Generator, Optional
+
+    from .._xdr import Procedure
+
+    Steps = Generator["Step", Any, "OpenResult"]
+
+#: Remote driver feature numbers (libvirt_internal.h VIR_DRV_FEATURE_*).
+FEATURE_PROGRAM_KEEPALIVE = 10
+FEATURE_REMOTE_EVENT_CALLBACK = 14
+FEATURE_REMOTE_CLOSE_CALLBACK = 15
+
+#: Flags of CONNECT_OPEN: the remote driver's own bits (remote_driver.h).
+OPEN_RO = 1
+OPEN_USER = 2
+OPEN_AUTOSTART = 4
+
+
+class Step:
+    __slots__ = ()
+
+
+class Call(Step):
+    """Make one RPC call in the REMOTE program."""
+
+    __slots__ = ("procedure", "args")
+
+    def __init__(self, procedure: int, args: Any = None) -> None:
+        self.procedure: Procedure = R.PROCEDURES[procedure]
+        self.args = args
+
+    def __repr__(self) -> str:
+        return f"<Call {self.procedure.name}>"
+
+
+class InstallLayer(Step):
+    """Install a SASL security layer under the framing."""
+
+    __slots__ = ("layer",)
+
+    def __init__(self, layer: Any) -> None:
+        self.layer = layer
+
+
+class OpenResult:
+    __slots__ = ("auth_type", "keepalive", "uri", "event_callback", "close_callback", "sasl_ssf", "sasl_mech")
+
+    def __init__(self) -> None:
+        self.auth_type = R.REMOTE_AUTH_NONE
+        #: the server runs keepalive for us (we probed it and it said yes)
+        self.keepalive = False
+        #: the URI the daemon chose, when the application gave none
+        self.uri: Optional[str] = None
+        #: server-side event filtering (feature 14) and close callbacks (15)
+        self.event_callback = False
+        self.close_callback = False
+        #: SASL: negotiated security strength factor (0: no layer) and mechanism
+        self.sasl_ssf = 0
+        self.sasl_mech: Optional[str] = None
+
+
+class OpenParams:
+    """What the driver knows about this open (from the URI plan and the caller)."""
+
+    __slots__ = ("name", "flags", "auth", "want_keepalive", "need_uri", "sasl")
+
+    def __init__(
+        self,
+        name: str,
+        flags: int = 0,
+        auth: Optional[str] = None,
+        want_keepalive: bool = False,
+        need_uri: bool = False,
+        sasl: Optional[Callable[[Optional[str]], Steps]] = None,
+    ) -> None:
+        #: the name sent in CONNECT_OPEN ("" lets the daemon probe)
+        self.name = name
+        #: OPEN_RO / OPEN_USER / OPEN_AUTOSTART
+        self.flags = flags
+        #: the URI's auth= value: "sasl", "sasl.MECH", "polkit" or None
+        self.auth = auth
+        self.want_keepalive = want_keepalive
+        self.need_uri = need_uri
+        #: runs the SASL exchange; given the forced mechanism (or None)
+        self.sasl = sasl
+
+
+def _remote_error(code: int, detail: str) -> libvirtError:
+    return make_error(code, C.VIR_FROM_REMOTE, detail)
+
+
+def authenticate(params: OpenParams, result: OpenResult) -> Generator[Step, Any, None]:
+    """remoteAuthenticate: pick the auth type and run it."""
+    try:
+        ret = yield Call(R.REMOTE_PROC_AUTH_LIST)
+    except libvirtError as exc:
+        if exc.get_error_code() == C.VIR_ERR_NO_SUPPORT:
+            return  # a daemon older than AUTH_LIST: no authentication
+        raise
+    types = [int(t) for t in ret.types]
+    if not types:
+        return
+    if params.auth is not None:
+        authtype = params.auth
+        lowered = authtype.lower()
+        if lowered == "sasl" or lowered.startswith("sasl."):
+            want = R.REMOTE_AUTH_SASL
+        elif lowered == "polkit":
+            want = R.REMOTE_AUTH_POLKIT
+        else:
+            raise _remote_error(C.VIR_ERR_AUTH_FAILED, f"unknown authentication type {authtype}")
+        if want not in types:
+            raise _remote_error(C.VIR_ERR_AUTH_FAILED, f"requested authentication type {authtype} rejected")
+        chosen = want
+    else:
+        chosen = types[0]
+    result.auth_type = chosen
+    if chosen == R.REMOTE_AUTH_NONE:
+        return
+    if chosen == R.REMOTE_AUTH_POLKIT:
+        yield Call(R.REMOTE_PROC_AUTH_POLKIT)
+        return
+    if chosen == R.REMOTE_AUTH_SASL:
+        if params.sasl is None:
+            raise _remote_error(C.VIR_ERR_AUTH_FAILED, "SASL authentication is not available in this client")
+        mech = None
+        if params.auth is not None and params.auth.lower().startswith("sasl."):
+            mech = params.auth[5:]
+        sasl_result = yield from params.sasl(mech)
+        result.sasl_ssf = sasl_result.sasl_ssf
+        result.sasl_mech = sasl_result.sasl_mech
+        return
+    raise _remote_error(C.VIR_ERR_AUTH_FAILED, f"unsupported authentication type {chosen}")
+
+
+def _supports(feature: int) -> Generator[Step, Any, bool]:
+    ret = yield Call(R.REMOTE_PROC_CONNECT_SUPPORTS_FEATURE, R.remote_connect_supports_feature_args(feature))
+    return bool(ret.supported)
+
+
+def open_connection(params: OpenParams) -> Steps:
+    """doRemoteOpen after the transport is up (see the module docstring)."""
+    result = OpenResult()
+    yield from authenticate(params, result)
+    if params.want_keepalive:
+        try:
+            result.keepalive = yield from _supports(FEATURE_PROGRAM_KEEPALIVE)
+        except libvirtError:
+            # remoteConnectSupportsFeatureUnlocked treats a failure as "no"
+            result.keepalive = False
+    yield Call(R.REMOTE_PROC_CONNECT_OPEN, R.remote_connect_open_args(params.name, params.flags))
+    if params.need_uri:
+        ret = yield Call(R.REMOTE_PROC_CONNECT_GET_URI)
+        result.uri = ret.uri
+    for feature in (FEATURE_REMOTE_EVENT_CALLBACK, FEATURE_REMOTE_CLOSE_CALLBACK):
+        try:
+            supported = yield from _supports(feature)
+        except libvirtError:
+            supported = False
+        if feature == FEATURE_REMOTE_EVENT_CALLBACK:
+            result.event_callback = supported
+        else:
+            result.close_callback = supported
+    return result

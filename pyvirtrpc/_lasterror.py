@@ -72,13 +72,20 @@ def default_line(err: ErrTuple) -> str:
     return line if msg.endswith("\n") else line + "\n"
 
 
-def report(exc: errors.libvirtError) -> None:
-    """Record ``exc`` as this thread's last error and dispatch it to the handler."""
+def report(exc: errors.libvirtError, conn_handler: Optional[tuple[Handler, Any]] = None) -> None:
+    """Record ``exc`` as this thread's last error and dispatch it to the handler.
+
+    ``conn_handler`` is a connection's own ``(handler, ctx)``, which takes
+    priority over the global one as in libvirt's virDispatchError.
+    """
     err = exc.err
     if err is None:
         err = (1, 0, str(exc) or "An error occurred, but the cause is unknown", 2, None, None, None, 0, 0)
         exc.err = err
     _state.err = err
+    if conn_handler is not None:
+        conn_handler[0](conn_handler[1], err)
+        return
     handler = _handler
     if handler is not None:
         handler(_handler_ctx, err)

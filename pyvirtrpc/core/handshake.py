@@ -76,7 +76,7 @@ class OpenResult:
     __slots__ = ("auth_type", "keepalive", "uri", "event_callback", "close_callback", "sasl_ssf", "sasl_mech")
 
     def __init__(self) -> None:
-        self.auth_type = R.REMOTE_AUTH_NONE
+        self.auth_type: int = int(R.REMOTE_AUTH_NONE)
         #: the server runs keepalive for us (we probed it and it said yes)
         self.keepalive = False
         #: the URI the daemon chose, when the application gave none
@@ -134,9 +134,9 @@ def authenticate(params: OpenParams, result: OpenResult) -> Generator[Step, Any,
         authtype = params.auth
         lowered = authtype.lower()
         if lowered == "sasl" or lowered.startswith("sasl."):
-            want = R.REMOTE_AUTH_SASL
+            want = int(R.REMOTE_AUTH_SASL)
         elif lowered == "polkit":
-            want = R.REMOTE_AUTH_POLKIT
+            want = int(R.REMOTE_AUTH_POLKIT)
         else:
             raise _remote_error(C.VIR_ERR_AUTH_FAILED, f"unknown authentication type {authtype}")
         if want not in types:

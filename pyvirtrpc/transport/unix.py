@@ -26,6 +26,15 @@ class UnixChannel(socket.socket):
     is_encrypted = False
     transport = "unix"
 
+    def __del__(self) -> None:
+        # A connection dropped without close() (or collected in a reference
+        # cycle, where finalizers run in any order) closes its socket quietly,
+        # as the C library does when the last reference goes.
+        try:
+            self.close()
+        except OSError:
+            pass
+
 
 def connect(path: str, timeout: float | None = None) -> UnixChannel:
     if len(path.encode()) >= UNIX_PATH_MAX:

@@ -101,7 +101,7 @@ def configure(force: bool = False) -> None:
 
     class _Filter(logging.Filter):
         def filter(self, record: logging.LogRecord) -> bool:
-            category = record.name[len(ROOT) + 1:] if record.name.startswith(ROOT + ".") else record.name
+            category = record.name[len(ROOT) + 1 :] if record.name.startswith(ROOT + ".") else record.name
             for p, match in rules:
                 if match in category:
                     return record.levelno >= p

@@ -25,12 +25,14 @@ from __future__ import annotations
 from enum import IntEnum
 from struct import Struct
 from struct import error as StructError
+from struct import pack as _pack
+from struct import unpack as _unpack
 
-from .errors import DecodeError, EncodeError
+from .errors import DecodeError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs milliseconds at start-up; annotations only
-    from typing import Any, Callable, ClassVar, Optional
+    from typing import Any, Callable, ClassVar
 
     Decoder = Callable[[bytes, int, int], "tuple[Any, int]"]
     Encoder = Callable[[Any, bytearray], None]
@@ -74,18 +76,18 @@ class Procedure:
 
     __slots__ = ("number", "name", "annotations", "_module", "_names", "args", "ret", "msg")
 
-    args: Optional[Codec]
-    ret: Optional[Codec]
-    msg: Optional[Codec]
+    args: Codec | None
+    ret: Codec | None
+    msg: Codec | None
 
     def __init__(
         self,
         number: int,
         name: str,
         module: str,
-        args: Optional[str],
-        ret: Optional[str],
-        msg: Optional[str],
+        args: str | None,
+        ret: str | None,
+        msg: str | None,
         annotations: tuple[tuple[str, str], ...],
     ) -> None:
         self.number = number
@@ -94,7 +96,7 @@ class Procedure:
         self._module = module
         self._names = (args, ret, msg)
 
-    def __getattr__(self, attr: str) -> Optional[Codec]:
+    def __getattr__(self, attr: str) -> Codec | None:
         # Only reached while a codec slot is still unset.
         if attr not in ("args", "ret", "msg"):
             raise AttributeError(attr)
@@ -103,7 +105,7 @@ class Procedure:
         module = sys.modules[self._module]
         for slot, name in zip(("args", "ret", "msg"), self._names):
             setattr(self, slot, None if name is None else getattr(module, "_c_" + name))
-        value: Optional[Codec] = object.__getattribute__(self, attr)
+        value: Codec | None = object.__getattribute__(self, attr)
         return value
 
     def annotation(self, key: str) -> list[str]:
@@ -144,12 +146,12 @@ class XdrUnion:
 
     __slots__ = ()
     _disc: ClassVar[str] = ""
-    _arms: ClassVar[dict[int, Optional[str]]] = {}
-    _default: ClassVar[Optional[str]] = None
+    _arms: ClassVar[dict[int, str | None]] = {}
+    _default: ClassVar[str | None] = None
     _has_default: ClassVar[bool] = False
 
     @property
-    def arm(self) -> Optional[str]:
+    def arm(self) -> str | None:
         d = getattr(self, self._disc)
         if d in self._arms:
             return self._arms[d]
@@ -175,15 +177,17 @@ class OpenEnum(IntEnum):
     """An XDR enum that also holds values it does not know.
 
     A newer daemon may send a value added after our ``.x`` files; it decodes
-    to a pseudo-member named ``<ENUM>_UNKNOWN_<value>`` instead of failing.
+    to a pseudo-member named ``<ENUM>_UNKNOWN_<value>`` (e.g.
+    ``REMOTE_AUTH_TYPE_UNKNOWN_7``) instead of failing.  It equals the int,
+    encodes back to the same value, and is not a member of the class.
     Pseudo-members are not cached, so a hostile peer cannot grow memory.
     """
 
     @classmethod
-    def _missing_(cls, value: object) -> Optional[OpenEnum]:
+    def _missing_(cls, value: object) -> OpenEnum | None:
         if isinstance(value, int) and -0x80000000 <= value <= 0x7FFFFFFF:
             member = int.__new__(cls, value)
-            member._name_ = f"{cls.__name__}_UNKNOWN_{value}"
+            member._name_ = f"{cls.__name__.upper()}_UNKNOWN_{value}"
             member._value_ = value
             return member
         return None
@@ -204,33 +208,48 @@ def dec_chars(ints: tuple[int, ...]) -> bytes:
 
 
 def enc_chars(data: bytes) -> bytes:
-    # x86 libvirt sends char as signed: 0xC3 travels as 0xFFFFFFC3.
-    return Struct(">%di" % len(data)).pack(*[c - 256 if c > 127 else c for c in data])
+    # x86 libvirt sends char as signed: 0xC3 travels as 0xFFFFFFC3, which is
+    # what reading the bytes as signed chars ('b') and widening them gives.
+    n = len(data)
+    return _pack(f">{n}i", *_unpack(f"{n}b", data))
 
 
 _DECODE_FAILURES = (Bad, StructError, IndexError, UnicodeDecodeError, ValueError, OverflowError)
 _ENCODE_FAILURES = (Bad, StructError, TypeError, AttributeError, ValueError, OverflowError, IndexError, KeyError)
 
 
-def decode(codec: Codec, data: bytes, offset: int = 0, end: Optional[int] = None) -> Any:
-    """Decode ``data[offset:end]`` as exactly one value of ``codec``'s type."""
+def decode(codec: Codec, data: bytes, offset: int = 0, end: int | None = None) -> Any:
+    """Decode ``data[offset:end]`` as exactly one value of ``codec``'s type.
+
+    ``data`` may be any bytes-like object (it is copied to ``bytes`` unless
+    it is one, so that opaque values always come out as ``bytes``).
+    ``offset`` and ``end`` must lie inside ``data`` (else ``ValueError``:
+    that is the caller's mistake, not bad input).
+    """
+    if type(data) is not bytes:
+        data = bytes(data)
     if end is None:
         end = len(data)
+    if not 0 <= offset <= end <= len(data):
+        raise ValueError(f"decode: offset {offset} and end {end} do not lie inside {len(data)} bytes")
     try:
         value, o = codec.dec(data, offset, end)
     except _DECODE_FAILURES:
-        from ._xdrcheck import explain_decode
-
-        # The interpreter either raises a precise DecodeError or, for the
-        # one case the fast path does not handle (non-UTF-8 strings),
-        # returns the value.
-        return explain_decode(codec.name, data, offset, end)
-    if o != end:
+        o = -1
+    if o == end:
+        return value
+    if o < end and o >= 0:
         raise DecodeError(
             f"{codec.name}: {end - o} unexpected trailing byte(s) after the value "
             f"(the value ends at byte {o - offset} of {end - offset})"
         )
-    return value
+    # The fast path failed (or read past ``end``, which only ``unpack_from``
+    # can do: it checks against len(data)).  The interpreter either raises a
+    # precise DecodeError or, for the one case the fast path does not handle
+    # (strings that are not UTF-8), returns the value.
+    from ._xdrcheck import explain_decode
+
+    return explain_decode(codec.name, data, offset, end)
 
 
 def encode(codec: Codec, value: Any) -> bytes:

@@ -27,7 +27,9 @@ from .errors import DecodeError, EncodeError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Optional
+    from typing import Any
+
+    from ._xdr import Codec
 
     Spec = tuple[Any, ...]
 
@@ -45,7 +47,7 @@ _PRIM = {
     "ushort": (">I", 4, 0, 65535),
 }
 
-_types: Optional[dict[str, Spec]] = None
+_types: dict[str, Spec] | None = None
 _enums: dict[str, dict[int, str]] = {}
 _module_of: dict[str, str] = {}
 _min: dict[str, int] = {}
@@ -60,10 +62,25 @@ def types() -> dict[str, Spec]:
             schema = import_module(f"pyvirtrpc._gen.{mod}_schema")
             for name, spec in schema.TYPES.items():
                 merged[name] = spec
-                _module_of[name] = mod
+                _module_of[name] = f"pyvirtrpc._gen.{mod}"
             _enums.update(schema.ENUMS)
         _types = merged
     return _types
+
+
+def register(schema: Any, module: str) -> None:
+    """Add the type table of a module generated elsewhere (the generator's test fixtures).
+
+    ``schema`` is its ``*_schema`` module and ``module`` the full name of the
+    imported module that holds its classes and codecs.
+    """
+    merged = types()
+    for name, spec in schema.TYPES.items():
+        if name in merged and _module_of[name] != module:
+            raise ValueError(f"type {name} is already defined by {_module_of[name]}")
+        merged[name] = spec
+        _module_of[name] = module
+    _enums.update(schema.ENUMS)
 
 
 def enums() -> dict[str, dict[int, str]]:
@@ -71,10 +88,21 @@ def enums() -> dict[str, dict[int, str]]:
     return _enums
 
 
+def module_of(name: str) -> str:
+    """The full name of the module that defines a named type."""
+    types()
+    return _module_of[name]
+
+
 def pyclass(name: str) -> Any:
     """The generated class (or enum) for a named type."""
-    types()
-    return getattr(import_module(f"pyvirtrpc._gen.{_module_of[name]}"), name)
+    return getattr(import_module(module_of(name)), name)
+
+
+def codec(name: str) -> Codec:
+    """The generated :class:`~pyvirtrpc._xdr.Codec` of a named type."""
+    c: Codec = getattr(import_module(module_of(name)), "_c_" + name)
+    return c
 
 
 def min_size(spec: Spec) -> int:
@@ -89,11 +117,11 @@ def min_size(spec: Spec) -> int:
     if kind in ("string", "vopaque", "vchars", "varray", "optional", "enum"):
         return 4
     if kind == "opaque":
-        return spec[1] + (-spec[1] & 3)
+        return int(spec[1] + (-spec[1] & 3))
     if kind == "chars":
-        return 4 * spec[1]
+        return int(4 * spec[1])
     if kind == "array":
-        return spec[2] * min_size(spec[1])
+        return int(spec[2] * min_size(spec[1]))
     if kind == "typedef":
         return min_size(spec[1])
     if kind == "struct":
@@ -134,13 +162,20 @@ class _Reader:
     def unpack(self, fmt: str, size: int, path: str, what: str) -> Any:
         return struct.unpack(fmt, self.take(size, path, what))[0]
 
-    def length(self, path: str, what: str, limit: Optional[int], unit: int) -> int:
+    def length(self, path: str, what: str, limit: int | None, unit: int) -> int:
+        """Read a length word and check it against ``limit`` and the bytes left.
+
+        ``unit`` is the fewest bytes one element takes (at least 1, so that
+        even elements of size 0 cannot make a short input loop for long):
+        the check happens before anything is allocated.
+        """
         at = self.pos
         n: int = self.unpack(">I", 4, path, f"the length of {what}")
         if limit is not None and n > limit:
             self.pos = at
             raise self.fail(path, f"{what} has length {n}, more than its maximum {limit}")
         remain = self.end - self.pos
+        unit = max(unit, 1)
         if n * unit > remain:
             self.pos = at
             need = f"{n} elements need at least {n * unit} bytes" if unit != 1 else f"length {n} needs {n} bytes"
@@ -162,7 +197,7 @@ def _chars(r: _Reader, count: int, path: str) -> bytes:
         v = r.unpack(">i", 4, f"{path}[{i}]", "a char")
         if not -128 <= v <= 255:
             r.pos -= 4
-            raise r.fail(f"{path}[{i}]", f"char value {v} is out of range")
+            raise r.fail(f"{path}[{i}]", f"char value {v} is out of range -128..255")
         out.append(v & 255)
     return bytes(out)
 
@@ -182,18 +217,18 @@ def _dec(r: _Reader, spec: Spec, path: str) -> Any:
         return _dec_named(r, spec[1], path)
     if kind == "string":
         n = r.length(path, "the string", spec[1], 1)
-        value = r.take(n, path, "the string").decode("utf-8", "surrogateescape")
+        text = r.take(n, path, "the string").decode("utf-8", "surrogateescape")
         r.padding(n, path)
-        return value
+        return text
     if kind == "opaque":
-        value = r.take(spec[1], path, "fixed-length opaque data")
+        fixed = r.take(spec[1], path, "fixed-length opaque data")
         r.padding(spec[1], path)
-        return value
+        return fixed
     if kind == "vopaque":
         n = r.length(path, "the opaque data", spec[1], 1)
-        value = r.take(n, path, "opaque data")
+        data = r.take(n, path, "opaque data")
         r.padding(n, path)
-        return value
+        return data
     if kind == "chars":
         return _chars(r, spec[1], path)
     if kind == "vchars":
@@ -242,17 +277,22 @@ def _dec_named(r: _Reader, name: str, path: str) -> Any:
                 return pyclass(name)(d, v)
         if spec[3] is None:
             r.pos -= 4
-            raise r.fail(f"{path}.{dname}", f"{int(d)} is not a case of union {name}")
+            cases = ", ".join(str(v) for values, _, _ in spec[2] for v in values)
+            raise r.fail(f"{path}.{dname}", f"expected a case of union {name} ({cases}), got {int(d)}")
         arm, aspec = spec[3]
         v = None if aspec is None else _dec(r, aspec, f"{path}.{arm}")
         return pyclass(name)(d, v)
     raise ValueError(f"unknown schema kind {kind!r}")
 
 
-def decode_value(name: str, data: bytes, offset: int = 0, end: Optional[int] = None) -> Any:
+def decode_value(name: str, data: bytes, offset: int = 0, end: int | None = None) -> Any:
     """Decode ``data[offset:end]`` as one value of the named type, strictly."""
+    if type(data) is not bytes:
+        data = bytes(data)
     if end is None:
         end = len(data)
+    if not 0 <= offset <= end <= len(data):
+        raise ValueError(f"decode_value: offset {offset} and end {end} do not lie inside {len(data)} bytes")
     r = _Reader(data, offset, end)
     value = _dec_named(r, name, name)
     if r.pos != end:
@@ -291,8 +331,8 @@ def _check(spec: Spec, v: Any, path: str) -> None:
         if not isinstance(v, int):
             raise EncodeError(f"{path}: expected an int for {kind}, got {_kind_name(v)}")
         _, _, lo, hi = _PRIM[kind]
-        if not lo <= v <= hi:
-            raise EncodeError(f"{path}: {kind} value {v} is out of range {lo}..{hi}")
+        if lo is not None and hi is not None and not lo <= v <= hi:
+            raise EncodeError(f"{path}: expected {kind} in {lo}..{hi}, got {v}")
         return
     if kind == "ref":
         _check_named(spec[1], v, path)
@@ -300,9 +340,16 @@ def _check(spec: Spec, v: Any, path: str) -> None:
     if kind == "string":
         if not isinstance(v, str):
             raise EncodeError(f"{path}: expected a str, got {_kind_name(v)}")
-        n = len(v.encode("utf-8", "surrogateescape"))
+        try:
+            n = len(v.encode("utf-8", "surrogateescape"))
+        except UnicodeEncodeError as exc:
+            # Only U+DC80..U+DCFF stand for raw bytes; other lone surrogates have no UTF-8 form.
+            raise EncodeError(
+                f"{path}: expected a str encodable as UTF-8, got a lone surrogate "
+                f"{v[exc.start]!r} at index {exc.start}"
+            ) from None
         if spec[1] is not None and n > spec[1]:
-            raise EncodeError(f"{path}: string of {n} bytes is longer than its maximum {spec[1]}")
+            raise EncodeError(f"{path}: expected a string of at most {spec[1]} bytes, got {n} bytes")
         return
     if kind in ("opaque", "vopaque", "chars", "vchars"):
         if not isinstance(v, (bytes, bytearray, memoryview)):
@@ -311,7 +358,7 @@ def _check(spec: Spec, v: Any, path: str) -> None:
         if kind in ("opaque", "chars") and n != spec[1]:
             raise EncodeError(f"{path}: expected exactly {spec[1]} bytes, got {n}")
         if kind in ("vopaque", "vchars") and spec[1] is not None and n > spec[1]:
-            raise EncodeError(f"{path}: {n} bytes is more than the maximum {spec[1]}")
+            raise EncodeError(f"{path}: expected at most {spec[1]} bytes, got {n}")
         return
     if kind in ("array", "varray"):
         if not isinstance(v, (list, tuple)):
@@ -319,7 +366,7 @@ def _check(spec: Spec, v: Any, path: str) -> None:
         if kind == "array" and len(v) != spec[2]:
             raise EncodeError(f"{path}: expected exactly {spec[2]} elements, got {len(v)}")
         if kind == "varray" and spec[2] is not None and len(v) > spec[2]:
-            raise EncodeError(f"{path}: {len(v)} elements is more than the maximum {spec[2]}")
+            raise EncodeError(f"{path}: expected at most {spec[2]} elements, got {len(v)}")
         for i, item in enumerate(v):
             _check(spec[1], item, f"{path}[{i}]")
         return
@@ -353,12 +400,13 @@ def _check_named(name: str, v: Any, path: str) -> None:
                 _check_arm(aspec, v.value, f"{path}.{arm}" if arm else path)
                 return
         if spec[3] is None:
-            raise EncodeError(f"{path}.{dname}: {d} is not a case of union {name}")
+            cases = ", ".join(str(x) for values, _, _ in spec[2] for x in values)
+            raise EncodeError(f"{path}.{dname}: expected a case of union {name} ({cases}), got {d!r}")
         arm, aspec = spec[3]
         _check_arm(aspec, v.value, f"{path}.{arm}" if arm else path)
 
 
-def _check_arm(aspec: Optional[Spec], value: Any, path: str) -> None:
+def _check_arm(aspec: Spec | None, value: Any, path: str) -> None:
     if aspec is None:
         if value is not None:
             raise EncodeError(f"{path}: a void arm takes no value, got {_kind_name(value)}")

@@ -22,10 +22,6 @@ from struct import Struct
 
 from .errors import DecodeError
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from typing import Optional
-
 # ---------------------------------------------------------------- limits
 #: The length word itself (VIR_NET_MESSAGE_LEN_MAX).
 LEN_SIZE = 4
@@ -145,7 +141,7 @@ def encode_packet(
     serial: int,
     status: int,
     payload: bytes = b"",
-    nfds: Optional[int] = None,
+    nfds: int | None = None,
 ) -> bytes:
     """Build one packet.  ``nfds`` is required for the ``*_WITH_FDS`` types."""
     if mtype in WITH_FDS:
@@ -170,7 +166,7 @@ class Deframer:
     def __init__(self) -> None:
         self._buf = bytearray()
         self._pos = 0
-        self._error: Optional[DecodeError] = None
+        self._error: DecodeError | None = None
 
     def feed(self, data: bytes) -> None:
         if self._error is not None:
@@ -197,14 +193,14 @@ class Deframer:
         return len(self._buf) - self._pos
 
     def wanted(self) -> int:
-        """Bytes still missing for the packet being received (at least 1 if none is complete)."""
+        """Bytes still missing for the packet being received (0 when one is complete)."""
         avail = len(self._buf) - self._pos
         if avail < 4:
             return 4 - avail
-        n = _U32.unpack_from(self._buf, self._pos)[0]
+        n: int = _U32.unpack_from(self._buf, self._pos)[0]
         return max(n - avail, 0)
 
-    def next(self) -> Optional[Message]:
+    def next(self) -> Message | None:
         """The next complete message, or None until more bytes arrive."""
         if self._error is not None:
             raise self._error
@@ -226,13 +222,19 @@ class Deframer:
             del buf[:pos]
             pos = 0
         self._pos = pos
-        if avail - n >= 4:
-            self._check(_U32.unpack_from(buf, pos)[0])
         try:
-            return parse_packet(packet)
+            msg = parse_packet(packet)
         except DecodeError as exc:
             self._error = exc
             raise
+        if avail - n >= 4:
+            # Refuse a bad length word that follows as soon as it is seen,
+            # but only from the next call: this packet was good.
+            try:
+                check_length(_U32.unpack_from(buf, pos)[0])
+            except DecodeError as exc:
+                self._error = exc
+        return msg
 
     def __iter__(self) -> Deframer:
         return self

@@ -49,19 +49,19 @@ from .packet import (
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Optional
+    from typing import Any
 
     from ._xdr import Codec, Procedure
 
 _RAW = object()  # body kind: payload bytes as they are
 
 
-def _procedure(program: int, procedure: int) -> Optional[Procedure]:
+def _procedure(program: int, procedure: int) -> Procedure | None:
     entry = PROGRAMS.get(program)
     if entry is None:
         return None
     module = import_module(f"pyvirtrpc._gen.{entry[0]}")
-    p: Optional[Procedure] = module.PROCEDURES.get(procedure)
+    p: Procedure | None = module.PROCEDURES.get(procedure)
     return p
 
 
@@ -91,7 +91,9 @@ def body_codec(m: Message) -> Any:
 class WireMessage:
     """A decoded packet (see the module docstring)."""
 
-    __slots__ = ("program", "version", "procedure", "type", "serial", "status", "nfds", "procedure_name", "body", "_codec")
+    __slots__ = (
+        "program", "version", "procedure", "type", "serial", "status", "nfds", "procedure_name", "body", "_codec",
+    )
 
     def __init__(self, m: Message) -> None:
         self.program = m.program

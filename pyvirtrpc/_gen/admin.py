@@ -12,6 +12,8 @@ from struct import Struct as _Struct
 from struct import pack as _pack
 from struct import unpack_from as _unpack_from
 
+_new = object.__new__  # decoders fill __slots__ directly instead of calling __init__
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: it costs milliseconds at start-up
     from typing import Any, Optional, Union
@@ -27,7 +29,6 @@ from .._xdr import XdrStruct as _XdrStruct
 from .._xdr import XdrUnion as _XdrUnion
 from .._xdr import dec_chars as _dec_chars
 from .._xdr import enc_chars as _enc_chars
-from .._xdr import enum_member as _enum_member
 
 __all__: list[str] = []  # import names explicitly
 
@@ -40,6 +41,24 @@ _S_QqII = _Struct('>QqII')
 _S_d = _Struct('>d')
 _S_i = _Struct('>i')
 _S_q = _Struct('>q')
+_P_I = _S_I.pack
+_P_II = _S_II.pack
+_P_Q = _S_Q.pack
+_P_QI = _S_QI.pack
+_P_QqI = _S_QqI.pack
+_P_QqII = _S_QqII.pack
+_P_d = _S_d.pack
+_P_i = _S_i.pack
+_P_q = _S_q.pack
+_U_I = _S_I.unpack_from
+_U_II = _S_II.unpack_from
+_U_Q = _S_Q.unpack_from
+_U_QI = _S_QI.unpack_from
+_U_QqI = _S_QqI.unpack_from
+_U_QqII = _S_QqII.unpack_from
+_U_d = _S_d.unpack_from
+_U_i = _S_i.unpack_from
+_U_q = _S_q.unpack_from
 
 # ---------------------------------------------------------------- constants
 ADMIN_STRING_MAX: int = 4194304
@@ -670,13 +689,17 @@ class admin_connect_set_daemon_timeout_args(_XdrStruct):
 # ------------------------------------------------------------------- codecs
 
 def _d_admin_nonnull_string(b: bytes, o: int, n: int) -> tuple[str, int]:
-    n1 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    n1, = _U_I(b, o)
     o += 4
     e2 = o + n1
-    if e2 > n or n1 > 4194304: raise _Bad
+    if e2 > n or big and n1 > 4194304: raise _Bad
     v = b[o:e2].decode()
-    o = e2 + (-n1 & 3)
-    if n1 & 3 and b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
     return v, o
 
 
@@ -684,24 +707,28 @@ def _e_admin_nonnull_string(v: str, w: bytearray) -> None:
     s1 = v.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_admin_string(b: bytes, o: int, n: int) -> tuple[Optional[str], int]:
-    n1 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    n1, = _U_I(b, o)
     o += 4
     if n1 == 0:
         v = None
     elif n1 == 1:
-        n2 = _S_I.unpack_from(b, o)[0]
+        n2, = _U_I(b, o)
         o += 4
         e3 = o + n2
-        if e3 > n or n2 > 4194304: raise _Bad
+        if e3 > n or big and n2 > 4194304: raise _Bad
         v = b[o:e3].decode()
-        o = e3 + (-n2 & 3)
-        if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
+        if n2 & 3:
+            o = e3 + 4 - (n2 & 3)
+            if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+        else:
+            o = e3
     else:
         raise _Bad
     return v, o
@@ -715,66 +742,72 @@ def _e_admin_string(v: Optional[str], w: bytearray) -> None:
         s1 = v.encode('utf-8', 'surrogateescape')
         n2 = len(s1)
         if n2 > 4194304: raise _Bad
-        w += _S_I.pack(n2)
+        w += _P_I(n2)
         w += s1
         if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_admin_typed_param_value(b: bytes, o: int, n: int) -> tuple[admin_typed_param_value, int]:
-    d = _S_i.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    u = _new(admin_typed_param_value)
+    d1, = _U_i(b, o)
     o += 4
-    if d == 1:
-        v = _S_i.unpack_from(b, o)[0]
+    if d1 == 1:
+        u.value, = _U_i(b, o)
         o += 4
-    elif d == 2:
-        v = _S_I.unpack_from(b, o)[0]
+    elif d1 == 2:
+        u.value, = _U_I(b, o)
         o += 4
-    elif d == 3:
-        v = _S_q.unpack_from(b, o)[0]
+    elif d1 == 3:
+        u.value, = _U_q(b, o)
         o += 8
-    elif d == 4:
-        v = _S_Q.unpack_from(b, o)[0]
+    elif d1 == 4:
+        u.value, = _U_Q(b, o)
         o += 8
-    elif d == 5:
-        v = _S_d.unpack_from(b, o)[0]
+    elif d1 == 5:
+        u.value, = _U_d(b, o)
         o += 8
-    elif d == 6:
-        v = _S_i.unpack_from(b, o)[0]
+    elif d1 == 6:
+        u.value, = _U_i(b, o)
         o += 4
-    elif d == 7:
-        n1 = _S_I.unpack_from(b, o)[0]
+    elif d1 == 7:
+        n2, = _U_I(b, o)
         o += 4
-        e2 = o + n1
-        if e2 > n or n1 > 4194304: raise _Bad
-        v = b[o:e2].decode()
-        o = e2 + (-n1 & 3)
-        if n1 & 3 and b[e2:o] != _ZPAD[o - e2]: raise _Bad
+        e3 = o + n2
+        if e3 > n or big and n2 > 4194304: raise _Bad
+        u.value = b[o:e3].decode()
+        if n2 & 3:
+            o = e3 + 4 - (n2 & 3)
+            if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+        else:
+            o = e3
     else:
         raise _Bad
-    return admin_typed_param_value(d, v), o
+    u.type = d1
+    return u, o
 
 
 def _e_admin_typed_param_value(v: admin_typed_param_value, w: bytearray) -> None:
     d = v.type
-    x = v.value
-    w += _S_i.pack(d)
+    x: Any = v.value
+    w += _P_i(d)
     if d == 1:
-        w += _S_i.pack(x)
+        w += _P_i(x)
     elif d == 2:
-        w += _S_I.pack(x)
+        w += _P_I(x)
     elif d == 3:
-        w += _S_q.pack(x)
+        w += _P_q(x)
     elif d == 4:
-        w += _S_Q.pack(x)
+        w += _P_Q(x)
     elif d == 5:
-        w += _S_d.pack(x)
+        w += _P_d(x)
     elif d == 6:
-        w += _S_i.pack(x)
+        w += _P_i(x)
     elif d == 7:
         s1 = x.encode('utf-8', 'surrogateescape')
         n2 = len(s1)
         if n2 > 4194304: raise _Bad
-        w += _S_I.pack(n2)
+        w += _P_I(n2)
         w += s1
         if n2 & 3: w += _ZPAD[-n2 & 3]
     else:
@@ -782,59 +815,110 @@ def _e_admin_typed_param_value(v: admin_typed_param_value, w: bytearray) -> None
 
 
 def _d_admin_typed_param(b: bytes, o: int, n: int) -> tuple[admin_typed_param, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(admin_typed_param)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_field_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    f_value_4, o = _d_admin_typed_param_value(b, o, n)
-    return admin_typed_param(f_field_1, f_value_4), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.field = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    x3 = _new(admin_typed_param_value)
+    d4, = _U_i(b, o)
+    o += 4
+    if d4 == 1:
+        x3.value, = _U_i(b, o)
+        o += 4
+    elif d4 == 2:
+        x3.value, = _U_I(b, o)
+        o += 4
+    elif d4 == 3:
+        x3.value, = _U_q(b, o)
+        o += 8
+    elif d4 == 4:
+        x3.value, = _U_Q(b, o)
+        o += 8
+    elif d4 == 5:
+        x3.value, = _U_d(b, o)
+        o += 8
+    elif d4 == 6:
+        x3.value, = _U_i(b, o)
+        o += 4
+    elif d4 == 7:
+        n5, = _U_I(b, o)
+        o += 4
+        e6 = o + n5
+        if e6 > n or big and n5 > 4194304: raise _Bad
+        x3.value = b[o:e6].decode()
+        if n5 & 3:
+            o = e6 + 4 - (n5 & 3)
+            if b[e6:o] != _ZPAD[o - e6]: raise _Bad
+        else:
+            o = e6
+    else:
+        raise _Bad
+    x3.type = d4
+    v.value = x3
+    return v, o
 
 
 def _e_admin_typed_param(v: admin_typed_param, w: bytearray) -> None:
     s1 = v.field.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
     _e_admin_typed_param_value(v.value, w)
 
 
 def _d_admin_nonnull_server(b: bytes, o: int, n: int) -> tuple[admin_nonnull_server, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(admin_nonnull_server)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_name_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    return admin_nonnull_server(f_name_1), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.name = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_admin_nonnull_server(v: admin_nonnull_server, w: bytearray) -> None:
     s1 = v.name.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_admin_nonnull_client(b: bytes, o: int, n: int) -> tuple[admin_nonnull_client, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(admin_nonnull_client)
+    x1 = _new(admin_nonnull_server)
+    v.srv = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_id_5, f_timestamp_6, f_transport_7 = _S_QqI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    v.id, v.timestamp, v.transport = _U_QqI(b, o)
     o += 20
-    f_srv_1 = admin_nonnull_server(f_name_2)
-    return admin_nonnull_client(f_srv_1, f_id_5, f_timestamp_6, f_transport_7), o
+    return v, o
 
 
 def _e_admin_nonnull_client(v: admin_nonnull_client, w: bytearray) -> None:
@@ -842,110 +926,134 @@ def _e_admin_nonnull_client(v: admin_nonnull_client, w: bytearray) -> None:
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
-    w += _S_QqI.pack(v.id, v.timestamp, v.transport)
+    w += _P_QqI(v.id, v.timestamp, v.transport)
 
 
 def _d_admin_connect_open_args(b: bytes, o: int, n: int) -> tuple[admin_connect_open_args, int]:
-    f_flags_1 = _S_I.unpack_from(b, o)[0]
+    v = _new(admin_connect_open_args)
+    v.flags, = _U_I(b, o)
     o += 4
-    return admin_connect_open_args(f_flags_1), o
+    return v, o
 
 
 def _e_admin_connect_open_args(v: admin_connect_open_args, w: bytearray) -> None:
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_admin_connect_get_lib_version_ret(b: bytes, o: int, n: int) -> tuple[admin_connect_get_lib_version_ret, int]:
-    f_libVer_1 = _S_Q.unpack_from(b, o)[0]
+    v = _new(admin_connect_get_lib_version_ret)
+    v.libVer, = _U_Q(b, o)
     o += 8
-    return admin_connect_get_lib_version_ret(f_libVer_1), o
+    return v, o
 
 
 def _e_admin_connect_get_lib_version_ret(v: admin_connect_get_lib_version_ret, w: bytearray) -> None:
-    w += _S_Q.pack(v.libVer)
+    w += _P_Q(v.libVer)
 
 
 def _d_admin_connect_list_servers_args(b: bytes, o: int, n: int) -> tuple[admin_connect_list_servers_args, int]:
-    f_need_results_1, f_flags_2 = _S_II.unpack_from(b, o)
+    v = _new(admin_connect_list_servers_args)
+    v.need_results, v.flags = _U_II(b, o)
     o += 8
-    return admin_connect_list_servers_args(f_need_results_1, f_flags_2), o
+    return v, o
 
 
 def _e_admin_connect_list_servers_args(v: admin_connect_list_servers_args, w: bytearray) -> None:
-    w += _S_II.pack(v.need_results, v.flags)
+    w += _P_II(v.need_results, v.flags)
 
 
 def _d_admin_connect_list_servers_ret(b: bytes, o: int, n: int) -> tuple[admin_connect_list_servers_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(admin_connect_list_servers_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 16384 or n2 * 4 > n - o: raise _Bad
-    f_servers_1 = []
-    for _ in range(n2):
-        n5 = _S_I.unpack_from(b, o)[0]
+    if n1 > 16384 or n1 * 4 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.servers = x3
+    L_U_I = _U_I
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_admin_nonnull_server = admin_nonnull_server
+    for _ in range(n1):
+        it2 = L_new(L_admin_nonnull_server)
+        n4, = L_U_I(b, o)
         o += 4
-        e6 = o + n5
-        if e6 > n or n5 > 4194304: raise _Bad
-        f_name_4 = b[o:e6].decode()
-        o = e6 + (-n5 & 3)
-        if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-        it3 = admin_nonnull_server(f_name_4)
-        f_servers_1.append(it3)
-    f_ret_7 = _S_I.unpack_from(b, o)[0]
+        e5 = o + n4
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        it2.name = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != L_ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
+        x3.append(it2)
+    v.ret, = _U_I(b, o)
     o += 4
-    return admin_connect_list_servers_ret(f_servers_1, f_ret_7), o
+    return v, o
 
 
 def _e_admin_connect_list_servers_ret(v: admin_connect_list_servers_ret, w: bytearray) -> None:
     x1 = v.servers
     n2 = len(x1)
     if n2 > 16384: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
         s4 = it3.name.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
-    w += _S_I.pack(v.ret)
+    w += _P_I(v.ret)
 
 
 def _d_admin_connect_lookup_server_args(b: bytes, o: int, n: int) -> tuple[admin_connect_lookup_server_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(admin_connect_lookup_server_args)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_name_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    f_flags_4 = _S_I.unpack_from(b, o)[0]
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.name = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    v.flags, = _U_I(b, o)
     o += 4
-    return admin_connect_lookup_server_args(f_name_1, f_flags_4), o
+    return v, o
 
 
 def _e_admin_connect_lookup_server_args(v: admin_connect_lookup_server_args, w: bytearray) -> None:
     s1 = v.name.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_admin_connect_lookup_server_ret(b: bytes, o: int, n: int) -> tuple[admin_connect_lookup_server_ret, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(admin_connect_lookup_server_ret)
+    x1 = _new(admin_nonnull_server)
+    v.srv = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_srv_1 = admin_nonnull_server(f_name_2)
-    return admin_connect_lookup_server_ret(f_srv_1), o
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    return v, o
 
 
 def _e_admin_connect_lookup_server_ret(v: admin_connect_lookup_server_ret, w: bytearray) -> None:
@@ -953,23 +1061,29 @@ def _e_admin_connect_lookup_server_ret(v: admin_connect_lookup_server_ret, w: by
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
 
 
 def _d_admin_server_get_threadpool_parameters_args(b: bytes, o: int, n: int) -> tuple[admin_server_get_threadpool_parameters_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(admin_server_get_threadpool_parameters_args)
+    x1 = _new(admin_nonnull_server)
+    v.srv = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_flags_5 = _S_I.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    v.flags, = _U_I(b, o)
     o += 4
-    f_srv_1 = admin_nonnull_server(f_name_2)
-    return admin_server_get_threadpool_parameters_args(f_srv_1, f_flags_5), o
+    return v, o
 
 
 def _e_admin_server_get_threadpool_parameters_args(v: admin_server_get_threadpool_parameters_args, w: bytearray) -> None:
@@ -977,73 +1091,177 @@ def _e_admin_server_get_threadpool_parameters_args(v: admin_server_get_threadpoo
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_admin_server_get_threadpool_parameters_ret(b: bytes, o: int, n: int) -> tuple[admin_server_get_threadpool_parameters_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(admin_server_get_threadpool_parameters_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 32 or n2 * 12 > n - o: raise _Bad
-    f_params_1 = []
-    for _ in range(n2):
-        n5 = _S_I.unpack_from(b, o)[0]
+    if n1 > 32 or n1 * 12 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.params = x3
+    L_U_I = _U_I
+    L_U_Q = _U_Q
+    L_U_d = _U_d
+    L_U_i = _U_i
+    L_U_q = _U_q
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_admin_typed_param = admin_typed_param
+    L_admin_typed_param_value = admin_typed_param_value
+    for _ in range(n1):
+        it2 = L_new(L_admin_typed_param)
+        n4, = L_U_I(b, o)
         o += 4
-        e6 = o + n5
-        if e6 > n or n5 > 4194304: raise _Bad
-        f_field_4 = b[o:e6].decode()
-        o = e6 + (-n5 & 3)
-        if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-        f_value_7, o = _d_admin_typed_param_value(b, o, n)
-        it3 = admin_typed_param(f_field_4, f_value_7)
-        f_params_1.append(it3)
-    return admin_server_get_threadpool_parameters_ret(f_params_1), o
+        e5 = o + n4
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        it2.field = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != L_ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
+        x6 = L_new(L_admin_typed_param_value)
+        d7, = L_U_i(b, o)
+        o += 4
+        if d7 == 1:
+            x6.value, = L_U_i(b, o)
+            o += 4
+        elif d7 == 2:
+            x6.value, = L_U_I(b, o)
+            o += 4
+        elif d7 == 3:
+            x6.value, = L_U_q(b, o)
+            o += 8
+        elif d7 == 4:
+            x6.value, = L_U_Q(b, o)
+            o += 8
+        elif d7 == 5:
+            x6.value, = L_U_d(b, o)
+            o += 8
+        elif d7 == 6:
+            x6.value, = L_U_i(b, o)
+            o += 4
+        elif d7 == 7:
+            n8, = L_U_I(b, o)
+            o += 4
+            e9 = o + n8
+            if e9 > n or big and n8 > 4194304: raise _Bad
+            x6.value = b[o:e9].decode()
+            if n8 & 3:
+                o = e9 + 4 - (n8 & 3)
+                if b[e9:o] != L_ZPAD[o - e9]: raise _Bad
+            else:
+                o = e9
+        else:
+            raise _Bad
+        x6.type = d7
+        it2.value = x6
+        x3.append(it2)
+    return v, o
 
 
 def _e_admin_server_get_threadpool_parameters_ret(v: admin_server_get_threadpool_parameters_ret, w: bytearray) -> None:
     x1 = v.params
     n2 = len(x1)
     if n2 > 32: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
         s4 = it3.field.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
         _e_admin_typed_param_value(it3.value, w)
 
 
 def _d_admin_server_set_threadpool_parameters_args(b: bytes, o: int, n: int) -> tuple[admin_server_set_threadpool_parameters_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(admin_server_set_threadpool_parameters_args)
+    x1 = _new(admin_nonnull_server)
+    v.srv = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    n6 = _S_I.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    n4, = _U_I(b, o)
     o += 4
-    f_srv_1 = admin_nonnull_server(f_name_2)
-    if n6 > 32 or n6 * 12 > n - o: raise _Bad
-    f_params_5 = []
-    for _ in range(n6):
-        n9 = _S_I.unpack_from(b, o)[0]
+    if n4 > 32 or n4 * 12 > n - o: raise _Bad
+    x6: list[Any] = []
+    v.params = x6
+    L_U_I = _U_I
+    L_U_Q = _U_Q
+    L_U_d = _U_d
+    L_U_i = _U_i
+    L_U_q = _U_q
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_admin_typed_param = admin_typed_param
+    L_admin_typed_param_value = admin_typed_param_value
+    for _ in range(n4):
+        it5 = L_new(L_admin_typed_param)
+        n7, = L_U_I(b, o)
         o += 4
-        e10 = o + n9
-        if e10 > n or n9 > 4194304: raise _Bad
-        f_field_8 = b[o:e10].decode()
-        o = e10 + (-n9 & 3)
-        if n9 & 3 and b[e10:o] != _ZPAD[o - e10]: raise _Bad
-        f_value_11, o = _d_admin_typed_param_value(b, o, n)
-        it7 = admin_typed_param(f_field_8, f_value_11)
-        f_params_5.append(it7)
-    f_flags_12 = _S_I.unpack_from(b, o)[0]
+        e8 = o + n7
+        if e8 > n or big and n7 > 4194304: raise _Bad
+        it5.field = b[o:e8].decode()
+        if n7 & 3:
+            o = e8 + 4 - (n7 & 3)
+            if b[e8:o] != L_ZPAD[o - e8]: raise _Bad
+        else:
+            o = e8
+        x9 = L_new(L_admin_typed_param_value)
+        d10, = L_U_i(b, o)
+        o += 4
+        if d10 == 1:
+            x9.value, = L_U_i(b, o)
+            o += 4
+        elif d10 == 2:
+            x9.value, = L_U_I(b, o)
+            o += 4
+        elif d10 == 3:
+            x9.value, = L_U_q(b, o)
+            o += 8
+        elif d10 == 4:
+            x9.value, = L_U_Q(b, o)
+            o += 8
+        elif d10 == 5:
+            x9.value, = L_U_d(b, o)
+            o += 8
+        elif d10 == 6:
+            x9.value, = L_U_i(b, o)
+            o += 4
+        elif d10 == 7:
+            n11, = L_U_I(b, o)
+            o += 4
+            e12 = o + n11
+            if e12 > n or big and n11 > 4194304: raise _Bad
+            x9.value = b[o:e12].decode()
+            if n11 & 3:
+                o = e12 + 4 - (n11 & 3)
+                if b[e12:o] != L_ZPAD[o - e12]: raise _Bad
+            else:
+                o = e12
+        else:
+            raise _Bad
+        x9.type = d10
+        it5.value = x9
+        x6.append(it5)
+    v.flags, = _U_I(b, o)
     o += 4
-    return admin_server_set_threadpool_parameters_args(f_srv_1, f_params_5, f_flags_12), o
+    return v, o
 
 
 def _e_admin_server_set_threadpool_parameters_args(v: admin_server_set_threadpool_parameters_args, w: bytearray) -> None:
@@ -1051,36 +1269,42 @@ def _e_admin_server_set_threadpool_parameters_args(v: admin_server_set_threadpoo
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = v.params
     n5 = len(x4)
     if n5 > 32: raise _Bad
-    w += _S_I.pack(n5)
+    w += _P_I(n5)
     for it6 in x4:
         s7 = it6.field.encode('utf-8', 'surrogateescape')
         n8 = len(s7)
         if n8 > 4194304: raise _Bad
-        w += _S_I.pack(n8)
+        w += _P_I(n8)
         w += s7
         if n8 & 3: w += _ZPAD[-n8 & 3]
         _e_admin_typed_param_value(it6.value, w)
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_admin_server_list_clients_args(b: bytes, o: int, n: int) -> tuple[admin_server_list_clients_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(admin_server_list_clients_args)
+    x1 = _new(admin_nonnull_server)
+    v.srv = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_need_results_5, f_flags_6 = _S_II.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    v.need_results, v.flags = _U_II(b, o)
     o += 8
-    f_srv_1 = admin_nonnull_server(f_name_2)
-    return admin_server_list_clients_args(f_srv_1, f_need_results_5, f_flags_6), o
+    return v, o
 
 
 def _e_admin_server_list_clients_args(v: admin_server_list_clients_args, w: bytearray) -> None:
@@ -1088,51 +1312,83 @@ def _e_admin_server_list_clients_args(v: admin_server_list_clients_args, w: byte
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
-    w += _S_II.pack(v.need_results, v.flags)
+    w += _P_II(v.need_results, v.flags)
 
 
 def _d_admin_server_list_clients_ret(b: bytes, o: int, n: int) -> tuple[admin_server_list_clients_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(admin_server_list_clients_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 16384 or n2 * 24 > n - o: raise _Bad
-    f_clients_1 = []
-    for _ in range(n2):
-        f_srv_4, o = _d_admin_nonnull_server(b, o, n)
-        f_id_5, f_timestamp_6, f_transport_7 = _S_QqI.unpack_from(b, o)
+    if n1 > 16384 or n1 * 24 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.clients = x3
+    L_U_I = _U_I
+    L_U_QqI = _U_QqI
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_admin_nonnull_client = admin_nonnull_client
+    L_admin_nonnull_server = admin_nonnull_server
+    for _ in range(n1):
+        it2 = L_new(L_admin_nonnull_client)
+        x4 = L_new(L_admin_nonnull_server)
+        it2.srv = x4
+        n5, = L_U_I(b, o)
+        o += 4
+        e6 = o + n5
+        if e6 > n or big and n5 > 4194304: raise _Bad
+        x4.name = b[o:e6].decode()
+        if n5 & 3:
+            o = e6 + 4 - (n5 & 3)
+            if b[e6:o] != L_ZPAD[o - e6]: raise _Bad
+        else:
+            o = e6
+        it2.id, it2.timestamp, it2.transport = L_U_QqI(b, o)
         o += 20
-        it3 = admin_nonnull_client(f_srv_4, f_id_5, f_timestamp_6, f_transport_7)
-        f_clients_1.append(it3)
-    f_ret_8 = _S_I.unpack_from(b, o)[0]
+        x3.append(it2)
+    v.ret, = _U_I(b, o)
     o += 4
-    return admin_server_list_clients_ret(f_clients_1, f_ret_8), o
+    return v, o
 
 
 def _e_admin_server_list_clients_ret(v: admin_server_list_clients_ret, w: bytearray) -> None:
     x1 = v.clients
     n2 = len(x1)
     if n2 > 16384: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
-        _e_admin_nonnull_server(it3.srv, w)
-        w += _S_QqI.pack(it3.id, it3.timestamp, it3.transport)
-    w += _S_I.pack(v.ret)
+        x4 = it3.srv
+        s5 = x4.name.encode('utf-8', 'surrogateescape')
+        n6 = len(s5)
+        if n6 > 4194304: raise _Bad
+        w += _P_I(n6)
+        w += s5
+        if n6 & 3: w += _ZPAD[-n6 & 3]
+        w += _P_QqI(it3.id, it3.timestamp, it3.transport)
+    w += _P_I(v.ret)
 
 
 def _d_admin_server_lookup_client_args(b: bytes, o: int, n: int) -> tuple[admin_server_lookup_client_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(admin_server_lookup_client_args)
+    x1 = _new(admin_nonnull_server)
+    v.srv = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_id_5, f_flags_6 = _S_QI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    v.id, v.flags = _U_QI(b, o)
     o += 12
-    f_srv_1 = admin_nonnull_server(f_name_2)
-    return admin_server_lookup_client_args(f_srv_1, f_id_5, f_flags_6), o
+    return v, o
 
 
 def _e_admin_server_lookup_client_args(v: admin_server_lookup_client_args, w: bytearray) -> None:
@@ -1140,25 +1396,32 @@ def _e_admin_server_lookup_client_args(v: admin_server_lookup_client_args, w: by
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
-    w += _S_QI.pack(v.id, v.flags)
+    w += _P_QI(v.id, v.flags)
 
 
 def _d_admin_server_lookup_client_ret(b: bytes, o: int, n: int) -> tuple[admin_server_lookup_client_ret, int]:
-    n4 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(admin_server_lookup_client_ret)
+    x1 = _new(admin_nonnull_client)
+    v.clnt = x1
+    x2 = _new(admin_nonnull_server)
+    x1.srv = x2
+    n3, = _U_I(b, o)
     o += 4
-    e5 = o + n4
-    if e5 > n or n4 > 4194304: raise _Bad
-    f_name_3 = b[o:e5].decode()
-    o = e5 + (-n4 & 3)
-    if n4 & 3 and b[e5:o] != _ZPAD[o - e5]: raise _Bad
-    f_id_6, f_timestamp_7, f_transport_8 = _S_QqI.unpack_from(b, o)
+    e4 = o + n3
+    if e4 > n or big and n3 > 4194304: raise _Bad
+    x2.name = b[o:e4].decode()
+    if n3 & 3:
+        o = e4 + 4 - (n3 & 3)
+        if b[e4:o] != _ZPAD[o - e4]: raise _Bad
+    else:
+        o = e4
+    x1.id, x1.timestamp, x1.transport = _U_QqI(b, o)
     o += 20
-    f_srv_2 = admin_nonnull_server(f_name_3)
-    f_clnt_1 = admin_nonnull_client(f_srv_2, f_id_6, f_timestamp_7, f_transport_8)
-    return admin_server_lookup_client_ret(f_clnt_1), o
+    return v, o
 
 
 def _e_admin_server_lookup_client_ret(v: admin_server_lookup_client_ret, w: bytearray) -> None:
@@ -1167,25 +1430,32 @@ def _e_admin_server_lookup_client_ret(v: admin_server_lookup_client_ret, w: byte
     s3 = x2.name.encode('utf-8', 'surrogateescape')
     n4 = len(s3)
     if n4 > 4194304: raise _Bad
-    w += _S_I.pack(n4)
+    w += _P_I(n4)
     w += s3
     if n4 & 3: w += _ZPAD[-n4 & 3]
-    w += _S_QqI.pack(x1.id, x1.timestamp, x1.transport)
+    w += _P_QqI(x1.id, x1.timestamp, x1.transport)
 
 
 def _d_admin_client_get_info_args(b: bytes, o: int, n: int) -> tuple[admin_client_get_info_args, int]:
-    n4 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(admin_client_get_info_args)
+    x1 = _new(admin_nonnull_client)
+    v.clnt = x1
+    x2 = _new(admin_nonnull_server)
+    x1.srv = x2
+    n3, = _U_I(b, o)
     o += 4
-    e5 = o + n4
-    if e5 > n or n4 > 4194304: raise _Bad
-    f_name_3 = b[o:e5].decode()
-    o = e5 + (-n4 & 3)
-    if n4 & 3 and b[e5:o] != _ZPAD[o - e5]: raise _Bad
-    f_id_6, f_timestamp_7, f_transport_8, f_flags_9 = _S_QqII.unpack_from(b, o)
+    e4 = o + n3
+    if e4 > n or big and n3 > 4194304: raise _Bad
+    x2.name = b[o:e4].decode()
+    if n3 & 3:
+        o = e4 + 4 - (n3 & 3)
+        if b[e4:o] != _ZPAD[o - e4]: raise _Bad
+    else:
+        o = e4
+    x1.id, x1.timestamp, x1.transport, v.flags = _U_QqII(b, o)
     o += 24
-    f_srv_2 = admin_nonnull_server(f_name_3)
-    f_clnt_1 = admin_nonnull_client(f_srv_2, f_id_6, f_timestamp_7, f_transport_8)
-    return admin_client_get_info_args(f_clnt_1, f_flags_9), o
+    return v, o
 
 
 def _e_admin_client_get_info_args(v: admin_client_get_info_args, w: bytearray) -> None:
@@ -1194,59 +1464,116 @@ def _e_admin_client_get_info_args(v: admin_client_get_info_args, w: bytearray) -
     s3 = x2.name.encode('utf-8', 'surrogateescape')
     n4 = len(s3)
     if n4 > 4194304: raise _Bad
-    w += _S_I.pack(n4)
+    w += _P_I(n4)
     w += s3
     if n4 & 3: w += _ZPAD[-n4 & 3]
-    w += _S_QqII.pack(x1.id, x1.timestamp, x1.transport, v.flags)
+    w += _P_QqII(x1.id, x1.timestamp, x1.transport, v.flags)
 
 
 def _d_admin_client_get_info_ret(b: bytes, o: int, n: int) -> tuple[admin_client_get_info_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(admin_client_get_info_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 64 or n2 * 12 > n - o: raise _Bad
-    f_params_1 = []
-    for _ in range(n2):
-        n5 = _S_I.unpack_from(b, o)[0]
+    if n1 > 64 or n1 * 12 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.params = x3
+    L_U_I = _U_I
+    L_U_Q = _U_Q
+    L_U_d = _U_d
+    L_U_i = _U_i
+    L_U_q = _U_q
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_admin_typed_param = admin_typed_param
+    L_admin_typed_param_value = admin_typed_param_value
+    for _ in range(n1):
+        it2 = L_new(L_admin_typed_param)
+        n4, = L_U_I(b, o)
         o += 4
-        e6 = o + n5
-        if e6 > n or n5 > 4194304: raise _Bad
-        f_field_4 = b[o:e6].decode()
-        o = e6 + (-n5 & 3)
-        if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-        f_value_7, o = _d_admin_typed_param_value(b, o, n)
-        it3 = admin_typed_param(f_field_4, f_value_7)
-        f_params_1.append(it3)
-    return admin_client_get_info_ret(f_params_1), o
+        e5 = o + n4
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        it2.field = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != L_ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
+        x6 = L_new(L_admin_typed_param_value)
+        d7, = L_U_i(b, o)
+        o += 4
+        if d7 == 1:
+            x6.value, = L_U_i(b, o)
+            o += 4
+        elif d7 == 2:
+            x6.value, = L_U_I(b, o)
+            o += 4
+        elif d7 == 3:
+            x6.value, = L_U_q(b, o)
+            o += 8
+        elif d7 == 4:
+            x6.value, = L_U_Q(b, o)
+            o += 8
+        elif d7 == 5:
+            x6.value, = L_U_d(b, o)
+            o += 8
+        elif d7 == 6:
+            x6.value, = L_U_i(b, o)
+            o += 4
+        elif d7 == 7:
+            n8, = L_U_I(b, o)
+            o += 4
+            e9 = o + n8
+            if e9 > n or big and n8 > 4194304: raise _Bad
+            x6.value = b[o:e9].decode()
+            if n8 & 3:
+                o = e9 + 4 - (n8 & 3)
+                if b[e9:o] != L_ZPAD[o - e9]: raise _Bad
+            else:
+                o = e9
+        else:
+            raise _Bad
+        x6.type = d7
+        it2.value = x6
+        x3.append(it2)
+    return v, o
 
 
 def _e_admin_client_get_info_ret(v: admin_client_get_info_ret, w: bytearray) -> None:
     x1 = v.params
     n2 = len(x1)
     if n2 > 64: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
         s4 = it3.field.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
         _e_admin_typed_param_value(it3.value, w)
 
 
 def _d_admin_client_close_args(b: bytes, o: int, n: int) -> tuple[admin_client_close_args, int]:
-    n4 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(admin_client_close_args)
+    x1 = _new(admin_nonnull_client)
+    v.clnt = x1
+    x2 = _new(admin_nonnull_server)
+    x1.srv = x2
+    n3, = _U_I(b, o)
     o += 4
-    e5 = o + n4
-    if e5 > n or n4 > 4194304: raise _Bad
-    f_name_3 = b[o:e5].decode()
-    o = e5 + (-n4 & 3)
-    if n4 & 3 and b[e5:o] != _ZPAD[o - e5]: raise _Bad
-    f_id_6, f_timestamp_7, f_transport_8, f_flags_9 = _S_QqII.unpack_from(b, o)
+    e4 = o + n3
+    if e4 > n or big and n3 > 4194304: raise _Bad
+    x2.name = b[o:e4].decode()
+    if n3 & 3:
+        o = e4 + 4 - (n3 & 3)
+        if b[e4:o] != _ZPAD[o - e4]: raise _Bad
+    else:
+        o = e4
+    x1.id, x1.timestamp, x1.transport, v.flags = _U_QqII(b, o)
     o += 24
-    f_srv_2 = admin_nonnull_server(f_name_3)
-    f_clnt_1 = admin_nonnull_client(f_srv_2, f_id_6, f_timestamp_7, f_transport_8)
-    return admin_client_close_args(f_clnt_1, f_flags_9), o
+    return v, o
 
 
 def _e_admin_client_close_args(v: admin_client_close_args, w: bytearray) -> None:
@@ -1255,24 +1582,30 @@ def _e_admin_client_close_args(v: admin_client_close_args, w: bytearray) -> None
     s3 = x2.name.encode('utf-8', 'surrogateescape')
     n4 = len(s3)
     if n4 > 4194304: raise _Bad
-    w += _S_I.pack(n4)
+    w += _P_I(n4)
     w += s3
     if n4 & 3: w += _ZPAD[-n4 & 3]
-    w += _S_QqII.pack(x1.id, x1.timestamp, x1.transport, v.flags)
+    w += _P_QqII(x1.id, x1.timestamp, x1.transport, v.flags)
 
 
 def _d_admin_server_get_client_limits_args(b: bytes, o: int, n: int) -> tuple[admin_server_get_client_limits_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(admin_server_get_client_limits_args)
+    x1 = _new(admin_nonnull_server)
+    v.srv = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_flags_5 = _S_I.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    v.flags, = _U_I(b, o)
     o += 4
-    f_srv_1 = admin_nonnull_server(f_name_2)
-    return admin_server_get_client_limits_args(f_srv_1, f_flags_5), o
+    return v, o
 
 
 def _e_admin_server_get_client_limits_args(v: admin_server_get_client_limits_args, w: bytearray) -> None:
@@ -1280,73 +1613,177 @@ def _e_admin_server_get_client_limits_args(v: admin_server_get_client_limits_arg
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_admin_server_get_client_limits_ret(b: bytes, o: int, n: int) -> tuple[admin_server_get_client_limits_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(admin_server_get_client_limits_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 32 or n2 * 12 > n - o: raise _Bad
-    f_params_1 = []
-    for _ in range(n2):
-        n5 = _S_I.unpack_from(b, o)[0]
+    if n1 > 32 or n1 * 12 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.params = x3
+    L_U_I = _U_I
+    L_U_Q = _U_Q
+    L_U_d = _U_d
+    L_U_i = _U_i
+    L_U_q = _U_q
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_admin_typed_param = admin_typed_param
+    L_admin_typed_param_value = admin_typed_param_value
+    for _ in range(n1):
+        it2 = L_new(L_admin_typed_param)
+        n4, = L_U_I(b, o)
         o += 4
-        e6 = o + n5
-        if e6 > n or n5 > 4194304: raise _Bad
-        f_field_4 = b[o:e6].decode()
-        o = e6 + (-n5 & 3)
-        if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-        f_value_7, o = _d_admin_typed_param_value(b, o, n)
-        it3 = admin_typed_param(f_field_4, f_value_7)
-        f_params_1.append(it3)
-    return admin_server_get_client_limits_ret(f_params_1), o
+        e5 = o + n4
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        it2.field = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != L_ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
+        x6 = L_new(L_admin_typed_param_value)
+        d7, = L_U_i(b, o)
+        o += 4
+        if d7 == 1:
+            x6.value, = L_U_i(b, o)
+            o += 4
+        elif d7 == 2:
+            x6.value, = L_U_I(b, o)
+            o += 4
+        elif d7 == 3:
+            x6.value, = L_U_q(b, o)
+            o += 8
+        elif d7 == 4:
+            x6.value, = L_U_Q(b, o)
+            o += 8
+        elif d7 == 5:
+            x6.value, = L_U_d(b, o)
+            o += 8
+        elif d7 == 6:
+            x6.value, = L_U_i(b, o)
+            o += 4
+        elif d7 == 7:
+            n8, = L_U_I(b, o)
+            o += 4
+            e9 = o + n8
+            if e9 > n or big and n8 > 4194304: raise _Bad
+            x6.value = b[o:e9].decode()
+            if n8 & 3:
+                o = e9 + 4 - (n8 & 3)
+                if b[e9:o] != L_ZPAD[o - e9]: raise _Bad
+            else:
+                o = e9
+        else:
+            raise _Bad
+        x6.type = d7
+        it2.value = x6
+        x3.append(it2)
+    return v, o
 
 
 def _e_admin_server_get_client_limits_ret(v: admin_server_get_client_limits_ret, w: bytearray) -> None:
     x1 = v.params
     n2 = len(x1)
     if n2 > 32: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
         s4 = it3.field.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
         _e_admin_typed_param_value(it3.value, w)
 
 
 def _d_admin_server_set_client_limits_args(b: bytes, o: int, n: int) -> tuple[admin_server_set_client_limits_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(admin_server_set_client_limits_args)
+    x1 = _new(admin_nonnull_server)
+    v.srv = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    n6 = _S_I.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    n4, = _U_I(b, o)
     o += 4
-    f_srv_1 = admin_nonnull_server(f_name_2)
-    if n6 > 32 or n6 * 12 > n - o: raise _Bad
-    f_params_5 = []
-    for _ in range(n6):
-        n9 = _S_I.unpack_from(b, o)[0]
+    if n4 > 32 or n4 * 12 > n - o: raise _Bad
+    x6: list[Any] = []
+    v.params = x6
+    L_U_I = _U_I
+    L_U_Q = _U_Q
+    L_U_d = _U_d
+    L_U_i = _U_i
+    L_U_q = _U_q
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_admin_typed_param = admin_typed_param
+    L_admin_typed_param_value = admin_typed_param_value
+    for _ in range(n4):
+        it5 = L_new(L_admin_typed_param)
+        n7, = L_U_I(b, o)
         o += 4
-        e10 = o + n9
-        if e10 > n or n9 > 4194304: raise _Bad
-        f_field_8 = b[o:e10].decode()
-        o = e10 + (-n9 & 3)
-        if n9 & 3 and b[e10:o] != _ZPAD[o - e10]: raise _Bad
-        f_value_11, o = _d_admin_typed_param_value(b, o, n)
-        it7 = admin_typed_param(f_field_8, f_value_11)
-        f_params_5.append(it7)
-    f_flags_12 = _S_I.unpack_from(b, o)[0]
+        e8 = o + n7
+        if e8 > n or big and n7 > 4194304: raise _Bad
+        it5.field = b[o:e8].decode()
+        if n7 & 3:
+            o = e8 + 4 - (n7 & 3)
+            if b[e8:o] != L_ZPAD[o - e8]: raise _Bad
+        else:
+            o = e8
+        x9 = L_new(L_admin_typed_param_value)
+        d10, = L_U_i(b, o)
+        o += 4
+        if d10 == 1:
+            x9.value, = L_U_i(b, o)
+            o += 4
+        elif d10 == 2:
+            x9.value, = L_U_I(b, o)
+            o += 4
+        elif d10 == 3:
+            x9.value, = L_U_q(b, o)
+            o += 8
+        elif d10 == 4:
+            x9.value, = L_U_Q(b, o)
+            o += 8
+        elif d10 == 5:
+            x9.value, = L_U_d(b, o)
+            o += 8
+        elif d10 == 6:
+            x9.value, = L_U_i(b, o)
+            o += 4
+        elif d10 == 7:
+            n11, = L_U_I(b, o)
+            o += 4
+            e12 = o + n11
+            if e12 > n or big and n11 > 4194304: raise _Bad
+            x9.value = b[o:e12].decode()
+            if n11 & 3:
+                o = e12 + 4 - (n11 & 3)
+                if b[e12:o] != L_ZPAD[o - e12]: raise _Bad
+            else:
+                o = e12
+        else:
+            raise _Bad
+        x9.type = d10
+        it5.value = x9
+        x6.append(it5)
+    v.flags, = _U_I(b, o)
     o += 4
-    return admin_server_set_client_limits_args(f_srv_1, f_params_5, f_flags_12), o
+    return v, o
 
 
 def _e_admin_server_set_client_limits_args(v: admin_server_set_client_limits_args, w: bytearray) -> None:
@@ -1354,36 +1791,42 @@ def _e_admin_server_set_client_limits_args(v: admin_server_set_client_limits_arg
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = v.params
     n5 = len(x4)
     if n5 > 32: raise _Bad
-    w += _S_I.pack(n5)
+    w += _P_I(n5)
     for it6 in x4:
         s7 = it6.field.encode('utf-8', 'surrogateescape')
         n8 = len(s7)
         if n8 > 4194304: raise _Bad
-        w += _S_I.pack(n8)
+        w += _P_I(n8)
         w += s7
         if n8 & 3: w += _ZPAD[-n8 & 3]
         _e_admin_typed_param_value(it6.value, w)
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_admin_server_update_tls_files_args(b: bytes, o: int, n: int) -> tuple[admin_server_update_tls_files_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(admin_server_update_tls_files_args)
+    x1 = _new(admin_nonnull_server)
+    v.srv = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_flags_5 = _S_I.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    v.flags, = _U_I(b, o)
     o += 4
-    f_srv_1 = admin_nonnull_server(f_name_2)
-    return admin_server_update_tls_files_args(f_srv_1, f_flags_5), o
+    return v, o
 
 
 def _e_admin_server_update_tls_files_args(v: admin_server_update_tls_files_args, w: bytearray) -> None:
@@ -1391,73 +1834,85 @@ def _e_admin_server_update_tls_files_args(v: admin_server_update_tls_files_args,
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_admin_connect_get_logging_outputs_args(b: bytes, o: int, n: int) -> tuple[admin_connect_get_logging_outputs_args, int]:
-    f_flags_1 = _S_I.unpack_from(b, o)[0]
+    v = _new(admin_connect_get_logging_outputs_args)
+    v.flags, = _U_I(b, o)
     o += 4
-    return admin_connect_get_logging_outputs_args(f_flags_1), o
+    return v, o
 
 
 def _e_admin_connect_get_logging_outputs_args(v: admin_connect_get_logging_outputs_args, w: bytearray) -> None:
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_admin_connect_get_logging_outputs_ret(b: bytes, o: int, n: int) -> tuple[admin_connect_get_logging_outputs_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(admin_connect_get_logging_outputs_ret)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_outputs_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    f_noutputs_4 = _S_I.unpack_from(b, o)[0]
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.outputs = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    v.noutputs, = _U_I(b, o)
     o += 4
-    return admin_connect_get_logging_outputs_ret(f_outputs_1, f_noutputs_4), o
+    return v, o
 
 
 def _e_admin_connect_get_logging_outputs_ret(v: admin_connect_get_logging_outputs_ret, w: bytearray) -> None:
     s1 = v.outputs.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
-    w += _S_I.pack(v.noutputs)
+    w += _P_I(v.noutputs)
 
 
 def _d_admin_connect_get_logging_filters_args(b: bytes, o: int, n: int) -> tuple[admin_connect_get_logging_filters_args, int]:
-    f_flags_1 = _S_I.unpack_from(b, o)[0]
+    v = _new(admin_connect_get_logging_filters_args)
+    v.flags, = _U_I(b, o)
     o += 4
-    return admin_connect_get_logging_filters_args(f_flags_1), o
+    return v, o
 
 
 def _e_admin_connect_get_logging_filters_args(v: admin_connect_get_logging_filters_args, w: bytearray) -> None:
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_admin_connect_get_logging_filters_ret(b: bytes, o: int, n: int) -> tuple[admin_connect_get_logging_filters_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(admin_connect_get_logging_filters_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 == 0:
-        f_filters_1 = None
-    elif n2 == 1:
-        n3 = _S_I.unpack_from(b, o)[0]
+    if n1 == 0:
+        v.filters = None
+    elif n1 == 1:
+        n2, = _U_I(b, o)
         o += 4
-        e4 = o + n3
-        if e4 > n or n3 > 4194304: raise _Bad
-        f_filters_1 = b[o:e4].decode()
-        o = e4 + (-n3 & 3)
-        if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
+        e3 = o + n2
+        if e3 > n or big and n2 > 4194304: raise _Bad
+        v.filters = b[o:e3].decode()
+        if n2 & 3:
+            o = e3 + 4 - (n2 & 3)
+            if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+        else:
+            o = e3
     else:
         raise _Bad
-    f_nfilters_5 = _S_I.unpack_from(b, o)[0]
+    v.nfilters, = _U_I(b, o)
     o += 4
-    return admin_connect_get_logging_filters_ret(f_filters_1, f_nfilters_5), o
+    return v, o
 
 
 def _e_admin_connect_get_logging_filters_ret(v: admin_connect_get_logging_filters_ret, w: bytearray) -> None:
@@ -1469,30 +1924,35 @@ def _e_admin_connect_get_logging_filters_ret(v: admin_connect_get_logging_filter
         s2 = x1.encode('utf-8', 'surrogateescape')
         n3 = len(s2)
         if n3 > 4194304: raise _Bad
-        w += _S_I.pack(n3)
+        w += _P_I(n3)
         w += s2
         if n3 & 3: w += _ZPAD[-n3 & 3]
-    w += _S_I.pack(v.nfilters)
+    w += _P_I(v.nfilters)
 
 
 def _d_admin_connect_set_logging_outputs_args(b: bytes, o: int, n: int) -> tuple[admin_connect_set_logging_outputs_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(admin_connect_set_logging_outputs_args)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 == 0:
-        f_outputs_1 = None
-    elif n2 == 1:
-        n3 = _S_I.unpack_from(b, o)[0]
+    if n1 == 0:
+        v.outputs = None
+    elif n1 == 1:
+        n2, = _U_I(b, o)
         o += 4
-        e4 = o + n3
-        if e4 > n or n3 > 4194304: raise _Bad
-        f_outputs_1 = b[o:e4].decode()
-        o = e4 + (-n3 & 3)
-        if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
+        e3 = o + n2
+        if e3 > n or big and n2 > 4194304: raise _Bad
+        v.outputs = b[o:e3].decode()
+        if n2 & 3:
+            o = e3 + 4 - (n2 & 3)
+            if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+        else:
+            o = e3
     else:
         raise _Bad
-    f_flags_5 = _S_I.unpack_from(b, o)[0]
+    v.flags, = _U_I(b, o)
     o += 4
-    return admin_connect_set_logging_outputs_args(f_outputs_1, f_flags_5), o
+    return v, o
 
 
 def _e_admin_connect_set_logging_outputs_args(v: admin_connect_set_logging_outputs_args, w: bytearray) -> None:
@@ -1504,30 +1964,35 @@ def _e_admin_connect_set_logging_outputs_args(v: admin_connect_set_logging_outpu
         s2 = x1.encode('utf-8', 'surrogateescape')
         n3 = len(s2)
         if n3 > 4194304: raise _Bad
-        w += _S_I.pack(n3)
+        w += _P_I(n3)
         w += s2
         if n3 & 3: w += _ZPAD[-n3 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_admin_connect_set_logging_filters_args(b: bytes, o: int, n: int) -> tuple[admin_connect_set_logging_filters_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(admin_connect_set_logging_filters_args)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 == 0:
-        f_filters_1 = None
-    elif n2 == 1:
-        n3 = _S_I.unpack_from(b, o)[0]
+    if n1 == 0:
+        v.filters = None
+    elif n1 == 1:
+        n2, = _U_I(b, o)
         o += 4
-        e4 = o + n3
-        if e4 > n or n3 > 4194304: raise _Bad
-        f_filters_1 = b[o:e4].decode()
-        o = e4 + (-n3 & 3)
-        if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
+        e3 = o + n2
+        if e3 > n or big and n2 > 4194304: raise _Bad
+        v.filters = b[o:e3].decode()
+        if n2 & 3:
+            o = e3 + 4 - (n2 & 3)
+            if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+        else:
+            o = e3
     else:
         raise _Bad
-    f_flags_5 = _S_I.unpack_from(b, o)[0]
+    v.flags, = _U_I(b, o)
     o += 4
-    return admin_connect_set_logging_filters_args(f_filters_1, f_flags_5), o
+    return v, o
 
 
 def _e_admin_connect_set_logging_filters_args(v: admin_connect_set_logging_filters_args, w: bytearray) -> None:
@@ -1539,30 +2004,31 @@ def _e_admin_connect_set_logging_filters_args(v: admin_connect_set_logging_filte
         s2 = x1.encode('utf-8', 'surrogateescape')
         n3 = len(s2)
         if n3 > 4194304: raise _Bad
-        w += _S_I.pack(n3)
+        w += _P_I(n3)
         w += s2
         if n3 & 3: w += _ZPAD[-n3 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_admin_connect_set_daemon_timeout_args(b: bytes, o: int, n: int) -> tuple[admin_connect_set_daemon_timeout_args, int]:
-    f_timeout_1, f_flags_2 = _S_II.unpack_from(b, o)
+    v = _new(admin_connect_set_daemon_timeout_args)
+    v.timeout, v.flags = _U_II(b, o)
     o += 8
-    return admin_connect_set_daemon_timeout_args(f_timeout_1, f_flags_2), o
+    return v, o
 
 
 def _e_admin_connect_set_daemon_timeout_args(v: admin_connect_set_daemon_timeout_args, w: bytearray) -> None:
-    w += _S_II.pack(v.timeout, v.flags)
+    w += _P_II(v.timeout, v.flags)
 
 
 def _d_admin_procedure(b: bytes, o: int, n: int) -> tuple[int, int]:
-    v = _S_i.unpack_from(b, o)[0]
+    v, = _U_i(b, o)
     o += 4
     return v, o
 
 
 def _e_admin_procedure(v: int, w: bytearray) -> None:
-    w += _S_i.pack(v)
+    w += _P_i(v)
 
 
 _c_admin_nonnull_string = _Codec('admin_nonnull_string', _e_admin_nonnull_string, _d_admin_nonnull_string)
@@ -1606,7 +2072,7 @@ _LAZY: dict[str, str] = {}
 
 def codecs() -> dict[str, _Codec]:
     """Every named type of this file, by name (imports every shard)."""
-    return {name: globals()[f'_c_{name}'] if name not in _LAZY else __getattr__(f'_c_{name}') for name in _NAMES}
+    return {name: globals()[f'_c_{name}'] for name in _NAMES}
 
 
 _NAMES: tuple[str, ...] = (

@@ -12,6 +12,8 @@ from struct import Struct as _Struct
 from struct import pack as _pack
 from struct import unpack_from as _unpack_from
 
+_new = object.__new__  # decoders fill __slots__ directly instead of calling __init__
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: it costs milliseconds at start-up
     from typing import Any, Optional, Union
@@ -27,11 +29,12 @@ from .._xdr import XdrStruct as _XdrStruct
 from .._xdr import XdrUnion as _XdrUnion
 from .._xdr import dec_chars as _dec_chars
 from .._xdr import enc_chars as _enc_chars
-from .._xdr import enum_member as _enum_member
 
 __all__: list[str] = []  # import names explicitly
 
 _S_i = _Struct('>i')
+_P_i = _S_i.pack
+_U_i = _S_i.unpack_from
 
 # ---------------------------------------------------------------- constants
 KEEPALIVE_PROGRAM: int = 1801807216
@@ -45,13 +48,13 @@ KEEPALIVE_PROC_PONG: int = 2
 # ------------------------------------------------------------------- codecs
 
 def _d_keepalive_procedure(b: bytes, o: int, n: int) -> tuple[int, int]:
-    v = _S_i.unpack_from(b, o)[0]
+    v, = _U_i(b, o)
     o += 4
     return v, o
 
 
 def _e_keepalive_procedure(v: int, w: bytearray) -> None:
-    w += _S_i.pack(v)
+    w += _P_i(v)
 
 
 _c_keepalive_procedure = _Codec('keepalive_procedure', _e_keepalive_procedure, _d_keepalive_procedure)
@@ -62,7 +65,7 @@ _LAZY: dict[str, str] = {}
 
 def codecs() -> dict[str, _Codec]:
     """Every named type of this file, by name (imports every shard)."""
-    return {name: globals()[f'_c_{name}'] if name not in _LAZY else __getattr__(f'_c_{name}') for name in _NAMES}
+    return {name: globals()[f'_c_{name}'] for name in _NAMES}
 
 
 _NAMES: tuple[str, ...] = (

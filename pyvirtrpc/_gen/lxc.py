@@ -12,6 +12,8 @@ from struct import Struct as _Struct
 from struct import pack as _pack
 from struct import unpack_from as _unpack_from
 
+_new = object.__new__  # decoders fill __slots__ directly instead of calling __init__
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: it costs milliseconds at start-up
     from typing import Any, Optional, Union
@@ -27,7 +29,6 @@ from .._xdr import XdrStruct as _XdrStruct
 from .._xdr import XdrUnion as _XdrUnion
 from .._xdr import dec_chars as _dec_chars
 from .._xdr import enc_chars as _enc_chars
-from .._xdr import enum_member as _enum_member
 from .remote import remote_nonnull_domain
 
 __all__: list[str] = []  # import names explicitly
@@ -35,6 +36,12 @@ __all__: list[str] = []  # import names explicitly
 _S_16siI = _Struct('>16siI')
 _S_I = _Struct('>I')
 _S_i = _Struct('>i')
+_P_16siI = _S_16siI.pack
+_P_I = _S_I.pack
+_P_i = _S_i.pack
+_U_16siI = _S_16siI.unpack_from
+_U_I = _S_I.unpack_from
+_U_i = _S_i.unpack_from
 
 # ---------------------------------------------------------------- constants
 LXC_PROGRAM: int = 425984
@@ -66,17 +73,23 @@ class lxc_domain_open_namespace_args(_XdrStruct):
 # ------------------------------------------------------------------- codecs
 
 def _d_lxc_domain_open_namespace_args(b: bytes, o: int, n: int) -> tuple[lxc_domain_open_namespace_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(lxc_domain_open_namespace_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_flags_7 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.flags = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return lxc_domain_open_namespace_args(f_dom_1, f_flags_7), o
+    return v, o
 
 
 def _e_lxc_domain_open_namespace_args(v: lxc_domain_open_namespace_args, w: bytearray) -> None:
@@ -84,22 +97,22 @@ def _e_lxc_domain_open_namespace_args(v: lxc_domain_open_namespace_args, w: byte
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, v.flags)
+    w += _P_16siI(x4, x1.id, v.flags)
 
 
 def _d_lxc_procedure(b: bytes, o: int, n: int) -> tuple[int, int]:
-    v = _S_i.unpack_from(b, o)[0]
+    v, = _U_i(b, o)
     o += 4
     return v, o
 
 
 def _e_lxc_procedure(v: int, w: bytearray) -> None:
-    w += _S_i.pack(v)
+    w += _P_i(v)
 
 
 _c_lxc_domain_open_namespace_args = _Codec('lxc_domain_open_namespace_args', _e_lxc_domain_open_namespace_args, _d_lxc_domain_open_namespace_args)
@@ -111,7 +124,7 @@ _LAZY: dict[str, str] = {}
 
 def codecs() -> dict[str, _Codec]:
     """Every named type of this file, by name (imports every shard)."""
-    return {name: globals()[f'_c_{name}'] if name not in _LAZY else __getattr__(f'_c_{name}') for name in _NAMES}
+    return {name: globals()[f'_c_{name}'] for name in _NAMES}
 
 
 _NAMES: tuple[str, ...] = (

@@ -12,6 +12,8 @@ from struct import Struct as _Struct
 from struct import pack as _pack
 from struct import unpack_from as _unpack_from
 
+_new = object.__new__  # decoders fill __slots__ directly instead of calling __init__
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: it costs milliseconds at start-up
     from typing import Any, Optional, Union
@@ -27,7 +29,6 @@ from .._xdr import XdrStruct as _XdrStruct
 from .._xdr import XdrUnion as _XdrUnion
 from .._xdr import dec_chars as _dec_chars
 from .._xdr import enc_chars as _enc_chars
-from .._xdr import enum_member as _enum_member
 from .remote import remote_nonnull_domain
 
 __all__: list[str] = []  # import names explicitly
@@ -40,6 +41,20 @@ _S_i = _Struct('>i')
 _S_iI = _Struct('>iI')
 _S_qI = _Struct('>qI')
 _S_qII = _Struct('>qII')
+_P_16si = _S_16si.pack
+_P_16siI = _S_16siI.pack
+_P_I = _S_I.pack
+_P_II = _S_II.pack
+_P_i = _S_i.pack
+_P_iI = _S_iI.pack
+_P_qI = _S_qI.pack
+_U_16si = _S_16si.unpack_from
+_U_16siI = _S_16siI.unpack_from
+_U_I = _S_I.unpack_from
+_U_II = _S_II.unpack_from
+_U_i = _S_i.unpack_from
+_U_iI = _S_iI.unpack_from
+_U_qII = _S_qII.unpack_from
 
 # ---------------------------------------------------------------- constants
 QEMU_PROGRAM: int = 536903815
@@ -295,24 +310,33 @@ class qemu_domain_monitor_command_with_files_ret(_XdrStruct):
 # ------------------------------------------------------------------- codecs
 
 def _d_qemu_domain_monitor_command_args(b: bytes, o: int, n: int) -> tuple[qemu_domain_monitor_command_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(qemu_domain_monitor_command_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    e9 = o + n8
-    if e9 > n or n8 > 4194304: raise _Bad
-    f_cmd_7 = b[o:e9].decode()
-    o = e9 + (-n8 & 3)
-    if n8 & 3 and b[e9:o] != _ZPAD[o - e9]: raise _Bad
-    f_flags_10 = _S_I.unpack_from(b, o)[0]
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    v.cmd = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    v.flags, = _U_I(b, o)
     o += 4
-    return qemu_domain_monitor_command_args(f_dom_1, f_cmd_7, f_flags_10), o
+    return v, o
 
 
 def _e_qemu_domain_monitor_command_args(v: qemu_domain_monitor_command_args, w: bytearray) -> None:
@@ -320,7 +344,7 @@ def _e_qemu_domain_monitor_command_args(v: qemu_domain_monitor_command_args, w: 
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -328,54 +352,66 @@ def _e_qemu_domain_monitor_command_args(v: qemu_domain_monitor_command_args, w: 
     s5 = v.cmd.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_qemu_domain_monitor_command_ret(b: bytes, o: int, n: int) -> tuple[qemu_domain_monitor_command_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(qemu_domain_monitor_command_ret)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_result_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    return qemu_domain_monitor_command_ret(f_result_1), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.result = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_qemu_domain_monitor_command_ret(v: qemu_domain_monitor_command_ret, w: bytearray) -> None:
     s1 = v.result.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_qemu_domain_attach_args(b: bytes, o: int, n: int) -> tuple[qemu_domain_attach_args, int]:
-    f_pid_value_1, f_flags_2 = _S_II.unpack_from(b, o)
+    v = _new(qemu_domain_attach_args)
+    v.pid_value, v.flags = _U_II(b, o)
     o += 8
-    return qemu_domain_attach_args(f_pid_value_1, f_flags_2), o
+    return v, o
 
 
 def _e_qemu_domain_attach_args(v: qemu_domain_attach_args, w: bytearray) -> None:
-    w += _S_II.pack(v.pid_value, v.flags)
+    w += _P_II(v.pid_value, v.flags)
 
 
 def _d_qemu_domain_attach_ret(b: bytes, o: int, n: int) -> tuple[qemu_domain_attach_ret, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(qemu_domain_attach_ret)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6 = _S_16si.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id = _U_16si(b, o)
     o += 20
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return qemu_domain_attach_ret(f_dom_1), o
+    return v, o
 
 
 def _e_qemu_domain_attach_ret(v: qemu_domain_attach_ret, w: bytearray) -> None:
@@ -383,33 +419,42 @@ def _e_qemu_domain_attach_ret(v: qemu_domain_attach_ret, w: bytearray) -> None:
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16si.pack(x4, x1.id)
+    w += _P_16si(x4, x1.id)
 
 
 def _d_qemu_domain_agent_command_args(b: bytes, o: int, n: int) -> tuple[qemu_domain_agent_command_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(qemu_domain_agent_command_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    e9 = o + n8
-    if e9 > n or n8 > 4194304: raise _Bad
-    f_cmd_7 = b[o:e9].decode()
-    o = e9 + (-n8 & 3)
-    if n8 & 3 and b[e9:o] != _ZPAD[o - e9]: raise _Bad
-    f_timeout_10, f_flags_11 = _S_iI.unpack_from(b, o)
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    v.cmd = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    v.timeout, v.flags = _U_iI(b, o)
     o += 8
-    return qemu_domain_agent_command_args(f_dom_1, f_cmd_7, f_timeout_10, f_flags_11), o
+    return v, o
 
 
 def _e_qemu_domain_agent_command_args(v: qemu_domain_agent_command_args, w: bytearray) -> None:
@@ -417,7 +462,7 @@ def _e_qemu_domain_agent_command_args(v: qemu_domain_agent_command_args, w: byte
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -425,28 +470,33 @@ def _e_qemu_domain_agent_command_args(v: qemu_domain_agent_command_args, w: byte
     s5 = v.cmd.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
-    w += _S_iI.pack(v.timeout, v.flags)
+    w += _P_iI(v.timeout, v.flags)
 
 
 def _d_qemu_domain_agent_command_ret(b: bytes, o: int, n: int) -> tuple[qemu_domain_agent_command_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(qemu_domain_agent_command_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 == 0:
-        f_result_1 = None
-    elif n2 == 1:
-        n3 = _S_I.unpack_from(b, o)[0]
+    if n1 == 0:
+        v.result = None
+    elif n1 == 1:
+        n2, = _U_I(b, o)
         o += 4
-        e4 = o + n3
-        if e4 > n or n3 > 4194304: raise _Bad
-        f_result_1 = b[o:e4].decode()
-        o = e4 + (-n3 & 3)
-        if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
+        e3 = o + n2
+        if e3 > n or big and n2 > 4194304: raise _Bad
+        v.result = b[o:e3].decode()
+        if n2 & 3:
+            o = e3 + 4 - (n2 & 3)
+            if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+        else:
+            o = e3
     else:
         raise _Bad
-    return qemu_domain_agent_command_ret(f_result_1), o
+    return v, o
 
 
 def _e_qemu_domain_agent_command_ret(v: qemu_domain_agent_command_ret, w: bytearray) -> None:
@@ -458,46 +508,55 @@ def _e_qemu_domain_agent_command_ret(v: qemu_domain_agent_command_ret, w: bytear
         s2 = x1.encode('utf-8', 'surrogateescape')
         n3 = len(s2)
         if n3 > 4194304: raise _Bad
-        w += _S_I.pack(n3)
+        w += _P_I(n3)
         w += s2
         if n3 & 3: w += _ZPAD[-n3 & 3]
 
 
 def _d_qemu_connect_domain_monitor_event_register_args(b: bytes, o: int, n: int) -> tuple[qemu_connect_domain_monitor_event_register_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(qemu_connect_domain_monitor_event_register_args)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 == 0:
-        f_dom_1 = None
-    elif n2 == 1:
-        n4 = _S_I.unpack_from(b, o)[0]
+    if n1 == 0:
+        v.dom = None
+    elif n1 == 1:
+        x2 = _new(remote_nonnull_domain)
+        v.dom = x2
+        n3, = _U_I(b, o)
         o += 4
-        e5 = o + n4
-        if e5 > n or n4 > 4194304: raise _Bad
-        f_name_3 = b[o:e5].decode()
-        o = e5 + (-n4 & 3)
-        if n4 & 3 and b[e5:o] != _ZPAD[o - e5]: raise _Bad
-        f_uuid_6, f_id_7 = _S_16si.unpack_from(b, o)
+        e4 = o + n3
+        if e4 > n or big and n3 > 4194304: raise _Bad
+        x2.name = b[o:e4].decode()
+        if n3 & 3:
+            o = e4 + 4 - (n3 & 3)
+            if b[e4:o] != _ZPAD[o - e4]: raise _Bad
+        else:
+            o = e4
+        x2.uuid, x2.id = _U_16si(b, o)
         o += 20
-        f_dom_1 = remote_nonnull_domain(f_name_3, f_uuid_6, f_id_7)
     else:
         raise _Bad
-    n9 = _S_I.unpack_from(b, o)[0]
+    n5, = _U_I(b, o)
     o += 4
-    if n9 == 0:
-        f_event_8 = None
-    elif n9 == 1:
-        n10 = _S_I.unpack_from(b, o)[0]
+    if n5 == 0:
+        v.event = None
+    elif n5 == 1:
+        n6, = _U_I(b, o)
         o += 4
-        e11 = o + n10
-        if e11 > n or n10 > 4194304: raise _Bad
-        f_event_8 = b[o:e11].decode()
-        o = e11 + (-n10 & 3)
-        if n10 & 3 and b[e11:o] != _ZPAD[o - e11]: raise _Bad
+        e7 = o + n6
+        if e7 > n or big and n6 > 4194304: raise _Bad
+        v.event = b[o:e7].decode()
+        if n6 & 3:
+            o = e7 + 4 - (n6 & 3)
+            if b[e7:o] != _ZPAD[o - e7]: raise _Bad
+        else:
+            o = e7
     else:
         raise _Bad
-    f_flags_12 = _S_I.unpack_from(b, o)[0]
+    v.flags, = _U_I(b, o)
     o += 4
-    return qemu_connect_domain_monitor_event_register_args(f_dom_1, f_event_8, f_flags_12), o
+    return v, o
 
 
 def _e_qemu_connect_domain_monitor_event_register_args(v: qemu_connect_domain_monitor_event_register_args, w: bytearray) -> None:
@@ -509,12 +568,12 @@ def _e_qemu_connect_domain_monitor_event_register_args(v: qemu_connect_domain_mo
         s2 = x1.name.encode('utf-8', 'surrogateescape')
         n3 = len(s2)
         if n3 > 4194304: raise _Bad
-        w += _S_I.pack(n3)
+        w += _P_I(n3)
         w += s2
         if n3 & 3: w += _ZPAD[-n3 & 3]
         x4 = x1.uuid
         if len(x4) != 16: raise _Bad
-        w += _S_16si.pack(x4, x1.id)
+        w += _P_16si(x4, x1.id)
     x5 = v.event
     if x5 is None:
         w += _FLAG0
@@ -523,63 +582,77 @@ def _e_qemu_connect_domain_monitor_event_register_args(v: qemu_connect_domain_mo
         s6 = x5.encode('utf-8', 'surrogateescape')
         n7 = len(s6)
         if n7 > 4194304: raise _Bad
-        w += _S_I.pack(n7)
+        w += _P_I(n7)
         w += s6
         if n7 & 3: w += _ZPAD[-n7 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_qemu_connect_domain_monitor_event_register_ret(b: bytes, o: int, n: int) -> tuple[qemu_connect_domain_monitor_event_register_ret, int]:
-    f_callbackID_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(qemu_connect_domain_monitor_event_register_ret)
+    v.callbackID, = _U_i(b, o)
     o += 4
-    return qemu_connect_domain_monitor_event_register_ret(f_callbackID_1), o
+    return v, o
 
 
 def _e_qemu_connect_domain_monitor_event_register_ret(v: qemu_connect_domain_monitor_event_register_ret, w: bytearray) -> None:
-    w += _S_i.pack(v.callbackID)
+    w += _P_i(v.callbackID)
 
 
 def _d_qemu_connect_domain_monitor_event_deregister_args(b: bytes, o: int, n: int) -> tuple[qemu_connect_domain_monitor_event_deregister_args, int]:
-    f_callbackID_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(qemu_connect_domain_monitor_event_deregister_args)
+    v.callbackID, = _U_i(b, o)
     o += 4
-    return qemu_connect_domain_monitor_event_deregister_args(f_callbackID_1), o
+    return v, o
 
 
 def _e_qemu_connect_domain_monitor_event_deregister_args(v: qemu_connect_domain_monitor_event_deregister_args, w: bytearray) -> None:
-    w += _S_i.pack(v.callbackID)
+    w += _P_i(v.callbackID)
 
 
 def _d_qemu_domain_monitor_event_msg(b: bytes, o: int, n: int) -> tuple[qemu_domain_monitor_event_msg, int]:
-    f_callbackID_1, n4 = _S_iI.unpack_from(b, o)
+    big = n - o > 4194304
+    v = _new(qemu_domain_monitor_event_msg)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    v.callbackID, n2 = _U_iI(b, o)
     o += 8
-    e5 = o + n4
-    if e5 > n or n4 > 4194304: raise _Bad
-    f_name_3 = b[o:e5].decode()
-    o = e5 + (-n4 & 3)
-    if n4 & 3 and b[e5:o] != _ZPAD[o - e5]: raise _Bad
-    f_uuid_6, f_id_7, n9 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_2 = remote_nonnull_domain(f_name_3, f_uuid_6, f_id_7)
-    e10 = o + n9
-    if e10 > n or n9 > 4194304: raise _Bad
-    f_event_8 = b[o:e10].decode()
-    o = e10 + (-n9 & 3)
-    if n9 & 3 and b[e10:o] != _ZPAD[o - e10]: raise _Bad
-    f_seconds_11, f_micros_12, n14 = _S_qII.unpack_from(b, o)
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    v.event = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    v.seconds, v.micros, n6 = _U_qII(b, o)
     o += 16
-    if n14 == 0:
-        f_details_13 = None
-    elif n14 == 1:
-        n15 = _S_I.unpack_from(b, o)[0]
+    if n6 == 0:
+        v.details = None
+    elif n6 == 1:
+        n7, = _U_I(b, o)
         o += 4
-        e16 = o + n15
-        if e16 > n or n15 > 4194304: raise _Bad
-        f_details_13 = b[o:e16].decode()
-        o = e16 + (-n15 & 3)
-        if n15 & 3 and b[e16:o] != _ZPAD[o - e16]: raise _Bad
+        e8 = o + n7
+        if e8 > n or big and n7 > 4194304: raise _Bad
+        v.details = b[o:e8].decode()
+        if n7 & 3:
+            o = e8 + 4 - (n7 & 3)
+            if b[e8:o] != _ZPAD[o - e8]: raise _Bad
+        else:
+            o = e8
     else:
         raise _Bad
-    return qemu_domain_monitor_event_msg(f_callbackID_1, f_dom_2, f_event_8, f_seconds_11, f_micros_12, f_details_13), o
+    return v, o
 
 
 def _e_qemu_domain_monitor_event_msg(v: qemu_domain_monitor_event_msg, w: bytearray) -> None:
@@ -587,7 +660,7 @@ def _e_qemu_domain_monitor_event_msg(v: qemu_domain_monitor_event_msg, w: bytear
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_iI.pack(v.callbackID, n3)
+    w += _P_iI(v.callbackID, n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -595,11 +668,11 @@ def _e_qemu_domain_monitor_event_msg(v: qemu_domain_monitor_event_msg, w: bytear
     s5 = v.event.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
     x7 = v.details
-    w += _S_qI.pack(v.seconds, v.micros)
+    w += _P_qI(v.seconds, v.micros)
     if x7 is None:
         w += _FLAG0
     else:
@@ -607,30 +680,39 @@ def _e_qemu_domain_monitor_event_msg(v: qemu_domain_monitor_event_msg, w: bytear
         s8 = x7.encode('utf-8', 'surrogateescape')
         n9 = len(s8)
         if n9 > 4194304: raise _Bad
-        w += _S_I.pack(n9)
+        w += _P_I(n9)
         w += s8
         if n9 & 3: w += _ZPAD[-n9 & 3]
 
 
 def _d_qemu_domain_monitor_command_with_files_args(b: bytes, o: int, n: int) -> tuple[qemu_domain_monitor_command_with_files_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(qemu_domain_monitor_command_with_files_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    e9 = o + n8
-    if e9 > n or n8 > 4194304: raise _Bad
-    f_cmd_7 = b[o:e9].decode()
-    o = e9 + (-n8 & 3)
-    if n8 & 3 and b[e9:o] != _ZPAD[o - e9]: raise _Bad
-    f_flags_10 = _S_I.unpack_from(b, o)[0]
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    v.cmd = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    v.flags, = _U_I(b, o)
     o += 4
-    return qemu_domain_monitor_command_with_files_args(f_dom_1, f_cmd_7, f_flags_10), o
+    return v, o
 
 
 def _e_qemu_domain_monitor_command_with_files_args(v: qemu_domain_monitor_command_with_files_args, w: bytearray) -> None:
@@ -638,7 +720,7 @@ def _e_qemu_domain_monitor_command_with_files_args(v: qemu_domain_monitor_comman
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -646,40 +728,45 @@ def _e_qemu_domain_monitor_command_with_files_args(v: qemu_domain_monitor_comman
     s5 = v.cmd.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_qemu_domain_monitor_command_with_files_ret(b: bytes, o: int, n: int) -> tuple[qemu_domain_monitor_command_with_files_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(qemu_domain_monitor_command_with_files_ret)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_result_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    return qemu_domain_monitor_command_with_files_ret(f_result_1), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.result = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_qemu_domain_monitor_command_with_files_ret(v: qemu_domain_monitor_command_with_files_ret, w: bytearray) -> None:
     s1 = v.result.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_qemu_procedure(b: bytes, o: int, n: int) -> tuple[int, int]:
-    v = _S_i.unpack_from(b, o)[0]
+    v, = _U_i(b, o)
     o += 4
     return v, o
 
 
 def _e_qemu_procedure(v: int, w: bytearray) -> None:
-    w += _S_i.pack(v)
+    w += _P_i(v)
 
 
 _c_qemu_domain_monitor_command_args = _Codec('qemu_domain_monitor_command_args', _e_qemu_domain_monitor_command_args, _d_qemu_domain_monitor_command_args)
@@ -702,7 +789,7 @@ _LAZY: dict[str, str] = {}
 
 def codecs() -> dict[str, _Codec]:
     """Every named type of this file, by name (imports every shard)."""
-    return {name: globals()[f'_c_{name}'] if name not in _LAZY else __getattr__(f'_c_{name}') for name in _NAMES}
+    return {name: globals()[f'_c_{name}'] for name in _NAMES}
 
 
 _NAMES: tuple[str, ...] = (

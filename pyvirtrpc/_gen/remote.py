@@ -12,6 +12,8 @@ from struct import Struct as _Struct
 from struct import pack as _pack
 from struct import unpack_from as _unpack_from
 
+_new = object.__new__  # decoders fill __slots__ directly instead of calling __init__
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: it costs milliseconds at start-up
     from typing import Any, Optional, Union
@@ -27,7 +29,6 @@ from .._xdr import XdrStruct as _XdrStruct
 from .._xdr import XdrUnion as _XdrUnion
 from .._xdr import dec_chars as _dec_chars
 from .._xdr import enc_chars as _enc_chars
-from .._xdr import enum_member as _enum_member
 
 if TYPE_CHECKING:  # the shards' names for type checkers; at run time __getattr__ imports them
     from .remote_p00 import remote_vcpu_info as remote_vcpu_info
@@ -721,6 +722,39 @@ _S_iI = _Struct('>iI')
 _S_ii = _Struct('>ii')
 _S_iiI = _Struct('>iiI')
 _S_q = _Struct('>q')
+_P_16s = _S_16s.pack
+_P_16s16s = _S_16s16s.pack
+_P_16si = _S_16si.pack
+_P_16siI = _S_16siI.pack
+_P_16siQ = _S_16siQ.pack
+_P_16sii = _S_16sii.pack
+_P_16siii = _S_16siii.pack
+_P_16siiiI = _S_16siiiI.pack
+_P_16siq = _S_16siq.pack
+_P_I = _S_I.pack
+_P_Q = _S_Q.pack
+_P_d = _S_d.pack
+_P_i = _S_i.pack
+_P_iI = _S_iI.pack
+_P_ii = _S_ii.pack
+_P_q = _S_q.pack
+_U_16s = _S_16s.unpack_from
+_U_16s16s = _S_16s16s.unpack_from
+_U_16si = _S_16si.unpack_from
+_U_16siI = _S_16siI.unpack_from
+_U_16siQ = _S_16siQ.unpack_from
+_U_16sii = _S_16sii.unpack_from
+_U_16siii = _S_16siii.unpack_from
+_U_16siiiI = _S_16siiiI.unpack_from
+_U_16siq = _S_16siq.unpack_from
+_U_I = _S_I.unpack_from
+_U_Q = _S_Q.unpack_from
+_U_d = _S_d.unpack_from
+_U_i = _S_i.unpack_from
+_U_iI = _S_iI.unpack_from
+_U_ii = _S_ii.unpack_from
+_U_iiI = _S_iiI.unpack_from
+_U_q = _S_q.unpack_from
 
 # ---------------------------------------------------------------- constants
 REMOTE_STRING_MAX: int = 4194304
@@ -812,7 +846,7 @@ class remote_auth_type(_OpenEnum):
     REMOTE_AUTH_POLKIT = 2
 
 
-_EM_remote_auth_type: dict[int, remote_auth_type] = dict(remote_auth_type._value2member_map_)  # type: ignore[arg-type]
+_EM_remote_auth_type: dict[int, remote_auth_type] = dict(remote_auth_type._value2member_map_)  # type: ignore[arg-type,unused-ignore]
 REMOTE_AUTH_NONE: remote_auth_type = remote_auth_type.REMOTE_AUTH_NONE
 REMOTE_AUTH_SASL: remote_auth_type = remote_auth_type.REMOTE_AUTH_SASL
 REMOTE_AUTH_POLKIT: remote_auth_type = remote_auth_type.REMOTE_AUTH_POLKIT
@@ -2022,13 +2056,17 @@ class remote_domain_event_device_removed_msg(_XdrStruct):
 # ------------------------------------------------------------------- codecs
 
 def _d_remote_nonnull_string(b: bytes, o: int, n: int) -> tuple[str, int]:
-    n1 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    n1, = _U_I(b, o)
     o += 4
     e2 = o + n1
-    if e2 > n or n1 > 4194304: raise _Bad
+    if e2 > n or big and n1 > 4194304: raise _Bad
     v = b[o:e2].decode()
-    o = e2 + (-n1 & 3)
-    if n1 & 3 and b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
     return v, o
 
 
@@ -2036,24 +2074,28 @@ def _e_remote_nonnull_string(v: str, w: bytearray) -> None:
     s1 = v.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_remote_string(b: bytes, o: int, n: int) -> tuple[Optional[str], int]:
-    n1 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    n1, = _U_I(b, o)
     o += 4
     if n1 == 0:
         v = None
     elif n1 == 1:
-        n2 = _S_I.unpack_from(b, o)[0]
+        n2, = _U_I(b, o)
         o += 4
         e3 = o + n2
-        if e3 > n or n2 > 4194304: raise _Bad
+        if e3 > n or big and n2 > 4194304: raise _Bad
         v = b[o:e3].decode()
-        o = e3 + (-n2 & 3)
-        if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
+        if n2 & 3:
+            o = e3 + 4 - (n2 & 3)
+            if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+        else:
+            o = e3
     else:
         raise _Bad
     return v, o
@@ -2067,84 +2109,100 @@ def _e_remote_string(v: Optional[str], w: bytearray) -> None:
         s1 = v.encode('utf-8', 'surrogateescape')
         n2 = len(s1)
         if n2 > 4194304: raise _Bad
-        w += _S_I.pack(n2)
+        w += _P_I(n2)
         w += s1
         if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_remote_uuid(b: bytes, o: int, n: int) -> tuple[bytes, int]:
-    v = _S_16s.unpack_from(b, o)[0]
+    v, = _U_16s(b, o)
     o += 16
     return v, o
 
 
 def _e_remote_uuid(v: bytes, w: bytearray) -> None:
     if len(v) != 16: raise _Bad
-    w += _S_16s.pack(v)
+    w += _P_16s(v)
 
 
 def _d_remote_nonnull_domain(b: bytes, o: int, n: int) -> tuple[remote_nonnull_domain, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_nonnull_domain)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_name_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    f_uuid_4, f_id_5 = _S_16si.unpack_from(b, o)
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.name = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    v.uuid, v.id = _U_16si(b, o)
     o += 20
-    return remote_nonnull_domain(f_name_1, f_uuid_4, f_id_5), o
+    return v, o
 
 
 def _e_remote_nonnull_domain(v: remote_nonnull_domain, w: bytearray) -> None:
     s1 = v.name.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
     x3 = v.uuid
     if len(x3) != 16: raise _Bad
-    w += _S_16si.pack(x3, v.id)
+    w += _P_16si(x3, v.id)
 
 
 def _d_remote_nonnull_network(b: bytes, o: int, n: int) -> tuple[remote_nonnull_network, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_nonnull_network)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_name_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    f_uuid_4 = _S_16s.unpack_from(b, o)[0]
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.name = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    v.uuid, = _U_16s(b, o)
     o += 16
-    return remote_nonnull_network(f_name_1, f_uuid_4), o
+    return v, o
 
 
 def _e_remote_nonnull_network(v: remote_nonnull_network, w: bytearray) -> None:
     s1 = v.name.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
     x3 = v.uuid
     if len(x3) != 16: raise _Bad
-    w += _S_16s.pack(x3)
+    w += _P_16s(x3)
 
 
 def _d_remote_nonnull_network_port(b: bytes, o: int, n: int) -> tuple[remote_nonnull_network_port, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_nonnull_network_port)
+    x1 = _new(remote_nonnull_network)
+    v.net = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_uuid_6 = _S_16s16s.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, v.uuid = _U_16s16s(b, o)
     o += 32
-    f_net_1 = remote_nonnull_network(f_name_2, f_uuid_5)
-    return remote_nonnull_network_port(f_net_1, f_uuid_6), o
+    return v, o
 
 
 def _e_remote_nonnull_network_port(v: remote_nonnull_network_port, w: bytearray) -> None:
@@ -2152,207 +2210,254 @@ def _e_remote_nonnull_network_port(v: remote_nonnull_network_port, w: bytearray)
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
     x5 = v.uuid
     if len(x5) != 16: raise _Bad
-    w += _S_16s16s.pack(x4, x5)
+    w += _P_16s16s(x4, x5)
 
 
 def _d_remote_nonnull_nwfilter(b: bytes, o: int, n: int) -> tuple[remote_nonnull_nwfilter, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_nonnull_nwfilter)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_name_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    f_uuid_4 = _S_16s.unpack_from(b, o)[0]
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.name = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    v.uuid, = _U_16s(b, o)
     o += 16
-    return remote_nonnull_nwfilter(f_name_1, f_uuid_4), o
+    return v, o
 
 
 def _e_remote_nonnull_nwfilter(v: remote_nonnull_nwfilter, w: bytearray) -> None:
     s1 = v.name.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
     x3 = v.uuid
     if len(x3) != 16: raise _Bad
-    w += _S_16s.pack(x3)
+    w += _P_16s(x3)
 
 
 def _d_remote_nonnull_nwfilter_binding(b: bytes, o: int, n: int) -> tuple[remote_nonnull_nwfilter_binding, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_nonnull_nwfilter_binding)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_portdev_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    n5 = _S_I.unpack_from(b, o)[0]
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.portdev = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    n3, = _U_I(b, o)
     o += 4
-    e6 = o + n5
-    if e6 > n or n5 > 4194304: raise _Bad
-    f_filtername_4 = b[o:e6].decode()
-    o = e6 + (-n5 & 3)
-    if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-    return remote_nonnull_nwfilter_binding(f_portdev_1, f_filtername_4), o
+    e4 = o + n3
+    if e4 > n or big and n3 > 4194304: raise _Bad
+    v.filtername = b[o:e4].decode()
+    if n3 & 3:
+        o = e4 + 4 - (n3 & 3)
+        if b[e4:o] != _ZPAD[o - e4]: raise _Bad
+    else:
+        o = e4
+    return v, o
 
 
 def _e_remote_nonnull_nwfilter_binding(v: remote_nonnull_nwfilter_binding, w: bytearray) -> None:
     s1 = v.portdev.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
     s3 = v.filtername.encode('utf-8', 'surrogateescape')
     n4 = len(s3)
     if n4 > 4194304: raise _Bad
-    w += _S_I.pack(n4)
+    w += _P_I(n4)
     w += s3
     if n4 & 3: w += _ZPAD[-n4 & 3]
 
 
 def _d_remote_nonnull_interface(b: bytes, o: int, n: int) -> tuple[remote_nonnull_interface, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_nonnull_interface)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_name_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    n5 = _S_I.unpack_from(b, o)[0]
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.name = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    n3, = _U_I(b, o)
     o += 4
-    e6 = o + n5
-    if e6 > n or n5 > 4194304: raise _Bad
-    f_mac_4 = b[o:e6].decode()
-    o = e6 + (-n5 & 3)
-    if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-    return remote_nonnull_interface(f_name_1, f_mac_4), o
+    e4 = o + n3
+    if e4 > n or big and n3 > 4194304: raise _Bad
+    v.mac = b[o:e4].decode()
+    if n3 & 3:
+        o = e4 + 4 - (n3 & 3)
+        if b[e4:o] != _ZPAD[o - e4]: raise _Bad
+    else:
+        o = e4
+    return v, o
 
 
 def _e_remote_nonnull_interface(v: remote_nonnull_interface, w: bytearray) -> None:
     s1 = v.name.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
     s3 = v.mac.encode('utf-8', 'surrogateescape')
     n4 = len(s3)
     if n4 > 4194304: raise _Bad
-    w += _S_I.pack(n4)
+    w += _P_I(n4)
     w += s3
     if n4 & 3: w += _ZPAD[-n4 & 3]
 
 
 def _d_remote_nonnull_storage_pool(b: bytes, o: int, n: int) -> tuple[remote_nonnull_storage_pool, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_nonnull_storage_pool)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_name_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    f_uuid_4 = _S_16s.unpack_from(b, o)[0]
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.name = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    v.uuid, = _U_16s(b, o)
     o += 16
-    return remote_nonnull_storage_pool(f_name_1, f_uuid_4), o
+    return v, o
 
 
 def _e_remote_nonnull_storage_pool(v: remote_nonnull_storage_pool, w: bytearray) -> None:
     s1 = v.name.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
     x3 = v.uuid
     if len(x3) != 16: raise _Bad
-    w += _S_16s.pack(x3)
+    w += _P_16s(x3)
 
 
 def _d_remote_nonnull_storage_vol(b: bytes, o: int, n: int) -> tuple[remote_nonnull_storage_vol, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_nonnull_storage_vol)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_pool_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    n5 = _S_I.unpack_from(b, o)[0]
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.pool = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    n3, = _U_I(b, o)
+    o += 4
+    e4 = o + n3
+    if e4 > n or big and n3 > 4194304: raise _Bad
+    v.name = b[o:e4].decode()
+    if n3 & 3:
+        o = e4 + 4 - (n3 & 3)
+        if b[e4:o] != _ZPAD[o - e4]: raise _Bad
+    else:
+        o = e4
+    n5, = _U_I(b, o)
     o += 4
     e6 = o + n5
-    if e6 > n or n5 > 4194304: raise _Bad
-    f_name_4 = b[o:e6].decode()
-    o = e6 + (-n5 & 3)
-    if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-    n8 = _S_I.unpack_from(b, o)[0]
-    o += 4
-    e9 = o + n8
-    if e9 > n or n8 > 4194304: raise _Bad
-    f_key_7 = b[o:e9].decode()
-    o = e9 + (-n8 & 3)
-    if n8 & 3 and b[e9:o] != _ZPAD[o - e9]: raise _Bad
-    return remote_nonnull_storage_vol(f_pool_1, f_name_4, f_key_7), o
+    if e6 > n or big and n5 > 4194304: raise _Bad
+    v.key = b[o:e6].decode()
+    if n5 & 3:
+        o = e6 + 4 - (n5 & 3)
+        if b[e6:o] != _ZPAD[o - e6]: raise _Bad
+    else:
+        o = e6
+    return v, o
 
 
 def _e_remote_nonnull_storage_vol(v: remote_nonnull_storage_vol, w: bytearray) -> None:
     s1 = v.pool.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
     s3 = v.name.encode('utf-8', 'surrogateescape')
     n4 = len(s3)
     if n4 > 4194304: raise _Bad
-    w += _S_I.pack(n4)
+    w += _P_I(n4)
     w += s3
     if n4 & 3: w += _ZPAD[-n4 & 3]
     s5 = v.key.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_I.pack(n6)
+    w += _P_I(n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
 
 
 def _d_remote_nonnull_node_device(b: bytes, o: int, n: int) -> tuple[remote_nonnull_node_device, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_nonnull_node_device)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_name_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    return remote_nonnull_node_device(f_name_1), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.name = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_remote_nonnull_node_device(v: remote_nonnull_node_device, w: bytearray) -> None:
     s1 = v.name.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_remote_nonnull_secret(b: bytes, o: int, n: int) -> tuple[remote_nonnull_secret, int]:
-    f_uuid_1, f_usageType_2, n4 = _S_16siI.unpack_from(b, o)
+    big = n - o > 4194304
+    v = _new(remote_nonnull_secret)
+    v.uuid, v.usageType, n1 = _U_16siI(b, o)
     o += 24
-    e5 = o + n4
-    if e5 > n or n4 > 4194304: raise _Bad
-    f_usageID_3 = b[o:e5].decode()
-    o = e5 + (-n4 & 3)
-    if n4 & 3 and b[e5:o] != _ZPAD[o - e5]: raise _Bad
-    return remote_nonnull_secret(f_uuid_1, f_usageType_2, f_usageID_3), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.usageID = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_remote_nonnull_secret(v: remote_nonnull_secret, w: bytearray) -> None:
@@ -2361,107 +2466,129 @@ def _e_remote_nonnull_secret(v: remote_nonnull_secret, w: bytearray) -> None:
     s2 = v.usageID.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_16siI.pack(x1, v.usageType, n3)
+    w += _P_16siI(x1, v.usageType, n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
 
 
 def _d_remote_nonnull_domain_checkpoint(b: bytes, o: int, n: int) -> tuple[remote_nonnull_domain_checkpoint, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_nonnull_domain_checkpoint)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_name_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    n6 = _S_I.unpack_from(b, o)[0]
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.name = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    x3 = _new(remote_nonnull_domain)
+    v.dom = x3
+    n4, = _U_I(b, o)
     o += 4
-    e7 = o + n6
-    if e7 > n or n6 > 4194304: raise _Bad
-    f_name_5 = b[o:e7].decode()
-    o = e7 + (-n6 & 3)
-    if n6 & 3 and b[e7:o] != _ZPAD[o - e7]: raise _Bad
-    f_uuid_8, f_id_9 = _S_16si.unpack_from(b, o)
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    x3.name = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    x3.uuid, x3.id = _U_16si(b, o)
     o += 20
-    f_dom_4 = remote_nonnull_domain(f_name_5, f_uuid_8, f_id_9)
-    return remote_nonnull_domain_checkpoint(f_name_1, f_dom_4), o
+    return v, o
 
 
 def _e_remote_nonnull_domain_checkpoint(v: remote_nonnull_domain_checkpoint, w: bytearray) -> None:
     s1 = v.name.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
     x3 = v.dom
     s4 = x3.name.encode('utf-8', 'surrogateescape')
     n5 = len(s4)
     if n5 > 4194304: raise _Bad
-    w += _S_I.pack(n5)
+    w += _P_I(n5)
     w += s4
     if n5 & 3: w += _ZPAD[-n5 & 3]
     x6 = x3.uuid
     if len(x6) != 16: raise _Bad
-    w += _S_16si.pack(x6, x3.id)
+    w += _P_16si(x6, x3.id)
 
 
 def _d_remote_nonnull_domain_snapshot(b: bytes, o: int, n: int) -> tuple[remote_nonnull_domain_snapshot, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_nonnull_domain_snapshot)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_name_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    n6 = _S_I.unpack_from(b, o)[0]
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.name = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    x3 = _new(remote_nonnull_domain)
+    v.dom = x3
+    n4, = _U_I(b, o)
     o += 4
-    e7 = o + n6
-    if e7 > n or n6 > 4194304: raise _Bad
-    f_name_5 = b[o:e7].decode()
-    o = e7 + (-n6 & 3)
-    if n6 & 3 and b[e7:o] != _ZPAD[o - e7]: raise _Bad
-    f_uuid_8, f_id_9 = _S_16si.unpack_from(b, o)
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    x3.name = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    x3.uuid, x3.id = _U_16si(b, o)
     o += 20
-    f_dom_4 = remote_nonnull_domain(f_name_5, f_uuid_8, f_id_9)
-    return remote_nonnull_domain_snapshot(f_name_1, f_dom_4), o
+    return v, o
 
 
 def _e_remote_nonnull_domain_snapshot(v: remote_nonnull_domain_snapshot, w: bytearray) -> None:
     s1 = v.name.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
     x3 = v.dom
     s4 = x3.name.encode('utf-8', 'surrogateescape')
     n5 = len(s4)
     if n5 > 4194304: raise _Bad
-    w += _S_I.pack(n5)
+    w += _P_I(n5)
     w += s4
     if n5 & 3: w += _ZPAD[-n5 & 3]
     x6 = x3.uuid
     if len(x6) != 16: raise _Bad
-    w += _S_16si.pack(x6, x3.id)
+    w += _P_16si(x6, x3.id)
 
 
 def _d_remote_domain(b: bytes, o: int, n: int) -> tuple[Optional[remote_nonnull_domain], int]:
-    n1 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    n1, = _U_I(b, o)
     o += 4
     if n1 == 0:
         v = None
     elif n1 == 1:
-        n3 = _S_I.unpack_from(b, o)[0]
+        v = _new(remote_nonnull_domain)
+        n2, = _U_I(b, o)
         o += 4
-        e4 = o + n3
-        if e4 > n or n3 > 4194304: raise _Bad
-        f_name_2 = b[o:e4].decode()
-        o = e4 + (-n3 & 3)
-        if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-        f_uuid_5, f_id_6 = _S_16si.unpack_from(b, o)
+        e3 = o + n2
+        if e3 > n or big and n2 > 4194304: raise _Bad
+        v.name = b[o:e3].decode()
+        if n2 & 3:
+            o = e3 + 4 - (n2 & 3)
+            if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+        else:
+            o = e3
+        v.uuid, v.id = _U_16si(b, o)
         o += 20
-        v = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
     else:
         raise _Bad
     return v, o
@@ -2475,30 +2602,34 @@ def _e_remote_domain(v: Optional[remote_nonnull_domain], w: bytearray) -> None:
         s1 = v.name.encode('utf-8', 'surrogateescape')
         n2 = len(s1)
         if n2 > 4194304: raise _Bad
-        w += _S_I.pack(n2)
+        w += _P_I(n2)
         w += s1
         if n2 & 3: w += _ZPAD[-n2 & 3]
         x3 = v.uuid
         if len(x3) != 16: raise _Bad
-        w += _S_16si.pack(x3, v.id)
+        w += _P_16si(x3, v.id)
 
 
 def _d_remote_network(b: bytes, o: int, n: int) -> tuple[Optional[remote_nonnull_network], int]:
-    n1 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    n1, = _U_I(b, o)
     o += 4
     if n1 == 0:
         v = None
     elif n1 == 1:
-        n3 = _S_I.unpack_from(b, o)[0]
+        v = _new(remote_nonnull_network)
+        n2, = _U_I(b, o)
         o += 4
-        e4 = o + n3
-        if e4 > n or n3 > 4194304: raise _Bad
-        f_name_2 = b[o:e4].decode()
-        o = e4 + (-n3 & 3)
-        if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-        f_uuid_5 = _S_16s.unpack_from(b, o)[0]
+        e3 = o + n2
+        if e3 > n or big and n2 > 4194304: raise _Bad
+        v.name = b[o:e3].decode()
+        if n2 & 3:
+            o = e3 + 4 - (n2 & 3)
+            if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+        else:
+            o = e3
+        v.uuid, = _U_16s(b, o)
         o += 16
-        v = remote_nonnull_network(f_name_2, f_uuid_5)
     else:
         raise _Bad
     return v, o
@@ -2512,31 +2643,36 @@ def _e_remote_network(v: Optional[remote_nonnull_network], w: bytearray) -> None
         s1 = v.name.encode('utf-8', 'surrogateescape')
         n2 = len(s1)
         if n2 > 4194304: raise _Bad
-        w += _S_I.pack(n2)
+        w += _P_I(n2)
         w += s1
         if n2 & 3: w += _ZPAD[-n2 & 3]
         x3 = v.uuid
         if len(x3) != 16: raise _Bad
-        w += _S_16s.pack(x3)
+        w += _P_16s(x3)
 
 
 def _d_remote_network_port(b: bytes, o: int, n: int) -> tuple[Optional[remote_nonnull_network_port], int]:
-    n1 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    n1, = _U_I(b, o)
     o += 4
     if n1 == 0:
         v = None
     elif n1 == 1:
-        n4 = _S_I.unpack_from(b, o)[0]
+        v = _new(remote_nonnull_network_port)
+        x2 = _new(remote_nonnull_network)
+        v.net = x2
+        n3, = _U_I(b, o)
         o += 4
-        e5 = o + n4
-        if e5 > n or n4 > 4194304: raise _Bad
-        f_name_3 = b[o:e5].decode()
-        o = e5 + (-n4 & 3)
-        if n4 & 3 and b[e5:o] != _ZPAD[o - e5]: raise _Bad
-        f_uuid_6, f_uuid_7 = _S_16s16s.unpack_from(b, o)
+        e4 = o + n3
+        if e4 > n or big and n3 > 4194304: raise _Bad
+        x2.name = b[o:e4].decode()
+        if n3 & 3:
+            o = e4 + 4 - (n3 & 3)
+            if b[e4:o] != _ZPAD[o - e4]: raise _Bad
+        else:
+            o = e4
+        x2.uuid, v.uuid = _U_16s16s(b, o)
         o += 32
-        f_net_2 = remote_nonnull_network(f_name_3, f_uuid_6)
-        v = remote_nonnull_network_port(f_net_2, f_uuid_7)
     else:
         raise _Bad
     return v, o
@@ -2551,32 +2687,36 @@ def _e_remote_network_port(v: Optional[remote_nonnull_network_port], w: bytearra
         s2 = x1.name.encode('utf-8', 'surrogateescape')
         n3 = len(s2)
         if n3 > 4194304: raise _Bad
-        w += _S_I.pack(n3)
+        w += _P_I(n3)
         w += s2
         if n3 & 3: w += _ZPAD[-n3 & 3]
         x4 = x1.uuid
         if len(x4) != 16: raise _Bad
         x5 = v.uuid
         if len(x5) != 16: raise _Bad
-        w += _S_16s16s.pack(x4, x5)
+        w += _P_16s16s(x4, x5)
 
 
 def _d_remote_nwfilter(b: bytes, o: int, n: int) -> tuple[Optional[remote_nonnull_nwfilter], int]:
-    n1 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    n1, = _U_I(b, o)
     o += 4
     if n1 == 0:
         v = None
     elif n1 == 1:
-        n3 = _S_I.unpack_from(b, o)[0]
+        v = _new(remote_nonnull_nwfilter)
+        n2, = _U_I(b, o)
         o += 4
-        e4 = o + n3
-        if e4 > n or n3 > 4194304: raise _Bad
-        f_name_2 = b[o:e4].decode()
-        o = e4 + (-n3 & 3)
-        if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-        f_uuid_5 = _S_16s.unpack_from(b, o)[0]
+        e3 = o + n2
+        if e3 > n or big and n2 > 4194304: raise _Bad
+        v.name = b[o:e3].decode()
+        if n2 & 3:
+            o = e3 + 4 - (n2 & 3)
+            if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+        else:
+            o = e3
+        v.uuid, = _U_16s(b, o)
         o += 16
-        v = remote_nonnull_nwfilter(f_name_2, f_uuid_5)
     else:
         raise _Bad
     return v, o
@@ -2590,35 +2730,42 @@ def _e_remote_nwfilter(v: Optional[remote_nonnull_nwfilter], w: bytearray) -> No
         s1 = v.name.encode('utf-8', 'surrogateescape')
         n2 = len(s1)
         if n2 > 4194304: raise _Bad
-        w += _S_I.pack(n2)
+        w += _P_I(n2)
         w += s1
         if n2 & 3: w += _ZPAD[-n2 & 3]
         x3 = v.uuid
         if len(x3) != 16: raise _Bad
-        w += _S_16s.pack(x3)
+        w += _P_16s(x3)
 
 
 def _d_remote_nwfilter_binding(b: bytes, o: int, n: int) -> tuple[Optional[remote_nonnull_nwfilter_binding], int]:
-    n1 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    n1, = _U_I(b, o)
     o += 4
     if n1 == 0:
         v = None
     elif n1 == 1:
-        n3 = _S_I.unpack_from(b, o)[0]
+        v = _new(remote_nonnull_nwfilter_binding)
+        n2, = _U_I(b, o)
         o += 4
-        e4 = o + n3
-        if e4 > n or n3 > 4194304: raise _Bad
-        f_portdev_2 = b[o:e4].decode()
-        o = e4 + (-n3 & 3)
-        if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-        n6 = _S_I.unpack_from(b, o)[0]
+        e3 = o + n2
+        if e3 > n or big and n2 > 4194304: raise _Bad
+        v.portdev = b[o:e3].decode()
+        if n2 & 3:
+            o = e3 + 4 - (n2 & 3)
+            if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+        else:
+            o = e3
+        n4, = _U_I(b, o)
         o += 4
-        e7 = o + n6
-        if e7 > n or n6 > 4194304: raise _Bad
-        f_filtername_5 = b[o:e7].decode()
-        o = e7 + (-n6 & 3)
-        if n6 & 3 and b[e7:o] != _ZPAD[o - e7]: raise _Bad
-        v = remote_nonnull_nwfilter_binding(f_portdev_2, f_filtername_5)
+        e5 = o + n4
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        v.filtername = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
     else:
         raise _Bad
     return v, o
@@ -2632,45 +2779,55 @@ def _e_remote_nwfilter_binding(v: Optional[remote_nonnull_nwfilter_binding], w: 
         s1 = v.portdev.encode('utf-8', 'surrogateescape')
         n2 = len(s1)
         if n2 > 4194304: raise _Bad
-        w += _S_I.pack(n2)
+        w += _P_I(n2)
         w += s1
         if n2 & 3: w += _ZPAD[-n2 & 3]
         s3 = v.filtername.encode('utf-8', 'surrogateescape')
         n4 = len(s3)
         if n4 > 4194304: raise _Bad
-        w += _S_I.pack(n4)
+        w += _P_I(n4)
         w += s3
         if n4 & 3: w += _ZPAD[-n4 & 3]
 
 
 def _d_remote_storage_vol(b: bytes, o: int, n: int) -> tuple[Optional[remote_nonnull_storage_vol], int]:
-    n1 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    n1, = _U_I(b, o)
     o += 4
     if n1 == 0:
         v = None
     elif n1 == 1:
-        n3 = _S_I.unpack_from(b, o)[0]
+        v = _new(remote_nonnull_storage_vol)
+        n2, = _U_I(b, o)
         o += 4
-        e4 = o + n3
-        if e4 > n or n3 > 4194304: raise _Bad
-        f_pool_2 = b[o:e4].decode()
-        o = e4 + (-n3 & 3)
-        if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-        n6 = _S_I.unpack_from(b, o)[0]
+        e3 = o + n2
+        if e3 > n or big and n2 > 4194304: raise _Bad
+        v.pool = b[o:e3].decode()
+        if n2 & 3:
+            o = e3 + 4 - (n2 & 3)
+            if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+        else:
+            o = e3
+        n4, = _U_I(b, o)
+        o += 4
+        e5 = o + n4
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        v.name = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
+        n6, = _U_I(b, o)
         o += 4
         e7 = o + n6
-        if e7 > n or n6 > 4194304: raise _Bad
-        f_name_5 = b[o:e7].decode()
-        o = e7 + (-n6 & 3)
-        if n6 & 3 and b[e7:o] != _ZPAD[o - e7]: raise _Bad
-        n9 = _S_I.unpack_from(b, o)[0]
-        o += 4
-        e10 = o + n9
-        if e10 > n or n9 > 4194304: raise _Bad
-        f_key_8 = b[o:e10].decode()
-        o = e10 + (-n9 & 3)
-        if n9 & 3 and b[e10:o] != _ZPAD[o - e10]: raise _Bad
-        v = remote_nonnull_storage_vol(f_pool_2, f_name_5, f_key_8)
+        if e7 > n or big and n6 > 4194304: raise _Bad
+        v.key = b[o:e7].decode()
+        if n6 & 3:
+            o = e7 + 4 - (n6 & 3)
+            if b[e7:o] != _ZPAD[o - e7]: raise _Bad
+        else:
+            o = e7
     else:
         raise _Bad
     return v, o
@@ -2684,120 +2841,142 @@ def _e_remote_storage_vol(v: Optional[remote_nonnull_storage_vol], w: bytearray)
         s1 = v.pool.encode('utf-8', 'surrogateescape')
         n2 = len(s1)
         if n2 > 4194304: raise _Bad
-        w += _S_I.pack(n2)
+        w += _P_I(n2)
         w += s1
         if n2 & 3: w += _ZPAD[-n2 & 3]
         s3 = v.name.encode('utf-8', 'surrogateescape')
         n4 = len(s3)
         if n4 > 4194304: raise _Bad
-        w += _S_I.pack(n4)
+        w += _P_I(n4)
         w += s3
         if n4 & 3: w += _ZPAD[-n4 & 3]
         s5 = v.key.encode('utf-8', 'surrogateescape')
         n6 = len(s5)
         if n6 > 4194304: raise _Bad
-        w += _S_I.pack(n6)
+        w += _P_I(n6)
         w += s5
         if n6 & 3: w += _ZPAD[-n6 & 3]
 
 
 def _d_remote_error(b: bytes, o: int, n: int) -> tuple[remote_error, int]:
-    f_code_1, f_domain_2, n4 = _S_iiI.unpack_from(b, o)
+    big = n - o > 4194304
+    v = _new(remote_error)
+    v.code, v.domain, n1 = _U_iiI(b, o)
     o += 12
-    if n4 == 0:
-        f_message_3 = None
-    elif n4 == 1:
-        n5 = _S_I.unpack_from(b, o)[0]
+    if n1 == 0:
+        v.message = None
+    elif n1 == 1:
+        n2, = _U_I(b, o)
         o += 4
-        e6 = o + n5
-        if e6 > n or n5 > 4194304: raise _Bad
-        f_message_3 = b[o:e6].decode()
-        o = e6 + (-n5 & 3)
-        if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
+        e3 = o + n2
+        if e3 > n or big and n2 > 4194304: raise _Bad
+        v.message = b[o:e3].decode()
+        if n2 & 3:
+            o = e3 + 4 - (n2 & 3)
+            if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+        else:
+            o = e3
     else:
         raise _Bad
-    f_level_7, n9 = _S_iI.unpack_from(b, o)
+    v.level, n4 = _U_iI(b, o)
     o += 8
-    if n9 == 0:
-        f_dom_8 = None
-    elif n9 == 1:
-        n11 = _S_I.unpack_from(b, o)[0]
+    if n4 == 0:
+        v.dom = None
+    elif n4 == 1:
+        x5 = _new(remote_nonnull_domain)
+        v.dom = x5
+        n6, = _U_I(b, o)
         o += 4
-        e12 = o + n11
-        if e12 > n or n11 > 4194304: raise _Bad
-        f_name_10 = b[o:e12].decode()
-        o = e12 + (-n11 & 3)
-        if n11 & 3 and b[e12:o] != _ZPAD[o - e12]: raise _Bad
-        f_uuid_13, f_id_14 = _S_16si.unpack_from(b, o)
+        e7 = o + n6
+        if e7 > n or big and n6 > 4194304: raise _Bad
+        x5.name = b[o:e7].decode()
+        if n6 & 3:
+            o = e7 + 4 - (n6 & 3)
+            if b[e7:o] != _ZPAD[o - e7]: raise _Bad
+        else:
+            o = e7
+        x5.uuid, x5.id = _U_16si(b, o)
         o += 20
-        f_dom_8 = remote_nonnull_domain(f_name_10, f_uuid_13, f_id_14)
     else:
         raise _Bad
-    n16 = _S_I.unpack_from(b, o)[0]
+    n8, = _U_I(b, o)
     o += 4
-    if n16 == 0:
-        f_str1_15 = None
-    elif n16 == 1:
-        n17 = _S_I.unpack_from(b, o)[0]
+    if n8 == 0:
+        v.str1 = None
+    elif n8 == 1:
+        n9, = _U_I(b, o)
         o += 4
-        e18 = o + n17
-        if e18 > n or n17 > 4194304: raise _Bad
-        f_str1_15 = b[o:e18].decode()
-        o = e18 + (-n17 & 3)
-        if n17 & 3 and b[e18:o] != _ZPAD[o - e18]: raise _Bad
+        e10 = o + n9
+        if e10 > n or big and n9 > 4194304: raise _Bad
+        v.str1 = b[o:e10].decode()
+        if n9 & 3:
+            o = e10 + 4 - (n9 & 3)
+            if b[e10:o] != _ZPAD[o - e10]: raise _Bad
+        else:
+            o = e10
     else:
         raise _Bad
-    n20 = _S_I.unpack_from(b, o)[0]
+    n11, = _U_I(b, o)
     o += 4
-    if n20 == 0:
-        f_str2_19 = None
-    elif n20 == 1:
-        n21 = _S_I.unpack_from(b, o)[0]
+    if n11 == 0:
+        v.str2 = None
+    elif n11 == 1:
+        n12, = _U_I(b, o)
         o += 4
-        e22 = o + n21
-        if e22 > n or n21 > 4194304: raise _Bad
-        f_str2_19 = b[o:e22].decode()
-        o = e22 + (-n21 & 3)
-        if n21 & 3 and b[e22:o] != _ZPAD[o - e22]: raise _Bad
+        e13 = o + n12
+        if e13 > n or big and n12 > 4194304: raise _Bad
+        v.str2 = b[o:e13].decode()
+        if n12 & 3:
+            o = e13 + 4 - (n12 & 3)
+            if b[e13:o] != _ZPAD[o - e13]: raise _Bad
+        else:
+            o = e13
     else:
         raise _Bad
-    n24 = _S_I.unpack_from(b, o)[0]
+    n14, = _U_I(b, o)
     o += 4
-    if n24 == 0:
-        f_str3_23 = None
-    elif n24 == 1:
-        n25 = _S_I.unpack_from(b, o)[0]
+    if n14 == 0:
+        v.str3 = None
+    elif n14 == 1:
+        n15, = _U_I(b, o)
         o += 4
-        e26 = o + n25
-        if e26 > n or n25 > 4194304: raise _Bad
-        f_str3_23 = b[o:e26].decode()
-        o = e26 + (-n25 & 3)
-        if n25 & 3 and b[e26:o] != _ZPAD[o - e26]: raise _Bad
+        e16 = o + n15
+        if e16 > n or big and n15 > 4194304: raise _Bad
+        v.str3 = b[o:e16].decode()
+        if n15 & 3:
+            o = e16 + 4 - (n15 & 3)
+            if b[e16:o] != _ZPAD[o - e16]: raise _Bad
+        else:
+            o = e16
     else:
         raise _Bad
-    f_int1_27, f_int2_28, n30 = _S_iiI.unpack_from(b, o)
+    v.int1, v.int2, n17 = _U_iiI(b, o)
     o += 12
-    if n30 == 0:
-        f_net_29 = None
-    elif n30 == 1:
-        n32 = _S_I.unpack_from(b, o)[0]
+    if n17 == 0:
+        v.net = None
+    elif n17 == 1:
+        x18 = _new(remote_nonnull_network)
+        v.net = x18
+        n19, = _U_I(b, o)
         o += 4
-        e33 = o + n32
-        if e33 > n or n32 > 4194304: raise _Bad
-        f_name_31 = b[o:e33].decode()
-        o = e33 + (-n32 & 3)
-        if n32 & 3 and b[e33:o] != _ZPAD[o - e33]: raise _Bad
-        f_uuid_34 = _S_16s.unpack_from(b, o)[0]
+        e20 = o + n19
+        if e20 > n or big and n19 > 4194304: raise _Bad
+        x18.name = b[o:e20].decode()
+        if n19 & 3:
+            o = e20 + 4 - (n19 & 3)
+            if b[e20:o] != _ZPAD[o - e20]: raise _Bad
+        else:
+            o = e20
+        x18.uuid, = _U_16s(b, o)
         o += 16
-        f_net_29 = remote_nonnull_network(f_name_31, f_uuid_34)
     else:
         raise _Bad
-    return remote_error(f_code_1, f_domain_2, f_message_3, f_level_7, f_dom_8, f_str1_15, f_str2_19, f_str3_23, f_int1_27, f_int2_28, f_net_29), o
+    return v, o
 
 
 def _e_remote_error(v: remote_error, w: bytearray) -> None:
     x1 = v.message
-    w += _S_ii.pack(v.code, v.domain)
+    w += _P_ii(v.code, v.domain)
     if x1 is None:
         w += _FLAG0
     else:
@@ -2805,11 +2984,11 @@ def _e_remote_error(v: remote_error, w: bytearray) -> None:
         s2 = x1.encode('utf-8', 'surrogateescape')
         n3 = len(s2)
         if n3 > 4194304: raise _Bad
-        w += _S_I.pack(n3)
+        w += _P_I(n3)
         w += s2
         if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = v.dom
-    w += _S_i.pack(v.level)
+    w += _P_i(v.level)
     if x4 is None:
         w += _FLAG0
     else:
@@ -2817,12 +2996,12 @@ def _e_remote_error(v: remote_error, w: bytearray) -> None:
         s5 = x4.name.encode('utf-8', 'surrogateescape')
         n6 = len(s5)
         if n6 > 4194304: raise _Bad
-        w += _S_I.pack(n6)
+        w += _P_I(n6)
         w += s5
         if n6 & 3: w += _ZPAD[-n6 & 3]
         x7 = x4.uuid
         if len(x7) != 16: raise _Bad
-        w += _S_16si.pack(x7, x4.id)
+        w += _P_16si(x7, x4.id)
     x8 = v.str1
     if x8 is None:
         w += _FLAG0
@@ -2831,7 +3010,7 @@ def _e_remote_error(v: remote_error, w: bytearray) -> None:
         s9 = x8.encode('utf-8', 'surrogateescape')
         n10 = len(s9)
         if n10 > 4194304: raise _Bad
-        w += _S_I.pack(n10)
+        w += _P_I(n10)
         w += s9
         if n10 & 3: w += _ZPAD[-n10 & 3]
     x11 = v.str2
@@ -2842,7 +3021,7 @@ def _e_remote_error(v: remote_error, w: bytearray) -> None:
         s12 = x11.encode('utf-8', 'surrogateescape')
         n13 = len(s12)
         if n13 > 4194304: raise _Bad
-        w += _S_I.pack(n13)
+        w += _P_I(n13)
         w += s12
         if n13 & 3: w += _ZPAD[-n13 & 3]
     x14 = v.str3
@@ -2853,11 +3032,11 @@ def _e_remote_error(v: remote_error, w: bytearray) -> None:
         s15 = x14.encode('utf-8', 'surrogateescape')
         n16 = len(s15)
         if n16 > 4194304: raise _Bad
-        w += _S_I.pack(n16)
+        w += _P_I(n16)
         w += s15
         if n16 & 3: w += _ZPAD[-n16 & 3]
     x17 = v.net
-    w += _S_ii.pack(v.int1, v.int2)
+    w += _P_ii(v.int1, v.int2)
     if x17 is None:
         w += _FLAG0
     else:
@@ -2865,80 +3044,86 @@ def _e_remote_error(v: remote_error, w: bytearray) -> None:
         s18 = x17.name.encode('utf-8', 'surrogateescape')
         n19 = len(s18)
         if n19 > 4194304: raise _Bad
-        w += _S_I.pack(n19)
+        w += _P_I(n19)
         w += s18
         if n19 & 3: w += _ZPAD[-n19 & 3]
         x20 = x17.uuid
         if len(x20) != 16: raise _Bad
-        w += _S_16s.pack(x20)
+        w += _P_16s(x20)
 
 
 def _d_remote_auth_type(b: bytes, o: int, n: int) -> tuple[remote_auth_type, int]:
-    r1 = _S_i.unpack_from(b, o)[0]
+    r1, = _U_i(b, o)
     o += 4
-    v = _enum_member(_EM_remote_auth_type, remote_auth_type, r1)
+    v = _EM_remote_auth_type[r1] if r1 in _EM_remote_auth_type else remote_auth_type(r1)
     return v, o
 
 
 def _e_remote_auth_type(v: remote_auth_type, w: bytearray) -> None:
-    w += _S_i.pack(v)
+    w += _P_i(v)
 
 
 def _d_remote_typed_param_value(b: bytes, o: int, n: int) -> tuple[remote_typed_param_value, int]:
-    d = _S_i.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    u = _new(remote_typed_param_value)
+    d1, = _U_i(b, o)
     o += 4
-    if d == 1:
-        v = _S_i.unpack_from(b, o)[0]
+    if d1 == 1:
+        u.value, = _U_i(b, o)
         o += 4
-    elif d == 2:
-        v = _S_I.unpack_from(b, o)[0]
+    elif d1 == 2:
+        u.value, = _U_I(b, o)
         o += 4
-    elif d == 3:
-        v = _S_q.unpack_from(b, o)[0]
+    elif d1 == 3:
+        u.value, = _U_q(b, o)
         o += 8
-    elif d == 4:
-        v = _S_Q.unpack_from(b, o)[0]
+    elif d1 == 4:
+        u.value, = _U_Q(b, o)
         o += 8
-    elif d == 5:
-        v = _S_d.unpack_from(b, o)[0]
+    elif d1 == 5:
+        u.value, = _U_d(b, o)
         o += 8
-    elif d == 6:
-        v = _S_i.unpack_from(b, o)[0]
+    elif d1 == 6:
+        u.value, = _U_i(b, o)
         o += 4
-    elif d == 7:
-        n1 = _S_I.unpack_from(b, o)[0]
+    elif d1 == 7:
+        n2, = _U_I(b, o)
         o += 4
-        e2 = o + n1
-        if e2 > n or n1 > 4194304: raise _Bad
-        v = b[o:e2].decode()
-        o = e2 + (-n1 & 3)
-        if n1 & 3 and b[e2:o] != _ZPAD[o - e2]: raise _Bad
+        e3 = o + n2
+        if e3 > n or big and n2 > 4194304: raise _Bad
+        u.value = b[o:e3].decode()
+        if n2 & 3:
+            o = e3 + 4 - (n2 & 3)
+            if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+        else:
+            o = e3
     else:
         raise _Bad
-    return remote_typed_param_value(d, v), o
+    u.type = d1
+    return u, o
 
 
 def _e_remote_typed_param_value(v: remote_typed_param_value, w: bytearray) -> None:
     d = v.type
-    x = v.value
-    w += _S_i.pack(d)
+    x: Any = v.value
+    w += _P_i(d)
     if d == 1:
-        w += _S_i.pack(x)
+        w += _P_i(x)
     elif d == 2:
-        w += _S_I.pack(x)
+        w += _P_I(x)
     elif d == 3:
-        w += _S_q.pack(x)
+        w += _P_q(x)
     elif d == 4:
-        w += _S_Q.pack(x)
+        w += _P_Q(x)
     elif d == 5:
-        w += _S_d.pack(x)
+        w += _P_d(x)
     elif d == 6:
-        w += _S_i.pack(x)
+        w += _P_i(x)
     elif d == 7:
         s1 = x.encode('utf-8', 'surrogateescape')
         n2 = len(s1)
         if n2 > 4194304: raise _Bad
-        w += _S_I.pack(n2)
+        w += _P_I(n2)
         w += s1
         if n2 & 3: w += _ZPAD[-n2 & 3]
     else:
@@ -2946,59 +3131,106 @@ def _e_remote_typed_param_value(v: remote_typed_param_value, w: bytearray) -> No
 
 
 def _d_remote_typed_param(b: bytes, o: int, n: int) -> tuple[remote_typed_param, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_typed_param)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_field_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    f_value_4, o = _d_remote_typed_param_value(b, o, n)
-    return remote_typed_param(f_field_1, f_value_4), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.field = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    x3 = _new(remote_typed_param_value)
+    d4, = _U_i(b, o)
+    o += 4
+    if d4 == 1:
+        x3.value, = _U_i(b, o)
+        o += 4
+    elif d4 == 2:
+        x3.value, = _U_I(b, o)
+        o += 4
+    elif d4 == 3:
+        x3.value, = _U_q(b, o)
+        o += 8
+    elif d4 == 4:
+        x3.value, = _U_Q(b, o)
+        o += 8
+    elif d4 == 5:
+        x3.value, = _U_d(b, o)
+        o += 8
+    elif d4 == 6:
+        x3.value, = _U_i(b, o)
+        o += 4
+    elif d4 == 7:
+        n5, = _U_I(b, o)
+        o += 4
+        e6 = o + n5
+        if e6 > n or big and n5 > 4194304: raise _Bad
+        x3.value = b[o:e6].decode()
+        if n5 & 3:
+            o = e6 + 4 - (n5 & 3)
+            if b[e6:o] != _ZPAD[o - e6]: raise _Bad
+        else:
+            o = e6
+    else:
+        raise _Bad
+    x3.type = d4
+    v.value = x3
+    return v, o
 
 
 def _e_remote_typed_param(v: remote_typed_param, w: bytearray) -> None:
     s1 = v.field.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
     _e_remote_typed_param_value(v.value, w)
 
 
 def _d_remote_domain_get_security_label_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_get_security_label_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    v = _new(remote_domain_get_security_label_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 4097 or n2 * 4 > n - o: raise _Bad
-    f_label_1 = _dec_chars(_unpack_from('>%di' % n2, b, o))
-    o += 4 * n2
-    f_enforcing_3 = _S_i.unpack_from(b, o)[0]
+    if n1 > 4097 or n1 * 4 > n - o: raise _Bad
+    v.label = _dec_chars(_unpack_from('>%di' % n1, b, o))
+    o += 4 * n1
+    v.enforcing, = _U_i(b, o)
     o += 4
-    return remote_domain_get_security_label_ret(f_label_1, f_enforcing_3), o
+    return v, o
 
 
 def _e_remote_domain_get_security_label_ret(v: remote_domain_get_security_label_ret, w: bytearray) -> None:
     s1 = v.label
     n2 = len(s1)
     if n2 > 4097: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += _enc_chars(s1)
-    w += _S_i.pack(v.enforcing)
+    w += _P_i(v.enforcing)
 
 
 def _d_remote_domain_event_lifecycle_msg(b: bytes, o: int, n: int) -> tuple[remote_domain_event_lifecycle_msg, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_event_lifecycle_msg)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_event_7, f_detail_8 = _S_16siii.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.event, v.detail = _U_16siii(b, o)
     o += 28
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_event_lifecycle_msg(f_dom_1, f_event_7, f_detail_8), o
+    return v, o
 
 
 def _e_remote_domain_event_lifecycle_msg(v: remote_domain_event_lifecycle_msg, w: bytearray) -> None:
@@ -3006,26 +3238,32 @@ def _e_remote_domain_event_lifecycle_msg(v: remote_domain_event_lifecycle_msg, w
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siii.pack(x4, x1.id, v.event, v.detail)
+    w += _P_16siii(x4, x1.id, v.event, v.detail)
 
 
 def _d_remote_domain_event_reboot_msg(b: bytes, o: int, n: int) -> tuple[remote_domain_event_reboot_msg, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_event_reboot_msg)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6 = _S_16si.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id = _U_16si(b, o)
     o += 20
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_event_reboot_msg(f_dom_1), o
+    return v, o
 
 
 def _e_remote_domain_event_reboot_msg(v: remote_domain_event_reboot_msg, w: bytearray) -> None:
@@ -3033,26 +3271,32 @@ def _e_remote_domain_event_reboot_msg(v: remote_domain_event_reboot_msg, w: byte
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16si.pack(x4, x1.id)
+    w += _P_16si(x4, x1.id)
 
 
 def _d_remote_domain_event_rtc_change_msg(b: bytes, o: int, n: int) -> tuple[remote_domain_event_rtc_change_msg, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_event_rtc_change_msg)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_offset_7 = _S_16siq.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.offset = _U_16siq(b, o)
     o += 28
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_event_rtc_change_msg(f_dom_1, f_offset_7), o
+    return v, o
 
 
 def _e_remote_domain_event_rtc_change_msg(v: remote_domain_event_rtc_change_msg, w: bytearray) -> None:
@@ -3060,26 +3304,32 @@ def _e_remote_domain_event_rtc_change_msg(v: remote_domain_event_rtc_change_msg,
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siq.pack(x4, x1.id, v.offset)
+    w += _P_16siq(x4, x1.id, v.offset)
 
 
 def _d_remote_domain_event_watchdog_msg(b: bytes, o: int, n: int) -> tuple[remote_domain_event_watchdog_msg, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_event_watchdog_msg)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_action_7 = _S_16sii.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.action = _U_16sii(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_event_watchdog_msg(f_dom_1, f_action_7), o
+    return v, o
 
 
 def _e_remote_domain_event_watchdog_msg(v: remote_domain_event_watchdog_msg, w: bytearray) -> None:
@@ -3087,40 +3337,52 @@ def _e_remote_domain_event_watchdog_msg(v: remote_domain_event_watchdog_msg, w: 
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16sii.pack(x4, x1.id, v.action)
+    w += _P_16sii(x4, x1.id, v.action)
 
 
 def _d_remote_domain_event_io_error_msg(b: bytes, o: int, n: int) -> tuple[remote_domain_event_io_error_msg, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_event_io_error_msg)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    e9 = o + n8
-    if e9 > n or n8 > 4194304: raise _Bad
-    f_srcPath_7 = b[o:e9].decode()
-    o = e9 + (-n8 & 3)
-    if n8 & 3 and b[e9:o] != _ZPAD[o - e9]: raise _Bad
-    n11 = _S_I.unpack_from(b, o)[0]
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    v.srcPath = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    n6, = _U_I(b, o)
     o += 4
-    e12 = o + n11
-    if e12 > n or n11 > 4194304: raise _Bad
-    f_devAlias_10 = b[o:e12].decode()
-    o = e12 + (-n11 & 3)
-    if n11 & 3 and b[e12:o] != _ZPAD[o - e12]: raise _Bad
-    f_action_13 = _S_i.unpack_from(b, o)[0]
+    e7 = o + n6
+    if e7 > n or big and n6 > 4194304: raise _Bad
+    v.devAlias = b[o:e7].decode()
+    if n6 & 3:
+        o = e7 + 4 - (n6 & 3)
+        if b[e7:o] != _ZPAD[o - e7]: raise _Bad
+    else:
+        o = e7
+    v.action, = _U_i(b, o)
     o += 4
-    return remote_domain_event_io_error_msg(f_dom_1, f_srcPath_7, f_devAlias_10, f_action_13), o
+    return v, o
 
 
 def _e_remote_domain_event_io_error_msg(v: remote_domain_event_io_error_msg, w: bytearray) -> None:
@@ -3128,7 +3390,7 @@ def _e_remote_domain_event_io_error_msg(v: remote_domain_event_io_error_msg, w: 
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -3136,49 +3398,64 @@ def _e_remote_domain_event_io_error_msg(v: remote_domain_event_io_error_msg, w: 
     s5 = v.srcPath.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
     s7 = v.devAlias.encode('utf-8', 'surrogateescape')
     n8 = len(s7)
     if n8 > 4194304: raise _Bad
-    w += _S_I.pack(n8)
+    w += _P_I(n8)
     w += s7
     if n8 & 3: w += _ZPAD[-n8 & 3]
-    w += _S_i.pack(v.action)
+    w += _P_i(v.action)
 
 
 def _d_remote_domain_event_io_error_reason_msg(b: bytes, o: int, n: int) -> tuple[remote_domain_event_io_error_reason_msg, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_event_io_error_reason_msg)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    e9 = o + n8
-    if e9 > n or n8 > 4194304: raise _Bad
-    f_srcPath_7 = b[o:e9].decode()
-    o = e9 + (-n8 & 3)
-    if n8 & 3 and b[e9:o] != _ZPAD[o - e9]: raise _Bad
-    n11 = _S_I.unpack_from(b, o)[0]
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    v.srcPath = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    n6, = _U_I(b, o)
     o += 4
-    e12 = o + n11
-    if e12 > n or n11 > 4194304: raise _Bad
-    f_devAlias_10 = b[o:e12].decode()
-    o = e12 + (-n11 & 3)
-    if n11 & 3 and b[e12:o] != _ZPAD[o - e12]: raise _Bad
-    f_action_13, n15 = _S_iI.unpack_from(b, o)
+    e7 = o + n6
+    if e7 > n or big and n6 > 4194304: raise _Bad
+    v.devAlias = b[o:e7].decode()
+    if n6 & 3:
+        o = e7 + 4 - (n6 & 3)
+        if b[e7:o] != _ZPAD[o - e7]: raise _Bad
+    else:
+        o = e7
+    v.action, n8 = _U_iI(b, o)
     o += 8
-    e16 = o + n15
-    if e16 > n or n15 > 4194304: raise _Bad
-    f_reason_14 = b[o:e16].decode()
-    o = e16 + (-n15 & 3)
-    if n15 & 3 and b[e16:o] != _ZPAD[o - e16]: raise _Bad
-    return remote_domain_event_io_error_reason_msg(f_dom_1, f_srcPath_7, f_devAlias_10, f_action_13, f_reason_14), o
+    e9 = o + n8
+    if e9 > n or big and n8 > 4194304: raise _Bad
+    v.reason = b[o:e9].decode()
+    if n8 & 3:
+        o = e9 + 4 - (n8 & 3)
+        if b[e9:o] != _ZPAD[o - e9]: raise _Bad
+    else:
+        o = e9
+    return v, o
 
 
 def _e_remote_domain_event_io_error_reason_msg(v: remote_domain_event_io_error_reason_msg, w: bytearray) -> None:
@@ -3186,7 +3463,7 @@ def _e_remote_domain_event_io_error_reason_msg(v: remote_domain_event_io_error_r
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -3194,157 +3471,207 @@ def _e_remote_domain_event_io_error_reason_msg(v: remote_domain_event_io_error_r
     s5 = v.srcPath.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
     s7 = v.devAlias.encode('utf-8', 'surrogateescape')
     n8 = len(s7)
     if n8 > 4194304: raise _Bad
-    w += _S_I.pack(n8)
+    w += _P_I(n8)
     w += s7
     if n8 & 3: w += _ZPAD[-n8 & 3]
     s9 = v.reason.encode('utf-8', 'surrogateescape')
     n10 = len(s9)
     if n10 > 4194304: raise _Bad
-    w += _S_iI.pack(v.action, n10)
+    w += _P_iI(v.action, n10)
     w += s9
     if n10 & 3: w += _ZPAD[-n10 & 3]
 
 
 def _d_remote_domain_event_graphics_address(b: bytes, o: int, n: int) -> tuple[remote_domain_event_graphics_address, int]:
-    f_family_1, n3 = _S_iI.unpack_from(b, o)
+    big = n - o > 4194304
+    v = _new(remote_domain_event_graphics_address)
+    v.family, n1 = _U_iI(b, o)
     o += 8
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_node_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    n6 = _S_I.unpack_from(b, o)[0]
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.node = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    n3, = _U_I(b, o)
     o += 4
-    e7 = o + n6
-    if e7 > n or n6 > 4194304: raise _Bad
-    f_service_5 = b[o:e7].decode()
-    o = e7 + (-n6 & 3)
-    if n6 & 3 and b[e7:o] != _ZPAD[o - e7]: raise _Bad
-    return remote_domain_event_graphics_address(f_family_1, f_node_2, f_service_5), o
+    e4 = o + n3
+    if e4 > n or big and n3 > 4194304: raise _Bad
+    v.service = b[o:e4].decode()
+    if n3 & 3:
+        o = e4 + 4 - (n3 & 3)
+        if b[e4:o] != _ZPAD[o - e4]: raise _Bad
+    else:
+        o = e4
+    return v, o
 
 
 def _e_remote_domain_event_graphics_address(v: remote_domain_event_graphics_address, w: bytearray) -> None:
     s1 = v.node.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_iI.pack(v.family, n2)
+    w += _P_iI(v.family, n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
     s3 = v.service.encode('utf-8', 'surrogateescape')
     n4 = len(s3)
     if n4 > 4194304: raise _Bad
-    w += _S_I.pack(n4)
+    w += _P_I(n4)
     w += s3
     if n4 & 3: w += _ZPAD[-n4 & 3]
 
 
 def _d_remote_domain_event_graphics_identity(b: bytes, o: int, n: int) -> tuple[remote_domain_event_graphics_identity, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_event_graphics_identity)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_type_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    n5 = _S_I.unpack_from(b, o)[0]
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.type = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    n3, = _U_I(b, o)
     o += 4
-    e6 = o + n5
-    if e6 > n or n5 > 4194304: raise _Bad
-    f_name_4 = b[o:e6].decode()
-    o = e6 + (-n5 & 3)
-    if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-    return remote_domain_event_graphics_identity(f_type_1, f_name_4), o
+    e4 = o + n3
+    if e4 > n or big and n3 > 4194304: raise _Bad
+    v.name = b[o:e4].decode()
+    if n3 & 3:
+        o = e4 + 4 - (n3 & 3)
+        if b[e4:o] != _ZPAD[o - e4]: raise _Bad
+    else:
+        o = e4
+    return v, o
 
 
 def _e_remote_domain_event_graphics_identity(v: remote_domain_event_graphics_identity, w: bytearray) -> None:
     s1 = v.type.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
     s3 = v.name.encode('utf-8', 'surrogateescape')
     n4 = len(s3)
     if n4 > 4194304: raise _Bad
-    w += _S_I.pack(n4)
+    w += _P_I(n4)
     w += s3
     if n4 & 3: w += _ZPAD[-n4 & 3]
 
 
 def _d_remote_domain_event_graphics_msg(b: bytes, o: int, n: int) -> tuple[remote_domain_event_graphics_msg, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_event_graphics_msg)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_phase_7, f_family_9, n11 = _S_16siiiI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x4 = _new(remote_domain_event_graphics_address)
+    v.local = x4
+    x1.uuid, x1.id, v.phase, x4.family, n5 = _U_16siiiI(b, o)
     o += 32
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    e12 = o + n11
-    if e12 > n or n11 > 4194304: raise _Bad
-    f_node_10 = b[o:e12].decode()
-    o = e12 + (-n11 & 3)
-    if n11 & 3 and b[e12:o] != _ZPAD[o - e12]: raise _Bad
-    n14 = _S_I.unpack_from(b, o)[0]
+    e6 = o + n5
+    if e6 > n or big and n5 > 4194304: raise _Bad
+    x4.node = b[o:e6].decode()
+    if n5 & 3:
+        o = e6 + 4 - (n5 & 3)
+        if b[e6:o] != _ZPAD[o - e6]: raise _Bad
+    else:
+        o = e6
+    n7, = _U_I(b, o)
+    o += 4
+    e8 = o + n7
+    if e8 > n or big and n7 > 4194304: raise _Bad
+    x4.service = b[o:e8].decode()
+    if n7 & 3:
+        o = e8 + 4 - (n7 & 3)
+        if b[e8:o] != _ZPAD[o - e8]: raise _Bad
+    else:
+        o = e8
+    x9 = _new(remote_domain_event_graphics_address)
+    v.remote = x9
+    x9.family, n10 = _U_iI(b, o)
+    o += 8
+    e11 = o + n10
+    if e11 > n or big and n10 > 4194304: raise _Bad
+    x9.node = b[o:e11].decode()
+    if n10 & 3:
+        o = e11 + 4 - (n10 & 3)
+        if b[e11:o] != _ZPAD[o - e11]: raise _Bad
+    else:
+        o = e11
+    n12, = _U_I(b, o)
+    o += 4
+    e13 = o + n12
+    if e13 > n or big and n12 > 4194304: raise _Bad
+    x9.service = b[o:e13].decode()
+    if n12 & 3:
+        o = e13 + 4 - (n12 & 3)
+        if b[e13:o] != _ZPAD[o - e13]: raise _Bad
+    else:
+        o = e13
+    n14, = _U_I(b, o)
     o += 4
     e15 = o + n14
-    if e15 > n or n14 > 4194304: raise _Bad
-    f_service_13 = b[o:e15].decode()
-    o = e15 + (-n14 & 3)
-    if n14 & 3 and b[e15:o] != _ZPAD[o - e15]: raise _Bad
-    f_family_17, n19 = _S_iI.unpack_from(b, o)
-    o += 8
-    f_local_8 = remote_domain_event_graphics_address(f_family_9, f_node_10, f_service_13)
-    e20 = o + n19
-    if e20 > n or n19 > 4194304: raise _Bad
-    f_node_18 = b[o:e20].decode()
-    o = e20 + (-n19 & 3)
-    if n19 & 3 and b[e20:o] != _ZPAD[o - e20]: raise _Bad
-    n22 = _S_I.unpack_from(b, o)[0]
+    if e15 > n or big and n14 > 4194304: raise _Bad
+    v.authScheme = b[o:e15].decode()
+    if n14 & 3:
+        o = e15 + 4 - (n14 & 3)
+        if b[e15:o] != _ZPAD[o - e15]: raise _Bad
+    else:
+        o = e15
+    n16, = _U_I(b, o)
     o += 4
-    e23 = o + n22
-    if e23 > n or n22 > 4194304: raise _Bad
-    f_service_21 = b[o:e23].decode()
-    o = e23 + (-n22 & 3)
-    if n22 & 3 and b[e23:o] != _ZPAD[o - e23]: raise _Bad
-    n25 = _S_I.unpack_from(b, o)[0]
-    o += 4
-    f_remote_16 = remote_domain_event_graphics_address(f_family_17, f_node_18, f_service_21)
-    e26 = o + n25
-    if e26 > n or n25 > 4194304: raise _Bad
-    f_authScheme_24 = b[o:e26].decode()
-    o = e26 + (-n25 & 3)
-    if n25 & 3 and b[e26:o] != _ZPAD[o - e26]: raise _Bad
-    n28 = _S_I.unpack_from(b, o)[0]
-    o += 4
-    if n28 > 20 or n28 * 8 > n - o: raise _Bad
-    f_subject_27 = []
-    for _ in range(n28):
-        n31 = _S_I.unpack_from(b, o)[0]
+    if n16 > 20 or n16 * 8 > n - o: raise _Bad
+    x18: list[Any] = []
+    v.subject = x18
+    L_U_I = _U_I
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_domain_event_graphics_identity = remote_domain_event_graphics_identity
+    for _ in range(n16):
+        it17 = L_new(L_remote_domain_event_graphics_identity)
+        n19, = L_U_I(b, o)
         o += 4
-        e32 = o + n31
-        if e32 > n or n31 > 4194304: raise _Bad
-        f_type_30 = b[o:e32].decode()
-        o = e32 + (-n31 & 3)
-        if n31 & 3 and b[e32:o] != _ZPAD[o - e32]: raise _Bad
-        n34 = _S_I.unpack_from(b, o)[0]
+        e20 = o + n19
+        if e20 > n or big and n19 > 4194304: raise _Bad
+        it17.type = b[o:e20].decode()
+        if n19 & 3:
+            o = e20 + 4 - (n19 & 3)
+            if b[e20:o] != L_ZPAD[o - e20]: raise _Bad
+        else:
+            o = e20
+        n21, = L_U_I(b, o)
         o += 4
-        e35 = o + n34
-        if e35 > n or n34 > 4194304: raise _Bad
-        f_name_33 = b[o:e35].decode()
-        o = e35 + (-n34 & 3)
-        if n34 & 3 and b[e35:o] != _ZPAD[o - e35]: raise _Bad
-        it29 = remote_domain_event_graphics_identity(f_type_30, f_name_33)
-        f_subject_27.append(it29)
-    return remote_domain_event_graphics_msg(f_dom_1, f_phase_7, f_local_8, f_remote_16, f_authScheme_24, f_subject_27), o
+        e22 = o + n21
+        if e22 > n or big and n21 > 4194304: raise _Bad
+        it17.name = b[o:e22].decode()
+        if n21 & 3:
+            o = e22 + 4 - (n21 & 3)
+            if b[e22:o] != L_ZPAD[o - e22]: raise _Bad
+        else:
+            o = e22
+        x18.append(it17)
+    return v, o
 
 
 def _e_remote_domain_event_graphics_msg(v: remote_domain_event_graphics_msg, w: bytearray) -> None:
@@ -3352,7 +3679,7 @@ def _e_remote_domain_event_graphics_msg(v: remote_domain_event_graphics_msg, w: 
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -3361,72 +3688,81 @@ def _e_remote_domain_event_graphics_msg(v: remote_domain_event_graphics_msg, w: 
     s6 = x5.node.encode('utf-8', 'surrogateescape')
     n7 = len(s6)
     if n7 > 4194304: raise _Bad
-    w += _S_16siiiI.pack(x4, x1.id, v.phase, x5.family, n7)
+    w += _P_16siiiI(x4, x1.id, v.phase, x5.family, n7)
     w += s6
     if n7 & 3: w += _ZPAD[-n7 & 3]
     s8 = x5.service.encode('utf-8', 'surrogateescape')
     n9 = len(s8)
     if n9 > 4194304: raise _Bad
-    w += _S_I.pack(n9)
+    w += _P_I(n9)
     w += s8
     if n9 & 3: w += _ZPAD[-n9 & 3]
     x10 = v.remote
     s11 = x10.node.encode('utf-8', 'surrogateescape')
     n12 = len(s11)
     if n12 > 4194304: raise _Bad
-    w += _S_iI.pack(x10.family, n12)
+    w += _P_iI(x10.family, n12)
     w += s11
     if n12 & 3: w += _ZPAD[-n12 & 3]
     s13 = x10.service.encode('utf-8', 'surrogateescape')
     n14 = len(s13)
     if n14 > 4194304: raise _Bad
-    w += _S_I.pack(n14)
+    w += _P_I(n14)
     w += s13
     if n14 & 3: w += _ZPAD[-n14 & 3]
     s15 = v.authScheme.encode('utf-8', 'surrogateescape')
     n16 = len(s15)
     if n16 > 4194304: raise _Bad
-    w += _S_I.pack(n16)
+    w += _P_I(n16)
     w += s15
     if n16 & 3: w += _ZPAD[-n16 & 3]
     x17 = v.subject
     n18 = len(x17)
     if n18 > 20: raise _Bad
-    w += _S_I.pack(n18)
+    w += _P_I(n18)
     for it19 in x17:
         s20 = it19.type.encode('utf-8', 'surrogateescape')
         n21 = len(s20)
         if n21 > 4194304: raise _Bad
-        w += _S_I.pack(n21)
+        w += _P_I(n21)
         w += s20
         if n21 & 3: w += _ZPAD[-n21 & 3]
         s22 = it19.name.encode('utf-8', 'surrogateescape')
         n23 = len(s22)
         if n23 > 4194304: raise _Bad
-        w += _S_I.pack(n23)
+        w += _P_I(n23)
         w += s22
         if n23 & 3: w += _ZPAD[-n23 & 3]
 
 
 def _d_remote_domain_event_block_job_msg(b: bytes, o: int, n: int) -> tuple[remote_domain_event_block_job_msg, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_event_block_job_msg)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    e9 = o + n8
-    if e9 > n or n8 > 4194304: raise _Bad
-    f_path_7 = b[o:e9].decode()
-    o = e9 + (-n8 & 3)
-    if n8 & 3 and b[e9:o] != _ZPAD[o - e9]: raise _Bad
-    f_type_10, f_status_11 = _S_ii.unpack_from(b, o)
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    v.path = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    v.type, v.status = _U_ii(b, o)
     o += 8
-    return remote_domain_event_block_job_msg(f_dom_1, f_path_7, f_type_10, f_status_11), o
+    return v, o
 
 
 def _e_remote_domain_event_block_job_msg(v: remote_domain_event_block_job_msg, w: bytearray) -> None:
@@ -3434,7 +3770,7 @@ def _e_remote_domain_event_block_job_msg(v: remote_domain_event_block_job_msg, w
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -3442,59 +3778,74 @@ def _e_remote_domain_event_block_job_msg(v: remote_domain_event_block_job_msg, w
     s5 = v.path.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
-    w += _S_ii.pack(v.type, v.status)
+    w += _P_ii(v.type, v.status)
 
 
 def _d_remote_domain_event_disk_change_msg(b: bytes, o: int, n: int) -> tuple[remote_domain_event_disk_change_msg, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_event_disk_change_msg)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    if n8 == 0:
-        f_oldSrcPath_7 = None
-    elif n8 == 1:
-        n9 = _S_I.unpack_from(b, o)[0]
+    if n4 == 0:
+        v.oldSrcPath = None
+    elif n4 == 1:
+        n5, = _U_I(b, o)
         o += 4
-        e10 = o + n9
-        if e10 > n or n9 > 4194304: raise _Bad
-        f_oldSrcPath_7 = b[o:e10].decode()
-        o = e10 + (-n9 & 3)
-        if n9 & 3 and b[e10:o] != _ZPAD[o - e10]: raise _Bad
+        e6 = o + n5
+        if e6 > n or big and n5 > 4194304: raise _Bad
+        v.oldSrcPath = b[o:e6].decode()
+        if n5 & 3:
+            o = e6 + 4 - (n5 & 3)
+            if b[e6:o] != _ZPAD[o - e6]: raise _Bad
+        else:
+            o = e6
     else:
         raise _Bad
-    n12 = _S_I.unpack_from(b, o)[0]
+    n7, = _U_I(b, o)
     o += 4
-    if n12 == 0:
-        f_newSrcPath_11 = None
-    elif n12 == 1:
-        n13 = _S_I.unpack_from(b, o)[0]
+    if n7 == 0:
+        v.newSrcPath = None
+    elif n7 == 1:
+        n8, = _U_I(b, o)
         o += 4
-        e14 = o + n13
-        if e14 > n or n13 > 4194304: raise _Bad
-        f_newSrcPath_11 = b[o:e14].decode()
-        o = e14 + (-n13 & 3)
-        if n13 & 3 and b[e14:o] != _ZPAD[o - e14]: raise _Bad
+        e9 = o + n8
+        if e9 > n or big and n8 > 4194304: raise _Bad
+        v.newSrcPath = b[o:e9].decode()
+        if n8 & 3:
+            o = e9 + 4 - (n8 & 3)
+            if b[e9:o] != _ZPAD[o - e9]: raise _Bad
+        else:
+            o = e9
     else:
         raise _Bad
-    n16 = _S_I.unpack_from(b, o)[0]
+    n10, = _U_I(b, o)
     o += 4
-    e17 = o + n16
-    if e17 > n or n16 > 4194304: raise _Bad
-    f_devAlias_15 = b[o:e17].decode()
-    o = e17 + (-n16 & 3)
-    if n16 & 3 and b[e17:o] != _ZPAD[o - e17]: raise _Bad
-    f_reason_18 = _S_i.unpack_from(b, o)[0]
+    e11 = o + n10
+    if e11 > n or big and n10 > 4194304: raise _Bad
+    v.devAlias = b[o:e11].decode()
+    if n10 & 3:
+        o = e11 + 4 - (n10 & 3)
+        if b[e11:o] != _ZPAD[o - e11]: raise _Bad
+    else:
+        o = e11
+    v.reason, = _U_i(b, o)
     o += 4
-    return remote_domain_event_disk_change_msg(f_dom_1, f_oldSrcPath_7, f_newSrcPath_11, f_devAlias_15, f_reason_18), o
+    return v, o
 
 
 def _e_remote_domain_event_disk_change_msg(v: remote_domain_event_disk_change_msg, w: bytearray) -> None:
@@ -3502,13 +3853,13 @@ def _e_remote_domain_event_disk_change_msg(v: remote_domain_event_disk_change_ms
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
     x5 = v.oldSrcPath
-    w += _S_16si.pack(x4, x1.id)
+    w += _P_16si(x4, x1.id)
     if x5 is None:
         w += _FLAG0
     else:
@@ -3516,7 +3867,7 @@ def _e_remote_domain_event_disk_change_msg(v: remote_domain_event_disk_change_ms
         s6 = x5.encode('utf-8', 'surrogateescape')
         n7 = len(s6)
         if n7 > 4194304: raise _Bad
-        w += _S_I.pack(n7)
+        w += _P_I(n7)
         w += s6
         if n7 & 3: w += _ZPAD[-n7 & 3]
     x8 = v.newSrcPath
@@ -3527,37 +3878,46 @@ def _e_remote_domain_event_disk_change_msg(v: remote_domain_event_disk_change_ms
         s9 = x8.encode('utf-8', 'surrogateescape')
         n10 = len(s9)
         if n10 > 4194304: raise _Bad
-        w += _S_I.pack(n10)
+        w += _P_I(n10)
         w += s9
         if n10 & 3: w += _ZPAD[-n10 & 3]
     s11 = v.devAlias.encode('utf-8', 'surrogateescape')
     n12 = len(s11)
     if n12 > 4194304: raise _Bad
-    w += _S_I.pack(n12)
+    w += _P_I(n12)
     w += s11
     if n12 & 3: w += _ZPAD[-n12 & 3]
-    w += _S_i.pack(v.reason)
+    w += _P_i(v.reason)
 
 
 def _d_remote_domain_event_tray_change_msg(b: bytes, o: int, n: int) -> tuple[remote_domain_event_tray_change_msg, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_event_tray_change_msg)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    e9 = o + n8
-    if e9 > n or n8 > 4194304: raise _Bad
-    f_devAlias_7 = b[o:e9].decode()
-    o = e9 + (-n8 & 3)
-    if n8 & 3 and b[e9:o] != _ZPAD[o - e9]: raise _Bad
-    f_reason_10 = _S_i.unpack_from(b, o)[0]
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    v.devAlias = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    v.reason, = _U_i(b, o)
     o += 4
-    return remote_domain_event_tray_change_msg(f_dom_1, f_devAlias_7, f_reason_10), o
+    return v, o
 
 
 def _e_remote_domain_event_tray_change_msg(v: remote_domain_event_tray_change_msg, w: bytearray) -> None:
@@ -3565,7 +3925,7 @@ def _e_remote_domain_event_tray_change_msg(v: remote_domain_event_tray_change_ms
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -3573,24 +3933,30 @@ def _e_remote_domain_event_tray_change_msg(v: remote_domain_event_tray_change_ms
     s5 = v.devAlias.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
-    w += _S_i.pack(v.reason)
+    w += _P_i(v.reason)
 
 
 def _d_remote_domain_event_pmwakeup_msg(b: bytes, o: int, n: int) -> tuple[remote_domain_event_pmwakeup_msg, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_event_pmwakeup_msg)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6 = _S_16si.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id = _U_16si(b, o)
     o += 20
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_event_pmwakeup_msg(f_dom_1), o
+    return v, o
 
 
 def _e_remote_domain_event_pmwakeup_msg(v: remote_domain_event_pmwakeup_msg, w: bytearray) -> None:
@@ -3598,26 +3964,32 @@ def _e_remote_domain_event_pmwakeup_msg(v: remote_domain_event_pmwakeup_msg, w: 
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16si.pack(x4, x1.id)
+    w += _P_16si(x4, x1.id)
 
 
 def _d_remote_domain_event_pmsuspend_msg(b: bytes, o: int, n: int) -> tuple[remote_domain_event_pmsuspend_msg, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_event_pmsuspend_msg)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6 = _S_16si.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id = _U_16si(b, o)
     o += 20
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_event_pmsuspend_msg(f_dom_1), o
+    return v, o
 
 
 def _e_remote_domain_event_pmsuspend_msg(v: remote_domain_event_pmsuspend_msg, w: bytearray) -> None:
@@ -3625,26 +3997,32 @@ def _e_remote_domain_event_pmsuspend_msg(v: remote_domain_event_pmsuspend_msg, w
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16si.pack(x4, x1.id)
+    w += _P_16si(x4, x1.id)
 
 
 def _d_remote_domain_event_balloon_change_msg(b: bytes, o: int, n: int) -> tuple[remote_domain_event_balloon_change_msg, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_event_balloon_change_msg)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_actual_7 = _S_16siQ.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.actual = _U_16siQ(b, o)
     o += 28
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_event_balloon_change_msg(f_dom_1, f_actual_7), o
+    return v, o
 
 
 def _e_remote_domain_event_balloon_change_msg(v: remote_domain_event_balloon_change_msg, w: bytearray) -> None:
@@ -3652,26 +4030,32 @@ def _e_remote_domain_event_balloon_change_msg(v: remote_domain_event_balloon_cha
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siQ.pack(x4, x1.id, v.actual)
+    w += _P_16siQ(x4, x1.id, v.actual)
 
 
 def _d_remote_domain_event_pmsuspend_disk_msg(b: bytes, o: int, n: int) -> tuple[remote_domain_event_pmsuspend_disk_msg, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_event_pmsuspend_disk_msg)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6 = _S_16si.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id = _U_16si(b, o)
     o += 20
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_event_pmsuspend_disk_msg(f_dom_1), o
+    return v, o
 
 
 def _e_remote_domain_event_pmsuspend_disk_msg(v: remote_domain_event_pmsuspend_disk_msg, w: bytearray) -> None:
@@ -3679,26 +4063,32 @@ def _e_remote_domain_event_pmsuspend_disk_msg(v: remote_domain_event_pmsuspend_d
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16si.pack(x4, x1.id)
+    w += _P_16si(x4, x1.id)
 
 
 def _d_remote_domain_event_control_error_msg(b: bytes, o: int, n: int) -> tuple[remote_domain_event_control_error_msg, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_event_control_error_msg)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6 = _S_16si.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id = _U_16si(b, o)
     o += 20
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_event_control_error_msg(f_dom_1), o
+    return v, o
 
 
 def _e_remote_domain_event_control_error_msg(v: remote_domain_event_control_error_msg, w: bytearray) -> None:
@@ -3706,31 +4096,40 @@ def _e_remote_domain_event_control_error_msg(v: remote_domain_event_control_erro
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16si.pack(x4, x1.id)
+    w += _P_16si(x4, x1.id)
 
 
 def _d_remote_domain_event_device_removed_msg(b: bytes, o: int, n: int) -> tuple[remote_domain_event_device_removed_msg, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_event_device_removed_msg)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    e9 = o + n8
-    if e9 > n or n8 > 4194304: raise _Bad
-    f_devAlias_7 = b[o:e9].decode()
-    o = e9 + (-n8 & 3)
-    if n8 & 3 and b[e9:o] != _ZPAD[o - e9]: raise _Bad
-    return remote_domain_event_device_removed_msg(f_dom_1, f_devAlias_7), o
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    v.devAlias = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    return v, o
 
 
 def _e_remote_domain_event_device_removed_msg(v: remote_domain_event_device_removed_msg, w: bytearray) -> None:
@@ -3738,7 +4137,7 @@ def _e_remote_domain_event_device_removed_msg(v: remote_domain_event_device_remo
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -3746,19 +4145,19 @@ def _e_remote_domain_event_device_removed_msg(v: remote_domain_event_device_remo
     s5 = v.devAlias.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
 
 
 def _d_remote_procedure(b: bytes, o: int, n: int) -> tuple[int, int]:
-    v = _S_i.unpack_from(b, o)[0]
+    v, = _U_i(b, o)
     o += 4
     return v, o
 
 
 def _e_remote_procedure(v: int, w: bytearray) -> None:
-    w += _S_i.pack(v)
+    w += _P_i(v)
 
 
 _c_remote_nonnull_string = _Codec('remote_nonnull_string', _e_remote_nonnull_string, _d_remote_nonnull_string)
@@ -4499,7 +4898,10 @@ def __getattr__(name: str) -> Any:
 
 def codecs() -> dict[str, _Codec]:
     """Every named type of this file, by name (imports every shard)."""
-    return {name: globals()[f'_c_{name}'] if name not in _LAZY else __getattr__(f'_c_{name}') for name in _NAMES}
+    return {
+        name: globals()[f'_c_{name}'] if name not in _LAZY else __getattr__(f'_c_{name}')
+        for name in _NAMES
+    }
 
 
 _NAMES: tuple[str, ...] = (

@@ -12,6 +12,8 @@ from struct import Struct as _Struct
 from struct import pack as _pack
 from struct import unpack_from as _unpack_from
 
+_new = object.__new__  # decoders fill __slots__ directly instead of calling __init__
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: it costs milliseconds at start-up
     from typing import Any, Optional, Union
@@ -27,7 +29,6 @@ from .._xdr import XdrStruct as _XdrStruct
 from .._xdr import XdrUnion as _XdrUnion
 from .._xdr import dec_chars as _dec_chars
 from .._xdr import enc_chars as _enc_chars
-from .._xdr import enum_member as _enum_member
 from .remote import remote_nonnull_domain
 
 __all__: list[str] = []  # import names explicitly
@@ -46,6 +47,33 @@ _S_IiQi = _Struct('>IiQi')
 _S_Q = _Struct('>Q')
 _S_Qiiiiii = _Struct('>Qiiiiii')
 _S_i = _Struct('>i')
+_P_16s = _S_16s.pack
+_P_16si = _S_16si.pack
+_P_16siI = _S_16siI.pack
+_P_16siII = _S_16siII.pack
+_P_16siQ = _S_16siQ.pack
+_P_16sii = _S_16sii.pack
+_P_16siii = _S_16siii.pack
+_P_I = _S_I.pack
+_P_IQQIQ = _S_IQQIQ.pack
+_P_IiQi = _S_IiQi.pack
+_P_Q = _S_Q.pack
+_P_Qiiiiii = _S_Qiiiiii.pack
+_P_i = _S_i.pack
+_U_16s = _S_16s.unpack_from
+_U_16si = _S_16si.unpack_from
+_U_16siI = _S_16siI.unpack_from
+_U_16siII = _S_16siII.unpack_from
+_U_16siQ = _S_16siQ.unpack_from
+_U_16sii = _S_16sii.unpack_from
+_U_16siii = _S_16siii.unpack_from
+_U_32i = _S_32i.unpack_from
+_U_I = _S_I.unpack_from
+_U_IQQIQ = _S_IQQIQ.unpack_from
+_U_IiQi = _S_IiQi.unpack_from
+_U_Q = _S_Q.unpack_from
+_U_Qiiiiii = _S_Qiiiiii.unpack_from
+_U_i = _S_i.unpack_from
 
 
 class remote_vcpu_info(_XdrStruct):
@@ -861,33 +889,39 @@ class remote_domain_set_autostart_args(_XdrStruct):
 # ------------------------------------------------------------------- codecs
 
 def _d_remote_vcpu_info(b: bytes, o: int, n: int) -> tuple[remote_vcpu_info, int]:
-    f_number_1, f_state_2, f_cpu_time_3, f_cpu_4 = _S_IiQi.unpack_from(b, o)
+    v = _new(remote_vcpu_info)
+    v.number, v.state, v.cpu_time, v.cpu = _U_IiQi(b, o)
     o += 20
-    return remote_vcpu_info(f_number_1, f_state_2, f_cpu_time_3, f_cpu_4), o
+    return v, o
 
 
 def _e_remote_vcpu_info(v: remote_vcpu_info, w: bytearray) -> None:
-    w += _S_IiQi.pack(v.number, v.state, v.cpu_time, v.cpu)
+    w += _P_IiQi(v.number, v.state, v.cpu_time, v.cpu)
 
 
 def _d_remote_connect_open_args(b: bytes, o: int, n: int) -> tuple[remote_connect_open_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_connect_open_args)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 == 0:
-        f_name_1 = None
-    elif n2 == 1:
-        n3 = _S_I.unpack_from(b, o)[0]
+    if n1 == 0:
+        v.name = None
+    elif n1 == 1:
+        n2, = _U_I(b, o)
         o += 4
-        e4 = o + n3
-        if e4 > n or n3 > 4194304: raise _Bad
-        f_name_1 = b[o:e4].decode()
-        o = e4 + (-n3 & 3)
-        if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
+        e3 = o + n2
+        if e3 > n or big and n2 > 4194304: raise _Bad
+        v.name = b[o:e3].decode()
+        if n2 & 3:
+            o = e3 + 4 - (n2 & 3)
+            if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+        else:
+            o = e3
     else:
         raise _Bad
-    f_flags_5 = _S_I.unpack_from(b, o)[0]
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_connect_open_args(f_name_1, f_flags_5), o
+    return v, o
 
 
 def _e_remote_connect_open_args(v: remote_connect_open_args, w: bytearray) -> None:
@@ -899,58 +933,69 @@ def _e_remote_connect_open_args(v: remote_connect_open_args, w: bytearray) -> No
         s2 = x1.encode('utf-8', 'surrogateescape')
         n3 = len(s2)
         if n3 > 4194304: raise _Bad
-        w += _S_I.pack(n3)
+        w += _P_I(n3)
         w += s2
         if n3 & 3: w += _ZPAD[-n3 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_connect_get_type_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_get_type_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_connect_get_type_ret)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_type_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    return remote_connect_get_type_ret(f_type_1), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.type = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_remote_connect_get_type_ret(v: remote_connect_get_type_ret, w: bytearray) -> None:
     s1 = v.type.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_remote_connect_get_version_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_get_version_ret, int]:
-    f_hv_ver_1 = _S_Q.unpack_from(b, o)[0]
+    v = _new(remote_connect_get_version_ret)
+    v.hv_ver, = _U_Q(b, o)
     o += 8
-    return remote_connect_get_version_ret(f_hv_ver_1), o
+    return v, o
 
 
 def _e_remote_connect_get_version_ret(v: remote_connect_get_version_ret, w: bytearray) -> None:
-    w += _S_Q.pack(v.hv_ver)
+    w += _P_Q(v.hv_ver)
 
 
 def _d_remote_connect_get_max_vcpus_args(b: bytes, o: int, n: int) -> tuple[remote_connect_get_max_vcpus_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_connect_get_max_vcpus_args)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 == 0:
-        f_type_1 = None
-    elif n2 == 1:
-        n3 = _S_I.unpack_from(b, o)[0]
+    if n1 == 0:
+        v.type = None
+    elif n1 == 1:
+        n2, = _U_I(b, o)
         o += 4
-        e4 = o + n3
-        if e4 > n or n3 > 4194304: raise _Bad
-        f_type_1 = b[o:e4].decode()
-        o = e4 + (-n3 & 3)
-        if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
+        e3 = o + n2
+        if e3 > n or big and n2 > 4194304: raise _Bad
+        v.type = b[o:e3].decode()
+        if n2 & 3:
+            o = e3 + 4 - (n2 & 3)
+            if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+        else:
+            o = e3
     else:
         raise _Bad
-    return remote_connect_get_max_vcpus_args(f_type_1), o
+    return v, o
 
 
 def _e_remote_connect_get_max_vcpus_args(v: remote_connect_get_max_vcpus_args, w: bytearray) -> None:
@@ -962,91 +1007,109 @@ def _e_remote_connect_get_max_vcpus_args(v: remote_connect_get_max_vcpus_args, w
         s2 = x1.encode('utf-8', 'surrogateescape')
         n3 = len(s2)
         if n3 > 4194304: raise _Bad
-        w += _S_I.pack(n3)
+        w += _P_I(n3)
         w += s2
         if n3 & 3: w += _ZPAD[-n3 & 3]
 
 
 def _d_remote_connect_get_max_vcpus_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_get_max_vcpus_ret, int]:
-    f_max_vcpus_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_connect_get_max_vcpus_ret)
+    v.max_vcpus, = _U_i(b, o)
     o += 4
-    return remote_connect_get_max_vcpus_ret(f_max_vcpus_1), o
+    return v, o
 
 
 def _e_remote_connect_get_max_vcpus_ret(v: remote_connect_get_max_vcpus_ret, w: bytearray) -> None:
-    w += _S_i.pack(v.max_vcpus)
+    w += _P_i(v.max_vcpus)
 
 
 def _d_remote_node_get_info_ret(b: bytes, o: int, n: int) -> tuple[remote_node_get_info_ret, int]:
-    f_model_1 = _dec_chars(_S_32i.unpack_from(b, o))
+    v = _new(remote_node_get_info_ret)
+    v.model = _dec_chars(_U_32i(b, o))
     o += 128
-    f_memory_2, f_cpus_3, f_mhz_4, f_nodes_5, f_sockets_6, f_cores_7, f_threads_8 = _S_Qiiiiii.unpack_from(b, o)
+    v.memory, v.cpus, v.mhz, v.nodes, v.sockets, v.cores, v.threads = _U_Qiiiiii(b, o)
     o += 32
-    return remote_node_get_info_ret(f_model_1, f_memory_2, f_cpus_3, f_mhz_4, f_nodes_5, f_sockets_6, f_cores_7, f_threads_8), o
+    return v, o
 
 
 def _e_remote_node_get_info_ret(v: remote_node_get_info_ret, w: bytearray) -> None:
     x1 = v.model
     if len(x1) != 32: raise _Bad
     w += _enc_chars(x1)
-    w += _S_Qiiiiii.pack(v.memory, v.cpus, v.mhz, v.nodes, v.sockets, v.cores, v.threads)
+    w += _P_Qiiiiii(v.memory, v.cpus, v.mhz, v.nodes, v.sockets, v.cores, v.threads)
 
 
 def _d_remote_connect_get_capabilities_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_get_capabilities_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_connect_get_capabilities_ret)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_capabilities_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    return remote_connect_get_capabilities_ret(f_capabilities_1), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.capabilities = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_remote_connect_get_capabilities_ret(v: remote_connect_get_capabilities_ret, w: bytearray) -> None:
     s1 = v.capabilities.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_remote_domain_create_xml_args(b: bytes, o: int, n: int) -> tuple[remote_domain_create_xml_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_create_xml_args)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_xml_desc_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    f_flags_4 = _S_I.unpack_from(b, o)[0]
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.xml_desc = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_domain_create_xml_args(f_xml_desc_1, f_flags_4), o
+    return v, o
 
 
 def _e_remote_domain_create_xml_args(v: remote_domain_create_xml_args, w: bytearray) -> None:
     s1 = v.xml_desc.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_domain_create_xml_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_create_xml_ret, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_create_xml_ret)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6 = _S_16si.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id = _U_16si(b, o)
     o += 20
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_create_xml_ret(f_dom_1), o
+    return v, o
 
 
 def _e_remote_domain_create_xml_ret(v: remote_domain_create_xml_ret, w: bytearray) -> None:
@@ -1054,36 +1117,43 @@ def _e_remote_domain_create_xml_ret(v: remote_domain_create_xml_ret, w: bytearra
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16si.pack(x4, x1.id)
+    w += _P_16si(x4, x1.id)
 
 
 def _d_remote_domain_lookup_by_id_args(b: bytes, o: int, n: int) -> tuple[remote_domain_lookup_by_id_args, int]:
-    f_id_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_domain_lookup_by_id_args)
+    v.id, = _U_i(b, o)
     o += 4
-    return remote_domain_lookup_by_id_args(f_id_1), o
+    return v, o
 
 
 def _e_remote_domain_lookup_by_id_args(v: remote_domain_lookup_by_id_args, w: bytearray) -> None:
-    w += _S_i.pack(v.id)
+    w += _P_i(v.id)
 
 
 def _d_remote_domain_lookup_by_id_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_lookup_by_id_ret, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_lookup_by_id_ret)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6 = _S_16si.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id = _U_16si(b, o)
     o += 20
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_lookup_by_id_ret(f_dom_1), o
+    return v, o
 
 
 def _e_remote_domain_lookup_by_id_ret(v: remote_domain_lookup_by_id_ret, w: bytearray) -> None:
@@ -1091,38 +1161,45 @@ def _e_remote_domain_lookup_by_id_ret(v: remote_domain_lookup_by_id_ret, w: byte
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16si.pack(x4, x1.id)
+    w += _P_16si(x4, x1.id)
 
 
 def _d_remote_domain_lookup_by_uuid_args(b: bytes, o: int, n: int) -> tuple[remote_domain_lookup_by_uuid_args, int]:
-    f_uuid_1 = _S_16s.unpack_from(b, o)[0]
+    v = _new(remote_domain_lookup_by_uuid_args)
+    v.uuid, = _U_16s(b, o)
     o += 16
-    return remote_domain_lookup_by_uuid_args(f_uuid_1), o
+    return v, o
 
 
 def _e_remote_domain_lookup_by_uuid_args(v: remote_domain_lookup_by_uuid_args, w: bytearray) -> None:
     x1 = v.uuid
     if len(x1) != 16: raise _Bad
-    w += _S_16s.pack(x1)
+    w += _P_16s(x1)
 
 
 def _d_remote_domain_lookup_by_uuid_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_lookup_by_uuid_ret, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_lookup_by_uuid_ret)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6 = _S_16si.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id = _U_16si(b, o)
     o += 20
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_lookup_by_uuid_ret(f_dom_1), o
+    return v, o
 
 
 def _e_remote_domain_lookup_by_uuid_ret(v: remote_domain_lookup_by_uuid_ret, w: bytearray) -> None:
@@ -1130,46 +1207,57 @@ def _e_remote_domain_lookup_by_uuid_ret(v: remote_domain_lookup_by_uuid_ret, w: 
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16si.pack(x4, x1.id)
+    w += _P_16si(x4, x1.id)
 
 
 def _d_remote_domain_lookup_by_name_args(b: bytes, o: int, n: int) -> tuple[remote_domain_lookup_by_name_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_lookup_by_name_args)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_name_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    return remote_domain_lookup_by_name_args(f_name_1), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.name = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_remote_domain_lookup_by_name_args(v: remote_domain_lookup_by_name_args, w: bytearray) -> None:
     s1 = v.name.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_remote_domain_lookup_by_name_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_lookup_by_name_ret, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_lookup_by_name_ret)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6 = _S_16si.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id = _U_16si(b, o)
     o += 20
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_lookup_by_name_ret(f_dom_1), o
+    return v, o
 
 
 def _e_remote_domain_lookup_by_name_ret(v: remote_domain_lookup_by_name_ret, w: bytearray) -> None:
@@ -1177,26 +1265,32 @@ def _e_remote_domain_lookup_by_name_ret(v: remote_domain_lookup_by_name_ret, w: 
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16si.pack(x4, x1.id)
+    w += _P_16si(x4, x1.id)
 
 
 def _d_remote_domain_resume_args(b: bytes, o: int, n: int) -> tuple[remote_domain_resume_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_resume_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6 = _S_16si.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id = _U_16si(b, o)
     o += 20
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_resume_args(f_dom_1), o
+    return v, o
 
 
 def _e_remote_domain_resume_args(v: remote_domain_resume_args, w: bytearray) -> None:
@@ -1204,26 +1298,32 @@ def _e_remote_domain_resume_args(v: remote_domain_resume_args, w: bytearray) -> 
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16si.pack(x4, x1.id)
+    w += _P_16si(x4, x1.id)
 
 
 def _d_remote_domain_reboot_args(b: bytes, o: int, n: int) -> tuple[remote_domain_reboot_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_reboot_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_flags_7 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.flags = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_reboot_args(f_dom_1, f_flags_7), o
+    return v, o
 
 
 def _e_remote_domain_reboot_args(v: remote_domain_reboot_args, w: bytearray) -> None:
@@ -1231,26 +1331,32 @@ def _e_remote_domain_reboot_args(v: remote_domain_reboot_args, w: bytearray) -> 
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, v.flags)
+    w += _P_16siI(x4, x1.id, v.flags)
 
 
 def _d_remote_domain_destroy_args(b: bytes, o: int, n: int) -> tuple[remote_domain_destroy_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_destroy_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6 = _S_16si.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id = _U_16si(b, o)
     o += 20
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_destroy_args(f_dom_1), o
+    return v, o
 
 
 def _e_remote_domain_destroy_args(v: remote_domain_destroy_args, w: bytearray) -> None:
@@ -1258,26 +1364,32 @@ def _e_remote_domain_destroy_args(v: remote_domain_destroy_args, w: bytearray) -
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16si.pack(x4, x1.id)
+    w += _P_16si(x4, x1.id)
 
 
 def _d_remote_domain_get_os_type_args(b: bytes, o: int, n: int) -> tuple[remote_domain_get_os_type_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_get_os_type_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6 = _S_16si.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id = _U_16si(b, o)
     o += 20
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_get_os_type_args(f_dom_1), o
+    return v, o
 
 
 def _e_remote_domain_get_os_type_args(v: remote_domain_get_os_type_args, w: bytearray) -> None:
@@ -1285,46 +1397,57 @@ def _e_remote_domain_get_os_type_args(v: remote_domain_get_os_type_args, w: byte
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16si.pack(x4, x1.id)
+    w += _P_16si(x4, x1.id)
 
 
 def _d_remote_domain_get_os_type_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_get_os_type_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_get_os_type_ret)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_type_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    return remote_domain_get_os_type_ret(f_type_1), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.type = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_remote_domain_get_os_type_ret(v: remote_domain_get_os_type_ret, w: bytearray) -> None:
     s1 = v.type.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_remote_domain_get_max_memory_args(b: bytes, o: int, n: int) -> tuple[remote_domain_get_max_memory_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_get_max_memory_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6 = _S_16si.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id = _U_16si(b, o)
     o += 20
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_get_max_memory_args(f_dom_1), o
+    return v, o
 
 
 def _e_remote_domain_get_max_memory_args(v: remote_domain_get_max_memory_args, w: bytearray) -> None:
@@ -1332,36 +1455,43 @@ def _e_remote_domain_get_max_memory_args(v: remote_domain_get_max_memory_args, w
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16si.pack(x4, x1.id)
+    w += _P_16si(x4, x1.id)
 
 
 def _d_remote_domain_get_max_memory_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_get_max_memory_ret, int]:
-    f_memory_1 = _S_Q.unpack_from(b, o)[0]
+    v = _new(remote_domain_get_max_memory_ret)
+    v.memory, = _U_Q(b, o)
     o += 8
-    return remote_domain_get_max_memory_ret(f_memory_1), o
+    return v, o
 
 
 def _e_remote_domain_get_max_memory_ret(v: remote_domain_get_max_memory_ret, w: bytearray) -> None:
-    w += _S_Q.pack(v.memory)
+    w += _P_Q(v.memory)
 
 
 def _d_remote_domain_set_max_memory_args(b: bytes, o: int, n: int) -> tuple[remote_domain_set_max_memory_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_set_max_memory_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_memory_7 = _S_16siQ.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.memory = _U_16siQ(b, o)
     o += 28
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_set_max_memory_args(f_dom_1, f_memory_7), o
+    return v, o
 
 
 def _e_remote_domain_set_max_memory_args(v: remote_domain_set_max_memory_args, w: bytearray) -> None:
@@ -1369,26 +1499,32 @@ def _e_remote_domain_set_max_memory_args(v: remote_domain_set_max_memory_args, w
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siQ.pack(x4, x1.id, v.memory)
+    w += _P_16siQ(x4, x1.id, v.memory)
 
 
 def _d_remote_domain_set_memory_args(b: bytes, o: int, n: int) -> tuple[remote_domain_set_memory_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_set_memory_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_memory_7 = _S_16siQ.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.memory = _U_16siQ(b, o)
     o += 28
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_set_memory_args(f_dom_1, f_memory_7), o
+    return v, o
 
 
 def _e_remote_domain_set_memory_args(v: remote_domain_set_memory_args, w: bytearray) -> None:
@@ -1396,26 +1532,32 @@ def _e_remote_domain_set_memory_args(v: remote_domain_set_memory_args, w: bytear
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siQ.pack(x4, x1.id, v.memory)
+    w += _P_16siQ(x4, x1.id, v.memory)
 
 
 def _d_remote_domain_get_info_args(b: bytes, o: int, n: int) -> tuple[remote_domain_get_info_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_get_info_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6 = _S_16si.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id = _U_16si(b, o)
     o += 20
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_get_info_args(f_dom_1), o
+    return v, o
 
 
 def _e_remote_domain_get_info_args(v: remote_domain_get_info_args, w: bytearray) -> None:
@@ -1423,20 +1565,21 @@ def _e_remote_domain_get_info_args(v: remote_domain_get_info_args, w: bytearray)
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16si.pack(x4, x1.id)
+    w += _P_16si(x4, x1.id)
 
 
 def _d_remote_domain_get_info_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_get_info_ret, int]:
-    f_state_1, f_maxMem_2, f_memory_3, f_nrVirtCpu_4, f_cpuTime_5 = _S_IQQIQ.unpack_from(b, o)
+    v = _new(remote_domain_get_info_ret)
+    v.state, v.maxMem, v.memory, v.nrVirtCpu, v.cpuTime = _U_IQQIQ(b, o)
     o += 32
-    if not 0 <= f_state_1 <= 255: raise _Bad
-    if not 0 <= f_nrVirtCpu_4 <= 65535: raise _Bad
-    return remote_domain_get_info_ret(f_state_1, f_maxMem_2, f_memory_3, f_nrVirtCpu_4, f_cpuTime_5), o
+    if not 0 <= v.state <= 255: raise _Bad
+    if not 0 <= v.nrVirtCpu <= 65535: raise _Bad
+    return v, o
 
 
 def _e_remote_domain_get_info_ret(v: remote_domain_get_info_ret, w: bytearray) -> None:
@@ -1444,21 +1587,27 @@ def _e_remote_domain_get_info_ret(v: remote_domain_get_info_ret, w: bytearray) -
     if not 0 <= x1 <= 255: raise _Bad
     x2 = v.nrVirtCpu
     if not 0 <= x2 <= 65535: raise _Bad
-    w += _S_IQQIQ.pack(x1, v.maxMem, v.memory, x2, v.cpuTime)
+    w += _P_IQQIQ(x1, v.maxMem, v.memory, x2, v.cpuTime)
 
 
 def _d_remote_domain_get_xml_desc_args(b: bytes, o: int, n: int) -> tuple[remote_domain_get_xml_desc_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_get_xml_desc_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_flags_7 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.flags = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_get_xml_desc_args(f_dom_1, f_flags_7), o
+    return v, o
 
 
 def _e_remote_domain_get_xml_desc_args(v: remote_domain_get_xml_desc_args, w: bytearray) -> None:
@@ -1466,97 +1615,118 @@ def _e_remote_domain_get_xml_desc_args(v: remote_domain_get_xml_desc_args, w: by
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, v.flags)
+    w += _P_16siI(x4, x1.id, v.flags)
 
 
 def _d_remote_domain_get_xml_desc_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_get_xml_desc_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_get_xml_desc_ret)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_xml_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    return remote_domain_get_xml_desc_ret(f_xml_1), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.xml = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_remote_domain_get_xml_desc_ret(v: remote_domain_get_xml_desc_ret, w: bytearray) -> None:
     s1 = v.xml.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_remote_connect_list_defined_domains_args(b: bytes, o: int, n: int) -> tuple[remote_connect_list_defined_domains_args, int]:
-    f_maxnames_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_connect_list_defined_domains_args)
+    v.maxnames, = _U_i(b, o)
     o += 4
-    return remote_connect_list_defined_domains_args(f_maxnames_1), o
+    return v, o
 
 
 def _e_remote_connect_list_defined_domains_args(v: remote_connect_list_defined_domains_args, w: bytearray) -> None:
-    w += _S_i.pack(v.maxnames)
+    w += _P_i(v.maxnames)
 
 
 def _d_remote_connect_list_defined_domains_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_list_defined_domains_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_connect_list_defined_domains_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 16384 or n2 * 4 > n - o: raise _Bad
-    f_names_1 = []
-    for _ in range(n2):
-        n4 = _S_I.unpack_from(b, o)[0]
+    if n1 > 16384 or n1 * 4 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.names = x3
+    L_U_I = _U_I
+    L_ZPAD = _ZPAD
+    for _ in range(n1):
+        n4, = L_U_I(b, o)
         o += 4
         e5 = o + n4
-        if e5 > n or n4 > 4194304: raise _Bad
-        it3 = b[o:e5].decode()
-        o = e5 + (-n4 & 3)
-        if n4 & 3 and b[e5:o] != _ZPAD[o - e5]: raise _Bad
-        f_names_1.append(it3)
-    return remote_connect_list_defined_domains_ret(f_names_1), o
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        it2 = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != L_ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
+        x3.append(it2)
+    return v, o
 
 
 def _e_remote_connect_list_defined_domains_ret(v: remote_connect_list_defined_domains_ret, w: bytearray) -> None:
     x1 = v.names
     n2 = len(x1)
     if n2 > 16384: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
         s4 = it3.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
 
 
 def _d_remote_connect_num_of_defined_domains_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_num_of_defined_domains_ret, int]:
-    f_num_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_connect_num_of_defined_domains_ret)
+    v.num, = _U_i(b, o)
     o += 4
-    return remote_connect_num_of_defined_domains_ret(f_num_1), o
+    return v, o
 
 
 def _e_remote_connect_num_of_defined_domains_ret(v: remote_connect_num_of_defined_domains_ret, w: bytearray) -> None:
-    w += _S_i.pack(v.num)
+    w += _P_i(v.num)
 
 
 def _d_remote_domain_create_args(b: bytes, o: int, n: int) -> tuple[remote_domain_create_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_create_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6 = _S_16si.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id = _U_16si(b, o)
     o += 20
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_create_args(f_dom_1), o
+    return v, o
 
 
 def _e_remote_domain_create_args(v: remote_domain_create_args, w: bytearray) -> None:
@@ -1564,46 +1734,57 @@ def _e_remote_domain_create_args(v: remote_domain_create_args, w: bytearray) -> 
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16si.pack(x4, x1.id)
+    w += _P_16si(x4, x1.id)
 
 
 def _d_remote_domain_define_xml_args(b: bytes, o: int, n: int) -> tuple[remote_domain_define_xml_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_define_xml_args)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_xml_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    return remote_domain_define_xml_args(f_xml_1), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.xml = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_remote_domain_define_xml_args(v: remote_domain_define_xml_args, w: bytearray) -> None:
     s1 = v.xml.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_remote_domain_define_xml_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_define_xml_ret, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_define_xml_ret)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6 = _S_16si.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id = _U_16si(b, o)
     o += 20
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_define_xml_ret(f_dom_1), o
+    return v, o
 
 
 def _e_remote_domain_define_xml_ret(v: remote_domain_define_xml_ret, w: bytearray) -> None:
@@ -1611,31 +1792,40 @@ def _e_remote_domain_define_xml_ret(v: remote_domain_define_xml_ret, w: bytearra
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16si.pack(x4, x1.id)
+    w += _P_16si(x4, x1.id)
 
 
 def _d_remote_domain_pin_vcpu_args(b: bytes, o: int, n: int) -> tuple[remote_domain_pin_vcpu_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_pin_vcpu_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_vcpu_7, n9 = _S_16siII.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.vcpu, n4 = _U_16siII(b, o)
     o += 28
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    e10 = o + n9
-    if e10 > n or n9 > 2048: raise _Bad
-    f_cpumap_8 = b[o:e10]
-    o = e10 + (-n9 & 3)
-    if n9 & 3 and b[e10:o] != _ZPAD[o - e10]: raise _Bad
-    return remote_domain_pin_vcpu_args(f_dom_1, f_vcpu_7, f_cpumap_8), o
+    e5 = o + n4
+    if e5 > n or n4 > 2048: raise _Bad
+    v.cpumap = b[o:e5]
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    return v, o
 
 
 def _e_remote_domain_pin_vcpu_args(v: remote_domain_pin_vcpu_args, w: bytearray) -> None:
@@ -1643,7 +1833,7 @@ def _e_remote_domain_pin_vcpu_args(v: remote_domain_pin_vcpu_args, w: bytearray)
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -1651,23 +1841,29 @@ def _e_remote_domain_pin_vcpu_args(v: remote_domain_pin_vcpu_args, w: bytearray)
     s5 = v.cpumap
     n6 = len(s5)
     if n6 > 2048: raise _Bad
-    w += _S_16siII.pack(x4, x1.id, v.vcpu, n6)
+    w += _P_16siII(x4, x1.id, v.vcpu, n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
 
 
 def _d_remote_domain_get_vcpus_args(b: bytes, o: int, n: int) -> tuple[remote_domain_get_vcpus_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_get_vcpus_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_maxinfo_7, f_maplen_8 = _S_16siii.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.maxinfo, v.maplen = _U_16siii(b, o)
     o += 28
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_get_vcpus_args(f_dom_1, f_maxinfo_7, f_maplen_8), o
+    return v, o
 
 
 def _e_remote_domain_get_vcpus_args(v: remote_domain_get_vcpus_args, w: bytearray) -> None:
@@ -1675,61 +1871,76 @@ def _e_remote_domain_get_vcpus_args(v: remote_domain_get_vcpus_args, w: bytearra
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siii.pack(x4, x1.id, v.maxinfo, v.maplen)
+    w += _P_16siii(x4, x1.id, v.maxinfo, v.maplen)
 
 
 def _d_remote_domain_get_vcpus_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_get_vcpus_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_get_vcpus_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 16384 or n2 * 20 > n - o: raise _Bad
-    f_info_1 = []
-    for _ in range(n2):
-        f_number_4, f_state_5, f_cpu_time_6, f_cpu_7 = _S_IiQi.unpack_from(b, o)
+    if n1 > 16384 or n1 * 20 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.info = x3
+    L_U_IiQi = _U_IiQi
+    L_new = _new
+    L_remote_vcpu_info = remote_vcpu_info
+    for _ in range(n1):
+        it2 = L_new(L_remote_vcpu_info)
+        it2.number, it2.state, it2.cpu_time, it2.cpu = L_U_IiQi(b, o)
         o += 20
-        it3 = remote_vcpu_info(f_number_4, f_state_5, f_cpu_time_6, f_cpu_7)
-        f_info_1.append(it3)
-    n9 = _S_I.unpack_from(b, o)[0]
+        x3.append(it2)
+    n4, = _U_I(b, o)
     o += 4
-    e10 = o + n9
-    if e10 > n or n9 > 8388608: raise _Bad
-    f_cpumaps_8 = b[o:e10]
-    o = e10 + (-n9 & 3)
-    if n9 & 3 and b[e10:o] != _ZPAD[o - e10]: raise _Bad
-    return remote_domain_get_vcpus_ret(f_info_1, f_cpumaps_8), o
+    e5 = o + n4
+    if e5 > n or big and n4 > 8388608: raise _Bad
+    v.cpumaps = b[o:e5]
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    return v, o
 
 
 def _e_remote_domain_get_vcpus_ret(v: remote_domain_get_vcpus_ret, w: bytearray) -> None:
     x1 = v.info
     n2 = len(x1)
     if n2 > 16384: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
-        w += _S_IiQi.pack(it3.number, it3.state, it3.cpu_time, it3.cpu)
+        w += _P_IiQi(it3.number, it3.state, it3.cpu_time, it3.cpu)
     s4 = v.cpumaps
     n5 = len(s4)
     if n5 > 8388608: raise _Bad
-    w += _S_I.pack(n5)
+    w += _P_I(n5)
     w += s4
     if n5 & 3: w += _ZPAD[-n5 & 3]
 
 
 def _d_remote_domain_get_max_vcpus_args(b: bytes, o: int, n: int) -> tuple[remote_domain_get_max_vcpus_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_get_max_vcpus_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6 = _S_16si.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id = _U_16si(b, o)
     o += 20
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_get_max_vcpus_args(f_dom_1), o
+    return v, o
 
 
 def _e_remote_domain_get_max_vcpus_args(v: remote_domain_get_max_vcpus_args, w: bytearray) -> None:
@@ -1737,41 +1948,51 @@ def _e_remote_domain_get_max_vcpus_args(v: remote_domain_get_max_vcpus_args, w: 
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16si.pack(x4, x1.id)
+    w += _P_16si(x4, x1.id)
 
 
 def _d_remote_domain_get_max_vcpus_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_get_max_vcpus_ret, int]:
-    f_num_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_domain_get_max_vcpus_ret)
+    v.num, = _U_i(b, o)
     o += 4
-    return remote_domain_get_max_vcpus_ret(f_num_1), o
+    return v, o
 
 
 def _e_remote_domain_get_max_vcpus_ret(v: remote_domain_get_max_vcpus_ret, w: bytearray) -> None:
-    w += _S_i.pack(v.num)
+    w += _P_i(v.num)
 
 
 def _d_remote_domain_attach_device_args(b: bytes, o: int, n: int) -> tuple[remote_domain_attach_device_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_attach_device_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    e9 = o + n8
-    if e9 > n or n8 > 4194304: raise _Bad
-    f_xml_7 = b[o:e9].decode()
-    o = e9 + (-n8 & 3)
-    if n8 & 3 and b[e9:o] != _ZPAD[o - e9]: raise _Bad
-    return remote_domain_attach_device_args(f_dom_1, f_xml_7), o
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    v.xml = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    return v, o
 
 
 def _e_remote_domain_attach_device_args(v: remote_domain_attach_device_args, w: bytearray) -> None:
@@ -1779,7 +2000,7 @@ def _e_remote_domain_attach_device_args(v: remote_domain_attach_device_args, w: 
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -1787,28 +2008,37 @@ def _e_remote_domain_attach_device_args(v: remote_domain_attach_device_args, w: 
     s5 = v.xml.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
 
 
 def _d_remote_domain_detach_device_args(b: bytes, o: int, n: int) -> tuple[remote_domain_detach_device_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_detach_device_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    e9 = o + n8
-    if e9 > n or n8 > 4194304: raise _Bad
-    f_xml_7 = b[o:e9].decode()
-    o = e9 + (-n8 & 3)
-    if n8 & 3 and b[e9:o] != _ZPAD[o - e9]: raise _Bad
-    return remote_domain_detach_device_args(f_dom_1, f_xml_7), o
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    v.xml = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    return v, o
 
 
 def _e_remote_domain_detach_device_args(v: remote_domain_detach_device_args, w: bytearray) -> None:
@@ -1816,7 +2046,7 @@ def _e_remote_domain_detach_device_args(v: remote_domain_detach_device_args, w: 
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -1824,23 +2054,29 @@ def _e_remote_domain_detach_device_args(v: remote_domain_detach_device_args, w: 
     s5 = v.xml.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
 
 
 def _d_remote_domain_get_autostart_args(b: bytes, o: int, n: int) -> tuple[remote_domain_get_autostart_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_get_autostart_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6 = _S_16si.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id = _U_16si(b, o)
     o += 20
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_get_autostart_args(f_dom_1), o
+    return v, o
 
 
 def _e_remote_domain_get_autostart_args(v: remote_domain_get_autostart_args, w: bytearray) -> None:
@@ -1848,36 +2084,43 @@ def _e_remote_domain_get_autostart_args(v: remote_domain_get_autostart_args, w: 
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16si.pack(x4, x1.id)
+    w += _P_16si(x4, x1.id)
 
 
 def _d_remote_domain_get_autostart_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_get_autostart_ret, int]:
-    f_autostart_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_domain_get_autostart_ret)
+    v.autostart, = _U_i(b, o)
     o += 4
-    return remote_domain_get_autostart_ret(f_autostart_1), o
+    return v, o
 
 
 def _e_remote_domain_get_autostart_ret(v: remote_domain_get_autostart_ret, w: bytearray) -> None:
-    w += _S_i.pack(v.autostart)
+    w += _P_i(v.autostart)
 
 
 def _d_remote_domain_set_autostart_args(b: bytes, o: int, n: int) -> tuple[remote_domain_set_autostart_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_set_autostart_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_autostart_7 = _S_16sii.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.autostart = _U_16sii(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_set_autostart_args(f_dom_1, f_autostart_7), o
+    return v, o
 
 
 def _e_remote_domain_set_autostart_args(v: remote_domain_set_autostart_args, w: bytearray) -> None:
@@ -1885,12 +2128,12 @@ def _e_remote_domain_set_autostart_args(v: remote_domain_set_autostart_args, w: 
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16sii.pack(x4, x1.id, v.autostart)
+    w += _P_16sii(x4, x1.id, v.autostart)
 
 
 _c_remote_vcpu_info = _Codec('remote_vcpu_info', _e_remote_vcpu_info, _d_remote_vcpu_info)

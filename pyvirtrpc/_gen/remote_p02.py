@@ -12,6 +12,8 @@ from struct import Struct as _Struct
 from struct import pack as _pack
 from struct import unpack_from as _unpack_from
 
+_new = object.__new__  # decoders fill __slots__ directly instead of calling __init__
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: it costs milliseconds at start-up
     from typing import Any, Optional, Union
@@ -27,7 +29,6 @@ from .._xdr import XdrStruct as _XdrStruct
 from .._xdr import XdrUnion as _XdrUnion
 from .._xdr import dec_chars as _dec_chars
 from .._xdr import enc_chars as _enc_chars
-from .._xdr import enum_member as _enum_member
 from .remote import _EM_remote_auth_type
 from .remote import remote_auth_type
 from .remote import remote_nonnull_domain
@@ -47,6 +48,28 @@ _S_iI = _Struct('>iI')
 _S_iiI = _Struct('>iiI')
 _S_qqqqq = _Struct('>qqqqq')
 _S_qqqqqqqq = _Struct('>qqqqqqqq')
+_P_16s = _S_16s.pack
+_P_16sI = _S_16sI.pack
+_P_16si = _S_16si.pack
+_P_16siI = _S_16siI.pack
+_P_I = _S_I.pack
+_P_IQQQ = _S_IQQQ.pack
+_P_i = _S_i.pack
+_P_iI = _S_iI.pack
+_P_iiI = _S_iiI.pack
+_P_qqqqq = _S_qqqqq.pack
+_P_qqqqqqqq = _S_qqqqqqqq.pack
+_U_16s = _S_16s.unpack_from
+_U_16sI = _S_16sI.unpack_from
+_U_16si = _S_16si.unpack_from
+_U_16siI = _S_16siI.unpack_from
+_U_I = _S_I.unpack_from
+_U_IQQQ = _S_IQQQ.unpack_from
+_U_i = _S_i.unpack_from
+_U_iI = _S_iI.unpack_from
+_U_iiI = _S_iiI.unpack_from
+_U_qqqqq = _S_qqqqq.unpack_from
+_U_qqqqqqqq = _S_qqqqqqqq.unpack_from
 
 
 class remote_domain_block_stats_args(_XdrStruct):
@@ -982,22 +1005,31 @@ class remote_storage_vol_delete_args(_XdrStruct):
 # ------------------------------------------------------------------- codecs
 
 def _d_remote_domain_block_stats_args(b: bytes, o: int, n: int) -> tuple[remote_domain_block_stats_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_block_stats_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    e9 = o + n8
-    if e9 > n or n8 > 4194304: raise _Bad
-    f_path_7 = b[o:e9].decode()
-    o = e9 + (-n8 & 3)
-    if n8 & 3 and b[e9:o] != _ZPAD[o - e9]: raise _Bad
-    return remote_domain_block_stats_args(f_dom_1, f_path_7), o
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    v.path = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    return v, o
 
 
 def _e_remote_domain_block_stats_args(v: remote_domain_block_stats_args, w: bytearray) -> None:
@@ -1005,7 +1037,7 @@ def _e_remote_domain_block_stats_args(v: remote_domain_block_stats_args, w: byte
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -1013,38 +1045,48 @@ def _e_remote_domain_block_stats_args(v: remote_domain_block_stats_args, w: byte
     s5 = v.path.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
 
 
 def _d_remote_domain_block_stats_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_block_stats_ret, int]:
-    f_rd_req_1, f_rd_bytes_2, f_wr_req_3, f_wr_bytes_4, f_errs_5 = _S_qqqqq.unpack_from(b, o)
+    v = _new(remote_domain_block_stats_ret)
+    v.rd_req, v.rd_bytes, v.wr_req, v.wr_bytes, v.errs = _U_qqqqq(b, o)
     o += 40
-    return remote_domain_block_stats_ret(f_rd_req_1, f_rd_bytes_2, f_wr_req_3, f_wr_bytes_4, f_errs_5), o
+    return v, o
 
 
 def _e_remote_domain_block_stats_ret(v: remote_domain_block_stats_ret, w: bytearray) -> None:
-    w += _S_qqqqq.pack(v.rd_req, v.rd_bytes, v.wr_req, v.wr_bytes, v.errs)
+    w += _P_qqqqq(v.rd_req, v.rd_bytes, v.wr_req, v.wr_bytes, v.errs)
 
 
 def _d_remote_domain_interface_stats_args(b: bytes, o: int, n: int) -> tuple[remote_domain_interface_stats_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_interface_stats_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    e9 = o + n8
-    if e9 > n or n8 > 4194304: raise _Bad
-    f_device_7 = b[o:e9].decode()
-    o = e9 + (-n8 & 3)
-    if n8 & 3 and b[e9:o] != _ZPAD[o - e9]: raise _Bad
-    return remote_domain_interface_stats_args(f_dom_1, f_device_7), o
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    v.device = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    return v, o
 
 
 def _e_remote_domain_interface_stats_args(v: remote_domain_interface_stats_args, w: bytearray) -> None:
@@ -1052,7 +1094,7 @@ def _e_remote_domain_interface_stats_args(v: remote_domain_interface_stats_args,
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -1060,288 +1102,334 @@ def _e_remote_domain_interface_stats_args(v: remote_domain_interface_stats_args,
     s5 = v.device.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
 
 
 def _d_remote_domain_interface_stats_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_interface_stats_ret, int]:
-    f_rx_bytes_1, f_rx_packets_2, f_rx_errs_3, f_rx_drop_4, f_tx_bytes_5, f_tx_packets_6, f_tx_errs_7, f_tx_drop_8 = _S_qqqqqqqq.unpack_from(b, o)
+    v = _new(remote_domain_interface_stats_ret)
+    v.rx_bytes, v.rx_packets, v.rx_errs, v.rx_drop, v.tx_bytes, v.tx_packets, v.tx_errs, v.tx_drop = _U_qqqqqqqq(b, o)
     o += 64
-    return remote_domain_interface_stats_ret(f_rx_bytes_1, f_rx_packets_2, f_rx_errs_3, f_rx_drop_4, f_tx_bytes_5, f_tx_packets_6, f_tx_errs_7, f_tx_drop_8), o
+    return v, o
 
 
 def _e_remote_domain_interface_stats_ret(v: remote_domain_interface_stats_ret, w: bytearray) -> None:
-    w += _S_qqqqqqqq.pack(v.rx_bytes, v.rx_packets, v.rx_errs, v.rx_drop, v.tx_bytes, v.tx_packets, v.tx_errs, v.tx_drop)
+    w += _P_qqqqqqqq(v.rx_bytes, v.rx_packets, v.rx_errs, v.rx_drop, v.tx_bytes, v.tx_packets, v.tx_errs, v.tx_drop)
 
 
 def _d_remote_auth_list_ret(b: bytes, o: int, n: int) -> tuple[remote_auth_list_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    v = _new(remote_auth_list_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 20 or n2 * 4 > n - o: raise _Bad
-    f_types_1 = []
-    for _ in range(n2):
-        r4 = _S_i.unpack_from(b, o)[0]
+    if n1 > 20 or n1 * 4 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.types = x3
+    L_U_i = _U_i
+    for _ in range(n1):
+        r4, = L_U_i(b, o)
         o += 4
-        it3 = _enum_member(_EM_remote_auth_type, remote_auth_type, r4)
-        f_types_1.append(it3)
-    return remote_auth_list_ret(f_types_1), o
+        it2 = _EM_remote_auth_type[r4] if r4 in _EM_remote_auth_type else remote_auth_type(r4)
+        x3.append(it2)
+    return v, o
 
 
 def _e_remote_auth_list_ret(v: remote_auth_list_ret, w: bytearray) -> None:
     x1 = v.types
     n2 = len(x1)
     if n2 > 20: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
-        w += _S_i.pack(it3)
+        w += _P_i(it3)
 
 
 def _d_remote_auth_sasl_init_ret(b: bytes, o: int, n: int) -> tuple[remote_auth_sasl_init_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_auth_sasl_init_ret)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_mechlist_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    return remote_auth_sasl_init_ret(f_mechlist_1), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.mechlist = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_remote_auth_sasl_init_ret(v: remote_auth_sasl_init_ret, w: bytearray) -> None:
     s1 = v.mechlist.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_remote_auth_sasl_start_args(b: bytes, o: int, n: int) -> tuple[remote_auth_sasl_start_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_auth_sasl_start_args)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_mech_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    f_nil_4, n6 = _S_iI.unpack_from(b, o)
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.mech = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    v.nil, n3 = _U_iI(b, o)
     o += 8
-    if n6 > 65536 or n6 * 4 > n - o: raise _Bad
-    f_data_5 = _dec_chars(_unpack_from('>%di' % n6, b, o))
-    o += 4 * n6
-    return remote_auth_sasl_start_args(f_mech_1, f_nil_4, f_data_5), o
+    if n3 > 65536 or n3 * 4 > n - o: raise _Bad
+    v.data = _dec_chars(_unpack_from('>%di' % n3, b, o))
+    o += 4 * n3
+    return v, o
 
 
 def _e_remote_auth_sasl_start_args(v: remote_auth_sasl_start_args, w: bytearray) -> None:
     s1 = v.mech.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
     s3 = v.data
     n4 = len(s3)
     if n4 > 65536: raise _Bad
-    w += _S_iI.pack(v.nil, n4)
+    w += _P_iI(v.nil, n4)
     w += _enc_chars(s3)
 
 
 def _d_remote_auth_sasl_start_ret(b: bytes, o: int, n: int) -> tuple[remote_auth_sasl_start_ret, int]:
-    f_complete_1, f_nil_2, n4 = _S_iiI.unpack_from(b, o)
+    v = _new(remote_auth_sasl_start_ret)
+    v.complete, v.nil, n1 = _U_iiI(b, o)
     o += 12
-    if n4 > 65536 or n4 * 4 > n - o: raise _Bad
-    f_data_3 = _dec_chars(_unpack_from('>%di' % n4, b, o))
-    o += 4 * n4
-    return remote_auth_sasl_start_ret(f_complete_1, f_nil_2, f_data_3), o
+    if n1 > 65536 or n1 * 4 > n - o: raise _Bad
+    v.data = _dec_chars(_unpack_from('>%di' % n1, b, o))
+    o += 4 * n1
+    return v, o
 
 
 def _e_remote_auth_sasl_start_ret(v: remote_auth_sasl_start_ret, w: bytearray) -> None:
     s1 = v.data
     n2 = len(s1)
     if n2 > 65536: raise _Bad
-    w += _S_iiI.pack(v.complete, v.nil, n2)
+    w += _P_iiI(v.complete, v.nil, n2)
     w += _enc_chars(s1)
 
 
 def _d_remote_auth_sasl_step_args(b: bytes, o: int, n: int) -> tuple[remote_auth_sasl_step_args, int]:
-    f_nil_1, n3 = _S_iI.unpack_from(b, o)
+    v = _new(remote_auth_sasl_step_args)
+    v.nil, n1 = _U_iI(b, o)
     o += 8
-    if n3 > 65536 or n3 * 4 > n - o: raise _Bad
-    f_data_2 = _dec_chars(_unpack_from('>%di' % n3, b, o))
-    o += 4 * n3
-    return remote_auth_sasl_step_args(f_nil_1, f_data_2), o
+    if n1 > 65536 or n1 * 4 > n - o: raise _Bad
+    v.data = _dec_chars(_unpack_from('>%di' % n1, b, o))
+    o += 4 * n1
+    return v, o
 
 
 def _e_remote_auth_sasl_step_args(v: remote_auth_sasl_step_args, w: bytearray) -> None:
     s1 = v.data
     n2 = len(s1)
     if n2 > 65536: raise _Bad
-    w += _S_iI.pack(v.nil, n2)
+    w += _P_iI(v.nil, n2)
     w += _enc_chars(s1)
 
 
 def _d_remote_auth_sasl_step_ret(b: bytes, o: int, n: int) -> tuple[remote_auth_sasl_step_ret, int]:
-    f_complete_1, f_nil_2, n4 = _S_iiI.unpack_from(b, o)
+    v = _new(remote_auth_sasl_step_ret)
+    v.complete, v.nil, n1 = _U_iiI(b, o)
     o += 12
-    if n4 > 65536 or n4 * 4 > n - o: raise _Bad
-    f_data_3 = _dec_chars(_unpack_from('>%di' % n4, b, o))
-    o += 4 * n4
-    return remote_auth_sasl_step_ret(f_complete_1, f_nil_2, f_data_3), o
+    if n1 > 65536 or n1 * 4 > n - o: raise _Bad
+    v.data = _dec_chars(_unpack_from('>%di' % n1, b, o))
+    o += 4 * n1
+    return v, o
 
 
 def _e_remote_auth_sasl_step_ret(v: remote_auth_sasl_step_ret, w: bytearray) -> None:
     s1 = v.data
     n2 = len(s1)
     if n2 > 65536: raise _Bad
-    w += _S_iiI.pack(v.complete, v.nil, n2)
+    w += _P_iiI(v.complete, v.nil, n2)
     w += _enc_chars(s1)
 
 
 def _d_remote_auth_polkit_ret(b: bytes, o: int, n: int) -> tuple[remote_auth_polkit_ret, int]:
-    f_complete_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_auth_polkit_ret)
+    v.complete, = _U_i(b, o)
     o += 4
-    return remote_auth_polkit_ret(f_complete_1), o
+    return v, o
 
 
 def _e_remote_auth_polkit_ret(v: remote_auth_polkit_ret, w: bytearray) -> None:
-    w += _S_i.pack(v.complete)
+    w += _P_i(v.complete)
 
 
 def _d_remote_connect_num_of_storage_pools_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_num_of_storage_pools_ret, int]:
-    f_num_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_connect_num_of_storage_pools_ret)
+    v.num, = _U_i(b, o)
     o += 4
-    return remote_connect_num_of_storage_pools_ret(f_num_1), o
+    return v, o
 
 
 def _e_remote_connect_num_of_storage_pools_ret(v: remote_connect_num_of_storage_pools_ret, w: bytearray) -> None:
-    w += _S_i.pack(v.num)
+    w += _P_i(v.num)
 
 
 def _d_remote_connect_list_storage_pools_args(b: bytes, o: int, n: int) -> tuple[remote_connect_list_storage_pools_args, int]:
-    f_maxnames_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_connect_list_storage_pools_args)
+    v.maxnames, = _U_i(b, o)
     o += 4
-    return remote_connect_list_storage_pools_args(f_maxnames_1), o
+    return v, o
 
 
 def _e_remote_connect_list_storage_pools_args(v: remote_connect_list_storage_pools_args, w: bytearray) -> None:
-    w += _S_i.pack(v.maxnames)
+    w += _P_i(v.maxnames)
 
 
 def _d_remote_connect_list_storage_pools_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_list_storage_pools_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_connect_list_storage_pools_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 16384 or n2 * 4 > n - o: raise _Bad
-    f_names_1 = []
-    for _ in range(n2):
-        n4 = _S_I.unpack_from(b, o)[0]
+    if n1 > 16384 or n1 * 4 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.names = x3
+    L_U_I = _U_I
+    L_ZPAD = _ZPAD
+    for _ in range(n1):
+        n4, = L_U_I(b, o)
         o += 4
         e5 = o + n4
-        if e5 > n or n4 > 4194304: raise _Bad
-        it3 = b[o:e5].decode()
-        o = e5 + (-n4 & 3)
-        if n4 & 3 and b[e5:o] != _ZPAD[o - e5]: raise _Bad
-        f_names_1.append(it3)
-    return remote_connect_list_storage_pools_ret(f_names_1), o
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        it2 = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != L_ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
+        x3.append(it2)
+    return v, o
 
 
 def _e_remote_connect_list_storage_pools_ret(v: remote_connect_list_storage_pools_ret, w: bytearray) -> None:
     x1 = v.names
     n2 = len(x1)
     if n2 > 16384: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
         s4 = it3.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
 
 
 def _d_remote_connect_num_of_defined_storage_pools_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_num_of_defined_storage_pools_ret, int]:
-    f_num_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_connect_num_of_defined_storage_pools_ret)
+    v.num, = _U_i(b, o)
     o += 4
-    return remote_connect_num_of_defined_storage_pools_ret(f_num_1), o
+    return v, o
 
 
 def _e_remote_connect_num_of_defined_storage_pools_ret(v: remote_connect_num_of_defined_storage_pools_ret, w: bytearray) -> None:
-    w += _S_i.pack(v.num)
+    w += _P_i(v.num)
 
 
 def _d_remote_connect_list_defined_storage_pools_args(b: bytes, o: int, n: int) -> tuple[remote_connect_list_defined_storage_pools_args, int]:
-    f_maxnames_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_connect_list_defined_storage_pools_args)
+    v.maxnames, = _U_i(b, o)
     o += 4
-    return remote_connect_list_defined_storage_pools_args(f_maxnames_1), o
+    return v, o
 
 
 def _e_remote_connect_list_defined_storage_pools_args(v: remote_connect_list_defined_storage_pools_args, w: bytearray) -> None:
-    w += _S_i.pack(v.maxnames)
+    w += _P_i(v.maxnames)
 
 
 def _d_remote_connect_list_defined_storage_pools_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_list_defined_storage_pools_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_connect_list_defined_storage_pools_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 16384 or n2 * 4 > n - o: raise _Bad
-    f_names_1 = []
-    for _ in range(n2):
-        n4 = _S_I.unpack_from(b, o)[0]
+    if n1 > 16384 or n1 * 4 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.names = x3
+    L_U_I = _U_I
+    L_ZPAD = _ZPAD
+    for _ in range(n1):
+        n4, = L_U_I(b, o)
         o += 4
         e5 = o + n4
-        if e5 > n or n4 > 4194304: raise _Bad
-        it3 = b[o:e5].decode()
-        o = e5 + (-n4 & 3)
-        if n4 & 3 and b[e5:o] != _ZPAD[o - e5]: raise _Bad
-        f_names_1.append(it3)
-    return remote_connect_list_defined_storage_pools_ret(f_names_1), o
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        it2 = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != L_ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
+        x3.append(it2)
+    return v, o
 
 
 def _e_remote_connect_list_defined_storage_pools_ret(v: remote_connect_list_defined_storage_pools_ret, w: bytearray) -> None:
     x1 = v.names
     n2 = len(x1)
     if n2 > 16384: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
         s4 = it3.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
 
 
 def _d_remote_connect_find_storage_pool_sources_args(b: bytes, o: int, n: int) -> tuple[remote_connect_find_storage_pool_sources_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_connect_find_storage_pool_sources_args)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_type_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    n5 = _S_I.unpack_from(b, o)[0]
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.type = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    n3, = _U_I(b, o)
     o += 4
-    if n5 == 0:
-        f_srcSpec_4 = None
-    elif n5 == 1:
-        n6 = _S_I.unpack_from(b, o)[0]
+    if n3 == 0:
+        v.srcSpec = None
+    elif n3 == 1:
+        n4, = _U_I(b, o)
         o += 4
-        e7 = o + n6
-        if e7 > n or n6 > 4194304: raise _Bad
-        f_srcSpec_4 = b[o:e7].decode()
-        o = e7 + (-n6 & 3)
-        if n6 & 3 and b[e7:o] != _ZPAD[o - e7]: raise _Bad
+        e5 = o + n4
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        v.srcSpec = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
     else:
         raise _Bad
-    f_flags_8 = _S_I.unpack_from(b, o)[0]
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_connect_find_storage_pool_sources_args(f_type_1, f_srcSpec_4, f_flags_8), o
+    return v, o
 
 
 def _e_remote_connect_find_storage_pool_sources_args(v: remote_connect_find_storage_pool_sources_args, w: bytearray) -> None:
     s1 = v.type.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
     x3 = v.srcSpec
@@ -1352,56 +1440,68 @@ def _e_remote_connect_find_storage_pool_sources_args(v: remote_connect_find_stor
         s4 = x3.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_connect_find_storage_pool_sources_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_find_storage_pool_sources_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_connect_find_storage_pool_sources_ret)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_xml_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    return remote_connect_find_storage_pool_sources_ret(f_xml_1), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.xml = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_remote_connect_find_storage_pool_sources_ret(v: remote_connect_find_storage_pool_sources_ret, w: bytearray) -> None:
     s1 = v.xml.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_remote_storage_pool_lookup_by_uuid_args(b: bytes, o: int, n: int) -> tuple[remote_storage_pool_lookup_by_uuid_args, int]:
-    f_uuid_1 = _S_16s.unpack_from(b, o)[0]
+    v = _new(remote_storage_pool_lookup_by_uuid_args)
+    v.uuid, = _U_16s(b, o)
     o += 16
-    return remote_storage_pool_lookup_by_uuid_args(f_uuid_1), o
+    return v, o
 
 
 def _e_remote_storage_pool_lookup_by_uuid_args(v: remote_storage_pool_lookup_by_uuid_args, w: bytearray) -> None:
     x1 = v.uuid
     if len(x1) != 16: raise _Bad
-    w += _S_16s.pack(x1)
+    w += _P_16s(x1)
 
 
 def _d_remote_storage_pool_lookup_by_uuid_ret(b: bytes, o: int, n: int) -> tuple[remote_storage_pool_lookup_by_uuid_ret, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_storage_pool_lookup_by_uuid_ret)
+    x1 = _new(remote_nonnull_storage_pool)
+    v.pool = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5 = _S_16s.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, = _U_16s(b, o)
     o += 16
-    f_pool_1 = remote_nonnull_storage_pool(f_name_2, f_uuid_5)
-    return remote_storage_pool_lookup_by_uuid_ret(f_pool_1), o
+    return v, o
 
 
 def _e_remote_storage_pool_lookup_by_uuid_ret(v: remote_storage_pool_lookup_by_uuid_ret, w: bytearray) -> None:
@@ -1409,46 +1509,57 @@ def _e_remote_storage_pool_lookup_by_uuid_ret(v: remote_storage_pool_lookup_by_u
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16s.pack(x4)
+    w += _P_16s(x4)
 
 
 def _d_remote_storage_pool_lookup_by_name_args(b: bytes, o: int, n: int) -> tuple[remote_storage_pool_lookup_by_name_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_storage_pool_lookup_by_name_args)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_name_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    return remote_storage_pool_lookup_by_name_args(f_name_1), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.name = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_remote_storage_pool_lookup_by_name_args(v: remote_storage_pool_lookup_by_name_args, w: bytearray) -> None:
     s1 = v.name.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_remote_storage_pool_lookup_by_name_ret(b: bytes, o: int, n: int) -> tuple[remote_storage_pool_lookup_by_name_ret, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_storage_pool_lookup_by_name_ret)
+    x1 = _new(remote_nonnull_storage_pool)
+    v.pool = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5 = _S_16s.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, = _U_16s(b, o)
     o += 16
-    f_pool_1 = remote_nonnull_storage_pool(f_name_2, f_uuid_5)
-    return remote_storage_pool_lookup_by_name_ret(f_pool_1), o
+    return v, o
 
 
 def _e_remote_storage_pool_lookup_by_name_ret(v: remote_storage_pool_lookup_by_name_ret, w: bytearray) -> None:
@@ -1456,38 +1567,50 @@ def _e_remote_storage_pool_lookup_by_name_ret(v: remote_storage_pool_lookup_by_n
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16s.pack(x4)
+    w += _P_16s(x4)
 
 
 def _d_remote_storage_pool_lookup_by_volume_args(b: bytes, o: int, n: int) -> tuple[remote_storage_pool_lookup_by_volume_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_storage_pool_lookup_by_volume_args)
+    x1 = _new(remote_nonnull_storage_vol)
+    v.vol = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_pool_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    n6 = _S_I.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.pool = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    n4, = _U_I(b, o)
+    o += 4
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    x1.name = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    n6, = _U_I(b, o)
     o += 4
     e7 = o + n6
-    if e7 > n or n6 > 4194304: raise _Bad
-    f_name_5 = b[o:e7].decode()
-    o = e7 + (-n6 & 3)
-    if n6 & 3 and b[e7:o] != _ZPAD[o - e7]: raise _Bad
-    n9 = _S_I.unpack_from(b, o)[0]
-    o += 4
-    e10 = o + n9
-    if e10 > n or n9 > 4194304: raise _Bad
-    f_key_8 = b[o:e10].decode()
-    o = e10 + (-n9 & 3)
-    if n9 & 3 and b[e10:o] != _ZPAD[o - e10]: raise _Bad
-    f_vol_1 = remote_nonnull_storage_vol(f_pool_2, f_name_5, f_key_8)
-    return remote_storage_pool_lookup_by_volume_args(f_vol_1), o
+    if e7 > n or big and n6 > 4194304: raise _Bad
+    x1.key = b[o:e7].decode()
+    if n6 & 3:
+        o = e7 + 4 - (n6 & 3)
+        if b[e7:o] != _ZPAD[o - e7]: raise _Bad
+    else:
+        o = e7
+    return v, o
 
 
 def _e_remote_storage_pool_lookup_by_volume_args(v: remote_storage_pool_lookup_by_volume_args, w: bytearray) -> None:
@@ -1495,35 +1618,41 @@ def _e_remote_storage_pool_lookup_by_volume_args(v: remote_storage_pool_lookup_b
     s2 = x1.pool.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     s4 = x1.name.encode('utf-8', 'surrogateescape')
     n5 = len(s4)
     if n5 > 4194304: raise _Bad
-    w += _S_I.pack(n5)
+    w += _P_I(n5)
     w += s4
     if n5 & 3: w += _ZPAD[-n5 & 3]
     s6 = x1.key.encode('utf-8', 'surrogateescape')
     n7 = len(s6)
     if n7 > 4194304: raise _Bad
-    w += _S_I.pack(n7)
+    w += _P_I(n7)
     w += s6
     if n7 & 3: w += _ZPAD[-n7 & 3]
 
 
 def _d_remote_storage_pool_lookup_by_volume_ret(b: bytes, o: int, n: int) -> tuple[remote_storage_pool_lookup_by_volume_ret, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_storage_pool_lookup_by_volume_ret)
+    x1 = _new(remote_nonnull_storage_pool)
+    v.pool = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5 = _S_16s.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, = _U_16s(b, o)
     o += 16
-    f_pool_1 = remote_nonnull_storage_pool(f_name_2, f_uuid_5)
-    return remote_storage_pool_lookup_by_volume_ret(f_pool_1), o
+    return v, o
 
 
 def _e_remote_storage_pool_lookup_by_volume_ret(v: remote_storage_pool_lookup_by_volume_ret, w: bytearray) -> None:
@@ -1531,49 +1660,60 @@ def _e_remote_storage_pool_lookup_by_volume_ret(v: remote_storage_pool_lookup_by
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16s.pack(x4)
+    w += _P_16s(x4)
 
 
 def _d_remote_storage_pool_create_xml_args(b: bytes, o: int, n: int) -> tuple[remote_storage_pool_create_xml_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_storage_pool_create_xml_args)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_xml_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    f_flags_4 = _S_I.unpack_from(b, o)[0]
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.xml = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_storage_pool_create_xml_args(f_xml_1, f_flags_4), o
+    return v, o
 
 
 def _e_remote_storage_pool_create_xml_args(v: remote_storage_pool_create_xml_args, w: bytearray) -> None:
     s1 = v.xml.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_storage_pool_create_xml_ret(b: bytes, o: int, n: int) -> tuple[remote_storage_pool_create_xml_ret, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_storage_pool_create_xml_ret)
+    x1 = _new(remote_nonnull_storage_pool)
+    v.pool = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5 = _S_16s.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, = _U_16s(b, o)
     o += 16
-    f_pool_1 = remote_nonnull_storage_pool(f_name_2, f_uuid_5)
-    return remote_storage_pool_create_xml_ret(f_pool_1), o
+    return v, o
 
 
 def _e_remote_storage_pool_create_xml_ret(v: remote_storage_pool_create_xml_ret, w: bytearray) -> None:
@@ -1581,49 +1721,60 @@ def _e_remote_storage_pool_create_xml_ret(v: remote_storage_pool_create_xml_ret,
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16s.pack(x4)
+    w += _P_16s(x4)
 
 
 def _d_remote_storage_pool_define_xml_args(b: bytes, o: int, n: int) -> tuple[remote_storage_pool_define_xml_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_storage_pool_define_xml_args)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_xml_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    f_flags_4 = _S_I.unpack_from(b, o)[0]
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.xml = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_storage_pool_define_xml_args(f_xml_1, f_flags_4), o
+    return v, o
 
 
 def _e_remote_storage_pool_define_xml_args(v: remote_storage_pool_define_xml_args, w: bytearray) -> None:
     s1 = v.xml.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_storage_pool_define_xml_ret(b: bytes, o: int, n: int) -> tuple[remote_storage_pool_define_xml_ret, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_storage_pool_define_xml_ret)
+    x1 = _new(remote_nonnull_storage_pool)
+    v.pool = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5 = _S_16s.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, = _U_16s(b, o)
     o += 16
-    f_pool_1 = remote_nonnull_storage_pool(f_name_2, f_uuid_5)
-    return remote_storage_pool_define_xml_ret(f_pool_1), o
+    return v, o
 
 
 def _e_remote_storage_pool_define_xml_ret(v: remote_storage_pool_define_xml_ret, w: bytearray) -> None:
@@ -1631,26 +1782,32 @@ def _e_remote_storage_pool_define_xml_ret(v: remote_storage_pool_define_xml_ret,
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16s.pack(x4)
+    w += _P_16s(x4)
 
 
 def _d_remote_storage_pool_build_args(b: bytes, o: int, n: int) -> tuple[remote_storage_pool_build_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_storage_pool_build_args)
+    x1 = _new(remote_nonnull_storage_pool)
+    v.pool = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_flags_6 = _S_16sI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, v.flags = _U_16sI(b, o)
     o += 20
-    f_pool_1 = remote_nonnull_storage_pool(f_name_2, f_uuid_5)
-    return remote_storage_pool_build_args(f_pool_1, f_flags_6), o
+    return v, o
 
 
 def _e_remote_storage_pool_build_args(v: remote_storage_pool_build_args, w: bytearray) -> None:
@@ -1658,26 +1815,32 @@ def _e_remote_storage_pool_build_args(v: remote_storage_pool_build_args, w: byte
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16sI.pack(x4, v.flags)
+    w += _P_16sI(x4, v.flags)
 
 
 def _d_remote_storage_pool_undefine_args(b: bytes, o: int, n: int) -> tuple[remote_storage_pool_undefine_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_storage_pool_undefine_args)
+    x1 = _new(remote_nonnull_storage_pool)
+    v.pool = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5 = _S_16s.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, = _U_16s(b, o)
     o += 16
-    f_pool_1 = remote_nonnull_storage_pool(f_name_2, f_uuid_5)
-    return remote_storage_pool_undefine_args(f_pool_1), o
+    return v, o
 
 
 def _e_remote_storage_pool_undefine_args(v: remote_storage_pool_undefine_args, w: bytearray) -> None:
@@ -1685,26 +1848,32 @@ def _e_remote_storage_pool_undefine_args(v: remote_storage_pool_undefine_args, w
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16s.pack(x4)
+    w += _P_16s(x4)
 
 
 def _d_remote_storage_pool_create_args(b: bytes, o: int, n: int) -> tuple[remote_storage_pool_create_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_storage_pool_create_args)
+    x1 = _new(remote_nonnull_storage_pool)
+    v.pool = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_flags_6 = _S_16sI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, v.flags = _U_16sI(b, o)
     o += 20
-    f_pool_1 = remote_nonnull_storage_pool(f_name_2, f_uuid_5)
-    return remote_storage_pool_create_args(f_pool_1, f_flags_6), o
+    return v, o
 
 
 def _e_remote_storage_pool_create_args(v: remote_storage_pool_create_args, w: bytearray) -> None:
@@ -1712,26 +1881,32 @@ def _e_remote_storage_pool_create_args(v: remote_storage_pool_create_args, w: by
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16sI.pack(x4, v.flags)
+    w += _P_16sI(x4, v.flags)
 
 
 def _d_remote_storage_pool_destroy_args(b: bytes, o: int, n: int) -> tuple[remote_storage_pool_destroy_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_storage_pool_destroy_args)
+    x1 = _new(remote_nonnull_storage_pool)
+    v.pool = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5 = _S_16s.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, = _U_16s(b, o)
     o += 16
-    f_pool_1 = remote_nonnull_storage_pool(f_name_2, f_uuid_5)
-    return remote_storage_pool_destroy_args(f_pool_1), o
+    return v, o
 
 
 def _e_remote_storage_pool_destroy_args(v: remote_storage_pool_destroy_args, w: bytearray) -> None:
@@ -1739,26 +1914,32 @@ def _e_remote_storage_pool_destroy_args(v: remote_storage_pool_destroy_args, w: 
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16s.pack(x4)
+    w += _P_16s(x4)
 
 
 def _d_remote_storage_pool_delete_args(b: bytes, o: int, n: int) -> tuple[remote_storage_pool_delete_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_storage_pool_delete_args)
+    x1 = _new(remote_nonnull_storage_pool)
+    v.pool = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_flags_6 = _S_16sI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, v.flags = _U_16sI(b, o)
     o += 20
-    f_pool_1 = remote_nonnull_storage_pool(f_name_2, f_uuid_5)
-    return remote_storage_pool_delete_args(f_pool_1, f_flags_6), o
+    return v, o
 
 
 def _e_remote_storage_pool_delete_args(v: remote_storage_pool_delete_args, w: bytearray) -> None:
@@ -1766,26 +1947,32 @@ def _e_remote_storage_pool_delete_args(v: remote_storage_pool_delete_args, w: by
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16sI.pack(x4, v.flags)
+    w += _P_16sI(x4, v.flags)
 
 
 def _d_remote_storage_pool_refresh_args(b: bytes, o: int, n: int) -> tuple[remote_storage_pool_refresh_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_storage_pool_refresh_args)
+    x1 = _new(remote_nonnull_storage_pool)
+    v.pool = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_flags_6 = _S_16sI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, v.flags = _U_16sI(b, o)
     o += 20
-    f_pool_1 = remote_nonnull_storage_pool(f_name_2, f_uuid_5)
-    return remote_storage_pool_refresh_args(f_pool_1, f_flags_6), o
+    return v, o
 
 
 def _e_remote_storage_pool_refresh_args(v: remote_storage_pool_refresh_args, w: bytearray) -> None:
@@ -1793,26 +1980,32 @@ def _e_remote_storage_pool_refresh_args(v: remote_storage_pool_refresh_args, w: 
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16sI.pack(x4, v.flags)
+    w += _P_16sI(x4, v.flags)
 
 
 def _d_remote_storage_pool_get_xml_desc_args(b: bytes, o: int, n: int) -> tuple[remote_storage_pool_get_xml_desc_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_storage_pool_get_xml_desc_args)
+    x1 = _new(remote_nonnull_storage_pool)
+    v.pool = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_flags_6 = _S_16sI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, v.flags = _U_16sI(b, o)
     o += 20
-    f_pool_1 = remote_nonnull_storage_pool(f_name_2, f_uuid_5)
-    return remote_storage_pool_get_xml_desc_args(f_pool_1, f_flags_6), o
+    return v, o
 
 
 def _e_remote_storage_pool_get_xml_desc_args(v: remote_storage_pool_get_xml_desc_args, w: bytearray) -> None:
@@ -1820,46 +2013,57 @@ def _e_remote_storage_pool_get_xml_desc_args(v: remote_storage_pool_get_xml_desc
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16sI.pack(x4, v.flags)
+    w += _P_16sI(x4, v.flags)
 
 
 def _d_remote_storage_pool_get_xml_desc_ret(b: bytes, o: int, n: int) -> tuple[remote_storage_pool_get_xml_desc_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_storage_pool_get_xml_desc_ret)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_xml_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    return remote_storage_pool_get_xml_desc_ret(f_xml_1), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.xml = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_remote_storage_pool_get_xml_desc_ret(v: remote_storage_pool_get_xml_desc_ret, w: bytearray) -> None:
     s1 = v.xml.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_remote_storage_pool_get_info_args(b: bytes, o: int, n: int) -> tuple[remote_storage_pool_get_info_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_storage_pool_get_info_args)
+    x1 = _new(remote_nonnull_storage_pool)
+    v.pool = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5 = _S_16s.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, = _U_16s(b, o)
     o += 16
-    f_pool_1 = remote_nonnull_storage_pool(f_name_2, f_uuid_5)
-    return remote_storage_pool_get_info_args(f_pool_1), o
+    return v, o
 
 
 def _e_remote_storage_pool_get_info_args(v: remote_storage_pool_get_info_args, w: bytearray) -> None:
@@ -1867,39 +2071,46 @@ def _e_remote_storage_pool_get_info_args(v: remote_storage_pool_get_info_args, w
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16s.pack(x4)
+    w += _P_16s(x4)
 
 
 def _d_remote_storage_pool_get_info_ret(b: bytes, o: int, n: int) -> tuple[remote_storage_pool_get_info_ret, int]:
-    f_state_1, f_capacity_2, f_allocation_3, f_available_4 = _S_IQQQ.unpack_from(b, o)
+    v = _new(remote_storage_pool_get_info_ret)
+    v.state, v.capacity, v.allocation, v.available = _U_IQQQ(b, o)
     o += 28
-    if not 0 <= f_state_1 <= 255: raise _Bad
-    return remote_storage_pool_get_info_ret(f_state_1, f_capacity_2, f_allocation_3, f_available_4), o
+    if not 0 <= v.state <= 255: raise _Bad
+    return v, o
 
 
 def _e_remote_storage_pool_get_info_ret(v: remote_storage_pool_get_info_ret, w: bytearray) -> None:
     x1 = v.state
     if not 0 <= x1 <= 255: raise _Bad
-    w += _S_IQQQ.pack(x1, v.capacity, v.allocation, v.available)
+    w += _P_IQQQ(x1, v.capacity, v.allocation, v.available)
 
 
 def _d_remote_storage_pool_get_autostart_args(b: bytes, o: int, n: int) -> tuple[remote_storage_pool_get_autostart_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_storage_pool_get_autostart_args)
+    x1 = _new(remote_nonnull_storage_pool)
+    v.pool = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5 = _S_16s.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, = _U_16s(b, o)
     o += 16
-    f_pool_1 = remote_nonnull_storage_pool(f_name_2, f_uuid_5)
-    return remote_storage_pool_get_autostart_args(f_pool_1), o
+    return v, o
 
 
 def _e_remote_storage_pool_get_autostart_args(v: remote_storage_pool_get_autostart_args, w: bytearray) -> None:
@@ -1907,36 +2118,43 @@ def _e_remote_storage_pool_get_autostart_args(v: remote_storage_pool_get_autosta
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16s.pack(x4)
+    w += _P_16s(x4)
 
 
 def _d_remote_storage_pool_get_autostart_ret(b: bytes, o: int, n: int) -> tuple[remote_storage_pool_get_autostart_ret, int]:
-    f_autostart_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_storage_pool_get_autostart_ret)
+    v.autostart, = _U_i(b, o)
     o += 4
-    return remote_storage_pool_get_autostart_ret(f_autostart_1), o
+    return v, o
 
 
 def _e_remote_storage_pool_get_autostart_ret(v: remote_storage_pool_get_autostart_ret, w: bytearray) -> None:
-    w += _S_i.pack(v.autostart)
+    w += _P_i(v.autostart)
 
 
 def _d_remote_storage_pool_set_autostart_args(b: bytes, o: int, n: int) -> tuple[remote_storage_pool_set_autostart_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_storage_pool_set_autostart_args)
+    x1 = _new(remote_nonnull_storage_pool)
+    v.pool = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_autostart_6 = _S_16si.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, v.autostart = _U_16si(b, o)
     o += 20
-    f_pool_1 = remote_nonnull_storage_pool(f_name_2, f_uuid_5)
-    return remote_storage_pool_set_autostart_args(f_pool_1, f_autostart_6), o
+    return v, o
 
 
 def _e_remote_storage_pool_set_autostart_args(v: remote_storage_pool_set_autostart_args, w: bytearray) -> None:
@@ -1944,26 +2162,32 @@ def _e_remote_storage_pool_set_autostart_args(v: remote_storage_pool_set_autosta
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16si.pack(x4, v.autostart)
+    w += _P_16si(x4, v.autostart)
 
 
 def _d_remote_storage_pool_num_of_volumes_args(b: bytes, o: int, n: int) -> tuple[remote_storage_pool_num_of_volumes_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_storage_pool_num_of_volumes_args)
+    x1 = _new(remote_nonnull_storage_pool)
+    v.pool = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5 = _S_16s.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, = _U_16s(b, o)
     o += 16
-    f_pool_1 = remote_nonnull_storage_pool(f_name_2, f_uuid_5)
-    return remote_storage_pool_num_of_volumes_args(f_pool_1), o
+    return v, o
 
 
 def _e_remote_storage_pool_num_of_volumes_args(v: remote_storage_pool_num_of_volumes_args, w: bytearray) -> None:
@@ -1971,36 +2195,43 @@ def _e_remote_storage_pool_num_of_volumes_args(v: remote_storage_pool_num_of_vol
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16s.pack(x4)
+    w += _P_16s(x4)
 
 
 def _d_remote_storage_pool_num_of_volumes_ret(b: bytes, o: int, n: int) -> tuple[remote_storage_pool_num_of_volumes_ret, int]:
-    f_num_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_storage_pool_num_of_volumes_ret)
+    v.num, = _U_i(b, o)
     o += 4
-    return remote_storage_pool_num_of_volumes_ret(f_num_1), o
+    return v, o
 
 
 def _e_remote_storage_pool_num_of_volumes_ret(v: remote_storage_pool_num_of_volumes_ret, w: bytearray) -> None:
-    w += _S_i.pack(v.num)
+    w += _P_i(v.num)
 
 
 def _d_remote_storage_pool_list_volumes_args(b: bytes, o: int, n: int) -> tuple[remote_storage_pool_list_volumes_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_storage_pool_list_volumes_args)
+    x1 = _new(remote_nonnull_storage_pool)
+    v.pool = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_maxnames_6 = _S_16si.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, v.maxnames = _U_16si(b, o)
     o += 20
-    f_pool_1 = remote_nonnull_storage_pool(f_name_2, f_uuid_5)
-    return remote_storage_pool_list_volumes_args(f_pool_1, f_maxnames_6), o
+    return v, o
 
 
 def _e_remote_storage_pool_list_volumes_args(v: remote_storage_pool_list_volumes_args, w: bytearray) -> None:
@@ -2008,62 +2239,79 @@ def _e_remote_storage_pool_list_volumes_args(v: remote_storage_pool_list_volumes
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16si.pack(x4, v.maxnames)
+    w += _P_16si(x4, v.maxnames)
 
 
 def _d_remote_storage_pool_list_volumes_ret(b: bytes, o: int, n: int) -> tuple[remote_storage_pool_list_volumes_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_storage_pool_list_volumes_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 16384 or n2 * 4 > n - o: raise _Bad
-    f_names_1 = []
-    for _ in range(n2):
-        n4 = _S_I.unpack_from(b, o)[0]
+    if n1 > 16384 or n1 * 4 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.names = x3
+    L_U_I = _U_I
+    L_ZPAD = _ZPAD
+    for _ in range(n1):
+        n4, = L_U_I(b, o)
         o += 4
         e5 = o + n4
-        if e5 > n or n4 > 4194304: raise _Bad
-        it3 = b[o:e5].decode()
-        o = e5 + (-n4 & 3)
-        if n4 & 3 and b[e5:o] != _ZPAD[o - e5]: raise _Bad
-        f_names_1.append(it3)
-    return remote_storage_pool_list_volumes_ret(f_names_1), o
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        it2 = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != L_ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
+        x3.append(it2)
+    return v, o
 
 
 def _e_remote_storage_pool_list_volumes_ret(v: remote_storage_pool_list_volumes_ret, w: bytearray) -> None:
     x1 = v.names
     n2 = len(x1)
     if n2 > 16384: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
         s4 = it3.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
 
 
 def _d_remote_storage_vol_lookup_by_name_args(b: bytes, o: int, n: int) -> tuple[remote_storage_vol_lookup_by_name_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_storage_vol_lookup_by_name_args)
+    x1 = _new(remote_nonnull_storage_pool)
+    v.pool = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, n7 = _S_16sI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, n4 = _U_16sI(b, o)
     o += 20
-    f_pool_1 = remote_nonnull_storage_pool(f_name_2, f_uuid_5)
-    e8 = o + n7
-    if e8 > n or n7 > 4194304: raise _Bad
-    f_name_6 = b[o:e8].decode()
-    o = e8 + (-n7 & 3)
-    if n7 & 3 and b[e8:o] != _ZPAD[o - e8]: raise _Bad
-    return remote_storage_vol_lookup_by_name_args(f_pool_1, f_name_6), o
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    v.name = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    return v, o
 
 
 def _e_remote_storage_vol_lookup_by_name_args(v: remote_storage_vol_lookup_by_name_args, w: bytearray) -> None:
@@ -2071,7 +2319,7 @@ def _e_remote_storage_vol_lookup_by_name_args(v: remote_storage_vol_lookup_by_na
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -2079,35 +2327,47 @@ def _e_remote_storage_vol_lookup_by_name_args(v: remote_storage_vol_lookup_by_na
     s5 = v.name.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_16sI.pack(x4, n6)
+    w += _P_16sI(x4, n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
 
 
 def _d_remote_storage_vol_lookup_by_name_ret(b: bytes, o: int, n: int) -> tuple[remote_storage_vol_lookup_by_name_ret, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_storage_vol_lookup_by_name_ret)
+    x1 = _new(remote_nonnull_storage_vol)
+    v.vol = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_pool_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    n6 = _S_I.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.pool = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    n4, = _U_I(b, o)
+    o += 4
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    x1.name = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    n6, = _U_I(b, o)
     o += 4
     e7 = o + n6
-    if e7 > n or n6 > 4194304: raise _Bad
-    f_name_5 = b[o:e7].decode()
-    o = e7 + (-n6 & 3)
-    if n6 & 3 and b[e7:o] != _ZPAD[o - e7]: raise _Bad
-    n9 = _S_I.unpack_from(b, o)[0]
-    o += 4
-    e10 = o + n9
-    if e10 > n or n9 > 4194304: raise _Bad
-    f_key_8 = b[o:e10].decode()
-    o = e10 + (-n9 & 3)
-    if n9 & 3 and b[e10:o] != _ZPAD[o - e10]: raise _Bad
-    f_vol_1 = remote_nonnull_storage_vol(f_pool_2, f_name_5, f_key_8)
-    return remote_storage_vol_lookup_by_name_ret(f_vol_1), o
+    if e7 > n or big and n6 > 4194304: raise _Bad
+    x1.key = b[o:e7].decode()
+    if n6 & 3:
+        o = e7 + 4 - (n6 & 3)
+        if b[e7:o] != _ZPAD[o - e7]: raise _Bad
+    else:
+        o = e7
+    return v, o
 
 
 def _e_remote_storage_vol_lookup_by_name_ret(v: remote_storage_vol_lookup_by_name_ret, w: bytearray) -> None:
@@ -2115,42 +2375,51 @@ def _e_remote_storage_vol_lookup_by_name_ret(v: remote_storage_vol_lookup_by_nam
     s2 = x1.pool.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     s4 = x1.name.encode('utf-8', 'surrogateescape')
     n5 = len(s4)
     if n5 > 4194304: raise _Bad
-    w += _S_I.pack(n5)
+    w += _P_I(n5)
     w += s4
     if n5 & 3: w += _ZPAD[-n5 & 3]
     s6 = x1.key.encode('utf-8', 'surrogateescape')
     n7 = len(s6)
     if n7 > 4194304: raise _Bad
-    w += _S_I.pack(n7)
+    w += _P_I(n7)
     w += s6
     if n7 & 3: w += _ZPAD[-n7 & 3]
 
 
 def _d_remote_storage_vol_create_xml_args(b: bytes, o: int, n: int) -> tuple[remote_storage_vol_create_xml_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_storage_vol_create_xml_args)
+    x1 = _new(remote_nonnull_storage_pool)
+    v.pool = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, n7 = _S_16sI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, n4 = _U_16sI(b, o)
     o += 20
-    f_pool_1 = remote_nonnull_storage_pool(f_name_2, f_uuid_5)
-    e8 = o + n7
-    if e8 > n or n7 > 4194304: raise _Bad
-    f_xml_6 = b[o:e8].decode()
-    o = e8 + (-n7 & 3)
-    if n7 & 3 and b[e8:o] != _ZPAD[o - e8]: raise _Bad
-    f_flags_9 = _S_I.unpack_from(b, o)[0]
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    v.xml = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_storage_vol_create_xml_args(f_pool_1, f_xml_6, f_flags_9), o
+    return v, o
 
 
 def _e_remote_storage_vol_create_xml_args(v: remote_storage_vol_create_xml_args, w: bytearray) -> None:
@@ -2158,7 +2427,7 @@ def _e_remote_storage_vol_create_xml_args(v: remote_storage_vol_create_xml_args,
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -2166,36 +2435,48 @@ def _e_remote_storage_vol_create_xml_args(v: remote_storage_vol_create_xml_args,
     s5 = v.xml.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_16sI.pack(x4, n6)
+    w += _P_16sI(x4, n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_storage_vol_create_xml_ret(b: bytes, o: int, n: int) -> tuple[remote_storage_vol_create_xml_ret, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_storage_vol_create_xml_ret)
+    x1 = _new(remote_nonnull_storage_vol)
+    v.vol = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_pool_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    n6 = _S_I.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.pool = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    n4, = _U_I(b, o)
+    o += 4
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    x1.name = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    n6, = _U_I(b, o)
     o += 4
     e7 = o + n6
-    if e7 > n or n6 > 4194304: raise _Bad
-    f_name_5 = b[o:e7].decode()
-    o = e7 + (-n6 & 3)
-    if n6 & 3 and b[e7:o] != _ZPAD[o - e7]: raise _Bad
-    n9 = _S_I.unpack_from(b, o)[0]
-    o += 4
-    e10 = o + n9
-    if e10 > n or n9 > 4194304: raise _Bad
-    f_key_8 = b[o:e10].decode()
-    o = e10 + (-n9 & 3)
-    if n9 & 3 and b[e10:o] != _ZPAD[o - e10]: raise _Bad
-    f_vol_1 = remote_nonnull_storage_vol(f_pool_2, f_name_5, f_key_8)
-    return remote_storage_vol_create_xml_ret(f_vol_1), o
+    if e7 > n or big and n6 > 4194304: raise _Bad
+    x1.key = b[o:e7].decode()
+    if n6 & 3:
+        o = e7 + 4 - (n6 & 3)
+        if b[e7:o] != _ZPAD[o - e7]: raise _Bad
+    else:
+        o = e7
+    return v, o
 
 
 def _e_remote_storage_vol_create_xml_ret(v: remote_storage_vol_create_xml_ret, w: bytearray) -> None:
@@ -2203,49 +2484,61 @@ def _e_remote_storage_vol_create_xml_ret(v: remote_storage_vol_create_xml_ret, w
     s2 = x1.pool.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     s4 = x1.name.encode('utf-8', 'surrogateescape')
     n5 = len(s4)
     if n5 > 4194304: raise _Bad
-    w += _S_I.pack(n5)
+    w += _P_I(n5)
     w += s4
     if n5 & 3: w += _ZPAD[-n5 & 3]
     s6 = x1.key.encode('utf-8', 'surrogateescape')
     n7 = len(s6)
     if n7 > 4194304: raise _Bad
-    w += _S_I.pack(n7)
+    w += _P_I(n7)
     w += s6
     if n7 & 3: w += _ZPAD[-n7 & 3]
 
 
 def _d_remote_storage_vol_delete_args(b: bytes, o: int, n: int) -> tuple[remote_storage_vol_delete_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_storage_vol_delete_args)
+    x1 = _new(remote_nonnull_storage_vol)
+    v.vol = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_pool_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    n6 = _S_I.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.pool = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    n4, = _U_I(b, o)
+    o += 4
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    x1.name = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    n6, = _U_I(b, o)
     o += 4
     e7 = o + n6
-    if e7 > n or n6 > 4194304: raise _Bad
-    f_name_5 = b[o:e7].decode()
-    o = e7 + (-n6 & 3)
-    if n6 & 3 and b[e7:o] != _ZPAD[o - e7]: raise _Bad
-    n9 = _S_I.unpack_from(b, o)[0]
+    if e7 > n or big and n6 > 4194304: raise _Bad
+    x1.key = b[o:e7].decode()
+    if n6 & 3:
+        o = e7 + 4 - (n6 & 3)
+        if b[e7:o] != _ZPAD[o - e7]: raise _Bad
+    else:
+        o = e7
+    v.flags, = _U_I(b, o)
     o += 4
-    e10 = o + n9
-    if e10 > n or n9 > 4194304: raise _Bad
-    f_key_8 = b[o:e10].decode()
-    o = e10 + (-n9 & 3)
-    if n9 & 3 and b[e10:o] != _ZPAD[o - e10]: raise _Bad
-    f_flags_11 = _S_I.unpack_from(b, o)[0]
-    o += 4
-    f_vol_1 = remote_nonnull_storage_vol(f_pool_2, f_name_5, f_key_8)
-    return remote_storage_vol_delete_args(f_vol_1, f_flags_11), o
+    return v, o
 
 
 def _e_remote_storage_vol_delete_args(v: remote_storage_vol_delete_args, w: bytearray) -> None:
@@ -2253,22 +2546,22 @@ def _e_remote_storage_vol_delete_args(v: remote_storage_vol_delete_args, w: byte
     s2 = x1.pool.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     s4 = x1.name.encode('utf-8', 'surrogateescape')
     n5 = len(s4)
     if n5 > 4194304: raise _Bad
-    w += _S_I.pack(n5)
+    w += _P_I(n5)
     w += s4
     if n5 & 3: w += _ZPAD[-n5 & 3]
     s6 = x1.key.encode('utf-8', 'surrogateescape')
     n7 = len(s6)
     if n7 > 4194304: raise _Bad
-    w += _S_I.pack(n7)
+    w += _P_I(n7)
     w += s6
     if n7 & 3: w += _ZPAD[-n7 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 _c_remote_domain_block_stats_args = _Codec('remote_domain_block_stats_args', _e_remote_domain_block_stats_args, _d_remote_domain_block_stats_args)

@@ -12,6 +12,8 @@ from struct import Struct as _Struct
 from struct import pack as _pack
 from struct import unpack_from as _unpack_from
 
+_new = object.__new__  # decoders fill __slots__ directly instead of calling __init__
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: it costs milliseconds at start-up
     from typing import Any, Optional, Union
@@ -27,7 +29,6 @@ from .._xdr import XdrStruct as _XdrStruct
 from .._xdr import XdrUnion as _XdrUnion
 from .._xdr import dec_chars as _dec_chars
 from .._xdr import enc_chars as _enc_chars
-from .._xdr import enum_member as _enum_member
 from .remote import remote_nonnull_domain
 from .remote import remote_nonnull_node_device
 from .remote import remote_nonnull_storage_pool
@@ -48,6 +49,32 @@ _S_i = _Struct('>i')
 _S_iI = _Struct('>iI')
 _S_iQQ = _Struct('>iQQ')
 _S_ii = _Struct('>ii')
+_P_16sI = _S_16sI.pack
+_P_16si = _S_16si.pack
+_P_16siI = _S_16siI.pack
+_P_16siQII = _S_16siQII.pack
+_P_I = _S_I.pack
+_P_Q = _S_Q.pack
+_P_QI = _S_QI.pack
+_P_QII = _S_QII.pack
+_P_Qi = _S_Qi.pack
+_P_i = _S_i.pack
+_P_iI = _S_iI.pack
+_P_iQQ = _S_iQQ.pack
+_P_ii = _S_ii.pack
+_U_16sI = _S_16sI.unpack_from
+_U_16si = _S_16si.unpack_from
+_U_16siI = _S_16siI.unpack_from
+_U_16siQII = _S_16siQII.unpack_from
+_U_I = _S_I.unpack_from
+_U_Q = _S_Q.unpack_from
+_U_QI = _S_QI.unpack_from
+_U_QII = _S_QII.unpack_from
+_U_Qi = _S_Qi.unpack_from
+_U_i = _S_i.unpack_from
+_U_iI = _S_iI.unpack_from
+_U_iQQ = _S_iQQ.unpack_from
+_U_ii = _S_ii.unpack_from
 
 
 class remote_connect_get_uri_ret(_XdrStruct):
@@ -959,81 +986,98 @@ class remote_connect_domain_event_deregister_ret(_XdrStruct):
 # ------------------------------------------------------------------- codecs
 
 def _d_remote_connect_get_uri_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_get_uri_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_connect_get_uri_ret)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_uri_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    return remote_connect_get_uri_ret(f_uri_1), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.uri = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_remote_connect_get_uri_ret(v: remote_connect_get_uri_ret, w: bytearray) -> None:
     s1 = v.uri.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_remote_node_get_cells_free_memory_args(b: bytes, o: int, n: int) -> tuple[remote_node_get_cells_free_memory_args, int]:
-    f_startCell_1, f_maxcells_2 = _S_ii.unpack_from(b, o)
+    v = _new(remote_node_get_cells_free_memory_args)
+    v.startCell, v.maxcells = _U_ii(b, o)
     o += 8
-    return remote_node_get_cells_free_memory_args(f_startCell_1, f_maxcells_2), o
+    return v, o
 
 
 def _e_remote_node_get_cells_free_memory_args(v: remote_node_get_cells_free_memory_args, w: bytearray) -> None:
-    w += _S_ii.pack(v.startCell, v.maxcells)
+    w += _P_ii(v.startCell, v.maxcells)
 
 
 def _d_remote_node_get_cells_free_memory_ret(b: bytes, o: int, n: int) -> tuple[remote_node_get_cells_free_memory_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    v = _new(remote_node_get_cells_free_memory_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 1024 or n2 * 8 > n - o: raise _Bad
-    f_cells_1 = list(_unpack_from('>%dQ' % n2, b, o))
-    o += 8 * n2
-    return remote_node_get_cells_free_memory_ret(f_cells_1), o
+    if n1 > 1024 or n1 * 8 > n - o: raise _Bad
+    v.cells = list(_unpack_from('>%dQ' % n1, b, o))
+    o += 8 * n1
+    return v, o
 
 
 def _e_remote_node_get_cells_free_memory_ret(v: remote_node_get_cells_free_memory_ret, w: bytearray) -> None:
     x1 = v.cells
     n2 = len(x1)
     if n2 > 1024: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += _pack('>%dQ' % len(x1), *x1)
 
 
 def _d_remote_node_get_free_memory_ret(b: bytes, o: int, n: int) -> tuple[remote_node_get_free_memory_ret, int]:
-    f_freeMem_1 = _S_Q.unpack_from(b, o)[0]
+    v = _new(remote_node_get_free_memory_ret)
+    v.freeMem, = _U_Q(b, o)
     o += 8
-    return remote_node_get_free_memory_ret(f_freeMem_1), o
+    return v, o
 
 
 def _e_remote_node_get_free_memory_ret(v: remote_node_get_free_memory_ret, w: bytearray) -> None:
-    w += _S_Q.pack(v.freeMem)
+    w += _P_Q(v.freeMem)
 
 
 def _d_remote_domain_block_peek_args(b: bytes, o: int, n: int) -> tuple[remote_domain_block_peek_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_block_peek_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    e9 = o + n8
-    if e9 > n or n8 > 4194304: raise _Bad
-    f_path_7 = b[o:e9].decode()
-    o = e9 + (-n8 & 3)
-    if n8 & 3 and b[e9:o] != _ZPAD[o - e9]: raise _Bad
-    f_offset_10, f_size_11, f_flags_12 = _S_QII.unpack_from(b, o)
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    v.path = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    v.offset, v.size, v.flags = _U_QII(b, o)
     o += 16
-    return remote_domain_block_peek_args(f_dom_1, f_path_7, f_offset_10, f_size_11, f_flags_12), o
+    return v, o
 
 
 def _e_remote_domain_block_peek_args(v: remote_domain_block_peek_args, w: bytearray) -> None:
@@ -1041,7 +1085,7 @@ def _e_remote_domain_block_peek_args(v: remote_domain_block_peek_args, w: bytear
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -1049,44 +1093,55 @@ def _e_remote_domain_block_peek_args(v: remote_domain_block_peek_args, w: bytear
     s5 = v.path.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
-    w += _S_QII.pack(v.offset, v.size, v.flags)
+    w += _P_QII(v.offset, v.size, v.flags)
 
 
 def _d_remote_domain_block_peek_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_block_peek_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_block_peek_ret)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_buffer_1 = b[o:e3]
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    return remote_domain_block_peek_ret(f_buffer_1), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.buffer = b[o:e2]
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_remote_domain_block_peek_ret(v: remote_domain_block_peek_ret, w: bytearray) -> None:
     s1 = v.buffer
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_remote_domain_memory_peek_args(b: bytes, o: int, n: int) -> tuple[remote_domain_memory_peek_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_memory_peek_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_offset_7, f_size_8, f_flags_9 = _S_16siQII.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.offset, v.size, v.flags = _U_16siQII(b, o)
     o += 36
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_memory_peek_args(f_dom_1, f_offset_7, f_size_8, f_flags_9), o
+    return v, o
 
 
 def _e_remote_domain_memory_peek_args(v: remote_domain_memory_peek_args, w: bytearray) -> None:
@@ -1094,71 +1149,87 @@ def _e_remote_domain_memory_peek_args(v: remote_domain_memory_peek_args, w: byte
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siQII.pack(x4, x1.id, v.offset, v.size, v.flags)
+    w += _P_16siQII(x4, x1.id, v.offset, v.size, v.flags)
 
 
 def _d_remote_domain_memory_peek_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_memory_peek_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_memory_peek_ret)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_buffer_1 = b[o:e3]
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    return remote_domain_memory_peek_ret(f_buffer_1), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.buffer = b[o:e2]
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_remote_domain_memory_peek_ret(v: remote_domain_memory_peek_ret, w: bytearray) -> None:
     s1 = v.buffer
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_remote_domain_migrate_prepare2_args(b: bytes, o: int, n: int) -> tuple[remote_domain_migrate_prepare2_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_migrate_prepare2_args)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 == 0:
-        f_uri_in_1 = None
-    elif n2 == 1:
-        n3 = _S_I.unpack_from(b, o)[0]
+    if n1 == 0:
+        v.uri_in = None
+    elif n1 == 1:
+        n2, = _U_I(b, o)
         o += 4
-        e4 = o + n3
-        if e4 > n or n3 > 4194304: raise _Bad
-        f_uri_in_1 = b[o:e4].decode()
-        o = e4 + (-n3 & 3)
-        if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
+        e3 = o + n2
+        if e3 > n or big and n2 > 4194304: raise _Bad
+        v.uri_in = b[o:e3].decode()
+        if n2 & 3:
+            o = e3 + 4 - (n2 & 3)
+            if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+        else:
+            o = e3
     else:
         raise _Bad
-    f_flags_5, n7 = _S_QI.unpack_from(b, o)
+    v.flags, n4 = _U_QI(b, o)
     o += 12
-    if n7 == 0:
-        f_dname_6 = None
-    elif n7 == 1:
-        n8 = _S_I.unpack_from(b, o)[0]
+    if n4 == 0:
+        v.dname = None
+    elif n4 == 1:
+        n5, = _U_I(b, o)
         o += 4
-        e9 = o + n8
-        if e9 > n or n8 > 4194304: raise _Bad
-        f_dname_6 = b[o:e9].decode()
-        o = e9 + (-n8 & 3)
-        if n8 & 3 and b[e9:o] != _ZPAD[o - e9]: raise _Bad
+        e6 = o + n5
+        if e6 > n or big and n5 > 4194304: raise _Bad
+        v.dname = b[o:e6].decode()
+        if n5 & 3:
+            o = e6 + 4 - (n5 & 3)
+            if b[e6:o] != _ZPAD[o - e6]: raise _Bad
+        else:
+            o = e6
     else:
         raise _Bad
-    f_bandwidth_10, n12 = _S_QI.unpack_from(b, o)
+    v.bandwidth, n7 = _U_QI(b, o)
     o += 12
-    e13 = o + n12
-    if e13 > n or n12 > 4194304: raise _Bad
-    f_dom_xml_11 = b[o:e13].decode()
-    o = e13 + (-n12 & 3)
-    if n12 & 3 and b[e13:o] != _ZPAD[o - e13]: raise _Bad
-    return remote_domain_migrate_prepare2_args(f_uri_in_1, f_flags_5, f_dname_6, f_bandwidth_10, f_dom_xml_11), o
+    e8 = o + n7
+    if e8 > n or big and n7 > 4194304: raise _Bad
+    v.dom_xml = b[o:e8].decode()
+    if n7 & 3:
+        o = e8 + 4 - (n7 & 3)
+        if b[e8:o] != _ZPAD[o - e8]: raise _Bad
+    else:
+        o = e8
+    return v, o
 
 
 def _e_remote_domain_migrate_prepare2_args(v: remote_domain_migrate_prepare2_args, w: bytearray) -> None:
@@ -1170,11 +1241,11 @@ def _e_remote_domain_migrate_prepare2_args(v: remote_domain_migrate_prepare2_arg
         s2 = x1.encode('utf-8', 'surrogateescape')
         n3 = len(s2)
         if n3 > 4194304: raise _Bad
-        w += _S_I.pack(n3)
+        w += _P_I(n3)
         w += s2
         if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = v.dname
-    w += _S_Q.pack(v.flags)
+    w += _P_Q(v.flags)
     if x4 is None:
         w += _FLAG0
     else:
@@ -1182,47 +1253,55 @@ def _e_remote_domain_migrate_prepare2_args(v: remote_domain_migrate_prepare2_arg
         s5 = x4.encode('utf-8', 'surrogateescape')
         n6 = len(s5)
         if n6 > 4194304: raise _Bad
-        w += _S_I.pack(n6)
+        w += _P_I(n6)
         w += s5
         if n6 & 3: w += _ZPAD[-n6 & 3]
     s7 = v.dom_xml.encode('utf-8', 'surrogateescape')
     n8 = len(s7)
     if n8 > 4194304: raise _Bad
-    w += _S_QI.pack(v.bandwidth, n8)
+    w += _P_QI(v.bandwidth, n8)
     w += s7
     if n8 & 3: w += _ZPAD[-n8 & 3]
 
 
 def _d_remote_domain_migrate_prepare2_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_migrate_prepare2_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_migrate_prepare2_ret)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_cookie_1 = b[o:e3]
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    n5 = _S_I.unpack_from(b, o)[0]
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.cookie = b[o:e2]
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    n3, = _U_I(b, o)
     o += 4
-    if n5 == 0:
-        f_uri_out_4 = None
-    elif n5 == 1:
-        n6 = _S_I.unpack_from(b, o)[0]
+    if n3 == 0:
+        v.uri_out = None
+    elif n3 == 1:
+        n4, = _U_I(b, o)
         o += 4
-        e7 = o + n6
-        if e7 > n or n6 > 4194304: raise _Bad
-        f_uri_out_4 = b[o:e7].decode()
-        o = e7 + (-n6 & 3)
-        if n6 & 3 and b[e7:o] != _ZPAD[o - e7]: raise _Bad
+        e5 = o + n4
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        v.uri_out = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
     else:
         raise _Bad
-    return remote_domain_migrate_prepare2_ret(f_cookie_1, f_uri_out_4), o
+    return v, o
 
 
 def _e_remote_domain_migrate_prepare2_ret(v: remote_domain_migrate_prepare2_ret, w: bytearray) -> None:
     s1 = v.cookie
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
     x3 = v.uri_out
@@ -1233,72 +1312,89 @@ def _e_remote_domain_migrate_prepare2_ret(v: remote_domain_migrate_prepare2_ret,
         s4 = x3.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
 
 
 def _d_remote_domain_migrate_finish2_args(b: bytes, o: int, n: int) -> tuple[remote_domain_migrate_finish2_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_migrate_finish2_args)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_dname_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    n5 = _S_I.unpack_from(b, o)[0]
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.dname = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    n3, = _U_I(b, o)
+    o += 4
+    e4 = o + n3
+    if e4 > n or big and n3 > 4194304: raise _Bad
+    v.cookie = b[o:e4]
+    if n3 & 3:
+        o = e4 + 4 - (n3 & 3)
+        if b[e4:o] != _ZPAD[o - e4]: raise _Bad
+    else:
+        o = e4
+    n5, = _U_I(b, o)
     o += 4
     e6 = o + n5
-    if e6 > n or n5 > 4194304: raise _Bad
-    f_cookie_4 = b[o:e6]
-    o = e6 + (-n5 & 3)
-    if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-    n8 = _S_I.unpack_from(b, o)[0]
-    o += 4
-    e9 = o + n8
-    if e9 > n or n8 > 4194304: raise _Bad
-    f_uri_7 = b[o:e9].decode()
-    o = e9 + (-n8 & 3)
-    if n8 & 3 and b[e9:o] != _ZPAD[o - e9]: raise _Bad
-    f_flags_10, f_retcode_11 = _S_Qi.unpack_from(b, o)
+    if e6 > n or big and n5 > 4194304: raise _Bad
+    v.uri = b[o:e6].decode()
+    if n5 & 3:
+        o = e6 + 4 - (n5 & 3)
+        if b[e6:o] != _ZPAD[o - e6]: raise _Bad
+    else:
+        o = e6
+    v.flags, v.retcode = _U_Qi(b, o)
     o += 12
-    return remote_domain_migrate_finish2_args(f_dname_1, f_cookie_4, f_uri_7, f_flags_10, f_retcode_11), o
+    return v, o
 
 
 def _e_remote_domain_migrate_finish2_args(v: remote_domain_migrate_finish2_args, w: bytearray) -> None:
     s1 = v.dname.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
     s3 = v.cookie
     n4 = len(s3)
     if n4 > 4194304: raise _Bad
-    w += _S_I.pack(n4)
+    w += _P_I(n4)
     w += s3
     if n4 & 3: w += _ZPAD[-n4 & 3]
     s5 = v.uri.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_I.pack(n6)
+    w += _P_I(n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
-    w += _S_Qi.pack(v.flags, v.retcode)
+    w += _P_Qi(v.flags, v.retcode)
 
 
 def _d_remote_domain_migrate_finish2_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_migrate_finish2_ret, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_migrate_finish2_ret)
+    x1 = _new(remote_nonnull_domain)
+    v.ddom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6 = _S_16si.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id = _U_16si(b, o)
     o += 20
-    f_ddom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_migrate_finish2_ret(f_ddom_1), o
+    return v, o
 
 
 def _e_remote_domain_migrate_finish2_ret(v: remote_domain_migrate_finish2_ret, w: bytearray) -> None:
@@ -1306,26 +1402,32 @@ def _e_remote_domain_migrate_finish2_ret(v: remote_domain_migrate_finish2_ret, w
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16si.pack(x4, x1.id)
+    w += _P_16si(x4, x1.id)
 
 
 def _d_remote_domain_get_security_label_args(b: bytes, o: int, n: int) -> tuple[remote_domain_get_security_label_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_get_security_label_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6 = _S_16si.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id = _U_16si(b, o)
     o += 20
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_get_security_label_args(f_dom_1), o
+    return v, o
 
 
 def _e_remote_domain_get_security_label_args(v: remote_domain_get_security_label_args, w: bytearray) -> None:
@@ -1333,136 +1435,164 @@ def _e_remote_domain_get_security_label_args(v: remote_domain_get_security_label
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16si.pack(x4, x1.id)
+    w += _P_16si(x4, x1.id)
 
 
 def _d_remote_node_get_security_model_ret(b: bytes, o: int, n: int) -> tuple[remote_node_get_security_model_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    v = _new(remote_node_get_security_model_ret)
+    n1, = _U_I(b, o)
+    o += 4
+    if n1 > 257 or n1 * 4 > n - o: raise _Bad
+    v.model = _dec_chars(_unpack_from('>%di' % n1, b, o))
+    o += 4 * n1
+    n2, = _U_I(b, o)
     o += 4
     if n2 > 257 or n2 * 4 > n - o: raise _Bad
-    f_model_1 = _dec_chars(_unpack_from('>%di' % n2, b, o))
+    v.doi = _dec_chars(_unpack_from('>%di' % n2, b, o))
     o += 4 * n2
-    n4 = _S_I.unpack_from(b, o)[0]
-    o += 4
-    if n4 > 257 or n4 * 4 > n - o: raise _Bad
-    f_doi_3 = _dec_chars(_unpack_from('>%di' % n4, b, o))
-    o += 4 * n4
-    return remote_node_get_security_model_ret(f_model_1, f_doi_3), o
+    return v, o
 
 
 def _e_remote_node_get_security_model_ret(v: remote_node_get_security_model_ret, w: bytearray) -> None:
     s1 = v.model
     n2 = len(s1)
     if n2 > 257: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += _enc_chars(s1)
     s3 = v.doi
     n4 = len(s3)
     if n4 > 257: raise _Bad
-    w += _S_I.pack(n4)
+    w += _P_I(n4)
     w += _enc_chars(s3)
 
 
 def _d_remote_connect_num_of_interfaces_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_num_of_interfaces_ret, int]:
-    f_num_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_connect_num_of_interfaces_ret)
+    v.num, = _U_i(b, o)
     o += 4
-    return remote_connect_num_of_interfaces_ret(f_num_1), o
+    return v, o
 
 
 def _e_remote_connect_num_of_interfaces_ret(v: remote_connect_num_of_interfaces_ret, w: bytearray) -> None:
-    w += _S_i.pack(v.num)
+    w += _P_i(v.num)
 
 
 def _d_remote_connect_list_interfaces_args(b: bytes, o: int, n: int) -> tuple[remote_connect_list_interfaces_args, int]:
-    f_maxnames_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_connect_list_interfaces_args)
+    v.maxnames, = _U_i(b, o)
     o += 4
-    return remote_connect_list_interfaces_args(f_maxnames_1), o
+    return v, o
 
 
 def _e_remote_connect_list_interfaces_args(v: remote_connect_list_interfaces_args, w: bytearray) -> None:
-    w += _S_i.pack(v.maxnames)
+    w += _P_i(v.maxnames)
 
 
 def _d_remote_connect_list_interfaces_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_list_interfaces_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_connect_list_interfaces_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 16384 or n2 * 4 > n - o: raise _Bad
-    f_names_1 = []
-    for _ in range(n2):
-        n4 = _S_I.unpack_from(b, o)[0]
+    if n1 > 16384 or n1 * 4 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.names = x3
+    L_U_I = _U_I
+    L_ZPAD = _ZPAD
+    for _ in range(n1):
+        n4, = L_U_I(b, o)
         o += 4
         e5 = o + n4
-        if e5 > n or n4 > 4194304: raise _Bad
-        it3 = b[o:e5].decode()
-        o = e5 + (-n4 & 3)
-        if n4 & 3 and b[e5:o] != _ZPAD[o - e5]: raise _Bad
-        f_names_1.append(it3)
-    return remote_connect_list_interfaces_ret(f_names_1), o
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        it2 = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != L_ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
+        x3.append(it2)
+    return v, o
 
 
 def _e_remote_connect_list_interfaces_ret(v: remote_connect_list_interfaces_ret, w: bytearray) -> None:
     x1 = v.names
     n2 = len(x1)
     if n2 > 16384: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
         s4 = it3.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
 
 
 def _d_remote_storage_vol_lookup_by_key_args(b: bytes, o: int, n: int) -> tuple[remote_storage_vol_lookup_by_key_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_storage_vol_lookup_by_key_args)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_key_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    return remote_storage_vol_lookup_by_key_args(f_key_1), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.key = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_remote_storage_vol_lookup_by_key_args(v: remote_storage_vol_lookup_by_key_args, w: bytearray) -> None:
     s1 = v.key.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_remote_storage_vol_lookup_by_key_ret(b: bytes, o: int, n: int) -> tuple[remote_storage_vol_lookup_by_key_ret, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_storage_vol_lookup_by_key_ret)
+    x1 = _new(remote_nonnull_storage_vol)
+    v.vol = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_pool_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    n6 = _S_I.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.pool = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    n4, = _U_I(b, o)
+    o += 4
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    x1.name = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    n6, = _U_I(b, o)
     o += 4
     e7 = o + n6
-    if e7 > n or n6 > 4194304: raise _Bad
-    f_name_5 = b[o:e7].decode()
-    o = e7 + (-n6 & 3)
-    if n6 & 3 and b[e7:o] != _ZPAD[o - e7]: raise _Bad
-    n9 = _S_I.unpack_from(b, o)[0]
-    o += 4
-    e10 = o + n9
-    if e10 > n or n9 > 4194304: raise _Bad
-    f_key_8 = b[o:e10].decode()
-    o = e10 + (-n9 & 3)
-    if n9 & 3 and b[e10:o] != _ZPAD[o - e10]: raise _Bad
-    f_vol_1 = remote_nonnull_storage_vol(f_pool_2, f_name_5, f_key_8)
-    return remote_storage_vol_lookup_by_key_ret(f_vol_1), o
+    if e7 > n or big and n6 > 4194304: raise _Bad
+    x1.key = b[o:e7].decode()
+    if n6 & 3:
+        o = e7 + 4 - (n6 & 3)
+        if b[e7:o] != _ZPAD[o - e7]: raise _Bad
+    else:
+        o = e7
+    return v, o
 
 
 def _e_remote_storage_vol_lookup_by_key_ret(v: remote_storage_vol_lookup_by_key_ret, w: bytearray) -> None:
@@ -1470,67 +1600,84 @@ def _e_remote_storage_vol_lookup_by_key_ret(v: remote_storage_vol_lookup_by_key_
     s2 = x1.pool.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     s4 = x1.name.encode('utf-8', 'surrogateescape')
     n5 = len(s4)
     if n5 > 4194304: raise _Bad
-    w += _S_I.pack(n5)
+    w += _P_I(n5)
     w += s4
     if n5 & 3: w += _ZPAD[-n5 & 3]
     s6 = x1.key.encode('utf-8', 'surrogateescape')
     n7 = len(s6)
     if n7 > 4194304: raise _Bad
-    w += _S_I.pack(n7)
+    w += _P_I(n7)
     w += s6
     if n7 & 3: w += _ZPAD[-n7 & 3]
 
 
 def _d_remote_storage_vol_lookup_by_path_args(b: bytes, o: int, n: int) -> tuple[remote_storage_vol_lookup_by_path_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_storage_vol_lookup_by_path_args)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_path_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    return remote_storage_vol_lookup_by_path_args(f_path_1), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.path = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_remote_storage_vol_lookup_by_path_args(v: remote_storage_vol_lookup_by_path_args, w: bytearray) -> None:
     s1 = v.path.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_remote_storage_vol_lookup_by_path_ret(b: bytes, o: int, n: int) -> tuple[remote_storage_vol_lookup_by_path_ret, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_storage_vol_lookup_by_path_ret)
+    x1 = _new(remote_nonnull_storage_vol)
+    v.vol = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_pool_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    n6 = _S_I.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.pool = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    n4, = _U_I(b, o)
+    o += 4
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    x1.name = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    n6, = _U_I(b, o)
     o += 4
     e7 = o + n6
-    if e7 > n or n6 > 4194304: raise _Bad
-    f_name_5 = b[o:e7].decode()
-    o = e7 + (-n6 & 3)
-    if n6 & 3 and b[e7:o] != _ZPAD[o - e7]: raise _Bad
-    n9 = _S_I.unpack_from(b, o)[0]
-    o += 4
-    e10 = o + n9
-    if e10 > n or n9 > 4194304: raise _Bad
-    f_key_8 = b[o:e10].decode()
-    o = e10 + (-n9 & 3)
-    if n9 & 3 and b[e10:o] != _ZPAD[o - e10]: raise _Bad
-    f_vol_1 = remote_nonnull_storage_vol(f_pool_2, f_name_5, f_key_8)
-    return remote_storage_vol_lookup_by_path_ret(f_vol_1), o
+    if e7 > n or big and n6 > 4194304: raise _Bad
+    x1.key = b[o:e7].decode()
+    if n6 & 3:
+        o = e7 + 4 - (n6 & 3)
+        if b[e7:o] != _ZPAD[o - e7]: raise _Bad
+    else:
+        o = e7
+    return v, o
 
 
 def _e_remote_storage_vol_lookup_by_path_ret(v: remote_storage_vol_lookup_by_path_ret, w: bytearray) -> None:
@@ -1538,64 +1685,83 @@ def _e_remote_storage_vol_lookup_by_path_ret(v: remote_storage_vol_lookup_by_pat
     s2 = x1.pool.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     s4 = x1.name.encode('utf-8', 'surrogateescape')
     n5 = len(s4)
     if n5 > 4194304: raise _Bad
-    w += _S_I.pack(n5)
+    w += _P_I(n5)
     w += s4
     if n5 & 3: w += _ZPAD[-n5 & 3]
     s6 = x1.key.encode('utf-8', 'surrogateescape')
     n7 = len(s6)
     if n7 > 4194304: raise _Bad
-    w += _S_I.pack(n7)
+    w += _P_I(n7)
     w += s6
     if n7 & 3: w += _ZPAD[-n7 & 3]
 
 
 def _d_remote_storage_vol_create_xml_from_args(b: bytes, o: int, n: int) -> tuple[remote_storage_vol_create_xml_from_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_storage_vol_create_xml_from_args)
+    x1 = _new(remote_nonnull_storage_pool)
+    v.pool = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, n7 = _S_16sI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, n4 = _U_16sI(b, o)
     o += 20
-    f_pool_1 = remote_nonnull_storage_pool(f_name_2, f_uuid_5)
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    v.xml = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    x6 = _new(remote_nonnull_storage_vol)
+    v.clonevol = x6
+    n7, = _U_I(b, o)
+    o += 4
     e8 = o + n7
-    if e8 > n or n7 > 4194304: raise _Bad
-    f_xml_6 = b[o:e8].decode()
-    o = e8 + (-n7 & 3)
-    if n7 & 3 and b[e8:o] != _ZPAD[o - e8]: raise _Bad
-    n11 = _S_I.unpack_from(b, o)[0]
+    if e8 > n or big and n7 > 4194304: raise _Bad
+    x6.pool = b[o:e8].decode()
+    if n7 & 3:
+        o = e8 + 4 - (n7 & 3)
+        if b[e8:o] != _ZPAD[o - e8]: raise _Bad
+    else:
+        o = e8
+    n9, = _U_I(b, o)
+    o += 4
+    e10 = o + n9
+    if e10 > n or big and n9 > 4194304: raise _Bad
+    x6.name = b[o:e10].decode()
+    if n9 & 3:
+        o = e10 + 4 - (n9 & 3)
+        if b[e10:o] != _ZPAD[o - e10]: raise _Bad
+    else:
+        o = e10
+    n11, = _U_I(b, o)
     o += 4
     e12 = o + n11
-    if e12 > n or n11 > 4194304: raise _Bad
-    f_pool_10 = b[o:e12].decode()
-    o = e12 + (-n11 & 3)
-    if n11 & 3 and b[e12:o] != _ZPAD[o - e12]: raise _Bad
-    n14 = _S_I.unpack_from(b, o)[0]
+    if e12 > n or big and n11 > 4194304: raise _Bad
+    x6.key = b[o:e12].decode()
+    if n11 & 3:
+        o = e12 + 4 - (n11 & 3)
+        if b[e12:o] != _ZPAD[o - e12]: raise _Bad
+    else:
+        o = e12
+    v.flags, = _U_I(b, o)
     o += 4
-    e15 = o + n14
-    if e15 > n or n14 > 4194304: raise _Bad
-    f_name_13 = b[o:e15].decode()
-    o = e15 + (-n14 & 3)
-    if n14 & 3 and b[e15:o] != _ZPAD[o - e15]: raise _Bad
-    n17 = _S_I.unpack_from(b, o)[0]
-    o += 4
-    e18 = o + n17
-    if e18 > n or n17 > 4194304: raise _Bad
-    f_key_16 = b[o:e18].decode()
-    o = e18 + (-n17 & 3)
-    if n17 & 3 and b[e18:o] != _ZPAD[o - e18]: raise _Bad
-    f_flags_19 = _S_I.unpack_from(b, o)[0]
-    o += 4
-    f_clonevol_9 = remote_nonnull_storage_vol(f_pool_10, f_name_13, f_key_16)
-    return remote_storage_vol_create_xml_from_args(f_pool_1, f_xml_6, f_clonevol_9, f_flags_19), o
+    return v, o
 
 
 def _e_remote_storage_vol_create_xml_from_args(v: remote_storage_vol_create_xml_from_args, w: bytearray) -> None:
@@ -1603,7 +1769,7 @@ def _e_remote_storage_vol_create_xml_from_args(v: remote_storage_vol_create_xml_
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -1611,55 +1777,67 @@ def _e_remote_storage_vol_create_xml_from_args(v: remote_storage_vol_create_xml_
     s5 = v.xml.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_16sI.pack(x4, n6)
+    w += _P_16sI(x4, n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
     x7 = v.clonevol
     s8 = x7.pool.encode('utf-8', 'surrogateescape')
     n9 = len(s8)
     if n9 > 4194304: raise _Bad
-    w += _S_I.pack(n9)
+    w += _P_I(n9)
     w += s8
     if n9 & 3: w += _ZPAD[-n9 & 3]
     s10 = x7.name.encode('utf-8', 'surrogateescape')
     n11 = len(s10)
     if n11 > 4194304: raise _Bad
-    w += _S_I.pack(n11)
+    w += _P_I(n11)
     w += s10
     if n11 & 3: w += _ZPAD[-n11 & 3]
     s12 = x7.key.encode('utf-8', 'surrogateescape')
     n13 = len(s12)
     if n13 > 4194304: raise _Bad
-    w += _S_I.pack(n13)
+    w += _P_I(n13)
     w += s12
     if n13 & 3: w += _ZPAD[-n13 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_storage_vol_create_xml_from_ret(b: bytes, o: int, n: int) -> tuple[remote_storage_vol_create_xml_from_ret, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_storage_vol_create_xml_from_ret)
+    x1 = _new(remote_nonnull_storage_vol)
+    v.vol = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_pool_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    n6 = _S_I.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.pool = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    n4, = _U_I(b, o)
+    o += 4
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    x1.name = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    n6, = _U_I(b, o)
     o += 4
     e7 = o + n6
-    if e7 > n or n6 > 4194304: raise _Bad
-    f_name_5 = b[o:e7].decode()
-    o = e7 + (-n6 & 3)
-    if n6 & 3 and b[e7:o] != _ZPAD[o - e7]: raise _Bad
-    n9 = _S_I.unpack_from(b, o)[0]
-    o += 4
-    e10 = o + n9
-    if e10 > n or n9 > 4194304: raise _Bad
-    f_key_8 = b[o:e10].decode()
-    o = e10 + (-n9 & 3)
-    if n9 & 3 and b[e10:o] != _ZPAD[o - e10]: raise _Bad
-    f_vol_1 = remote_nonnull_storage_vol(f_pool_2, f_name_5, f_key_8)
-    return remote_storage_vol_create_xml_from_ret(f_vol_1), o
+    if e7 > n or big and n6 > 4194304: raise _Bad
+    x1.key = b[o:e7].decode()
+    if n6 & 3:
+        o = e7 + 4 - (n6 & 3)
+        if b[e7:o] != _ZPAD[o - e7]: raise _Bad
+    else:
+        o = e7
+    return v, o
 
 
 def _e_remote_storage_vol_create_xml_from_ret(v: remote_storage_vol_create_xml_from_ret, w: bytearray) -> None:
@@ -1667,49 +1845,61 @@ def _e_remote_storage_vol_create_xml_from_ret(v: remote_storage_vol_create_xml_f
     s2 = x1.pool.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     s4 = x1.name.encode('utf-8', 'surrogateescape')
     n5 = len(s4)
     if n5 > 4194304: raise _Bad
-    w += _S_I.pack(n5)
+    w += _P_I(n5)
     w += s4
     if n5 & 3: w += _ZPAD[-n5 & 3]
     s6 = x1.key.encode('utf-8', 'surrogateescape')
     n7 = len(s6)
     if n7 > 4194304: raise _Bad
-    w += _S_I.pack(n7)
+    w += _P_I(n7)
     w += s6
     if n7 & 3: w += _ZPAD[-n7 & 3]
 
 
 def _d_remote_storage_vol_get_xml_desc_args(b: bytes, o: int, n: int) -> tuple[remote_storage_vol_get_xml_desc_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_storage_vol_get_xml_desc_args)
+    x1 = _new(remote_nonnull_storage_vol)
+    v.vol = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_pool_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    n6 = _S_I.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.pool = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    n4, = _U_I(b, o)
+    o += 4
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    x1.name = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    n6, = _U_I(b, o)
     o += 4
     e7 = o + n6
-    if e7 > n or n6 > 4194304: raise _Bad
-    f_name_5 = b[o:e7].decode()
-    o = e7 + (-n6 & 3)
-    if n6 & 3 and b[e7:o] != _ZPAD[o - e7]: raise _Bad
-    n9 = _S_I.unpack_from(b, o)[0]
+    if e7 > n or big and n6 > 4194304: raise _Bad
+    x1.key = b[o:e7].decode()
+    if n6 & 3:
+        o = e7 + 4 - (n6 & 3)
+        if b[e7:o] != _ZPAD[o - e7]: raise _Bad
+    else:
+        o = e7
+    v.flags, = _U_I(b, o)
     o += 4
-    e10 = o + n9
-    if e10 > n or n9 > 4194304: raise _Bad
-    f_key_8 = b[o:e10].decode()
-    o = e10 + (-n9 & 3)
-    if n9 & 3 and b[e10:o] != _ZPAD[o - e10]: raise _Bad
-    f_flags_11 = _S_I.unpack_from(b, o)[0]
-    o += 4
-    f_vol_1 = remote_nonnull_storage_vol(f_pool_2, f_name_5, f_key_8)
-    return remote_storage_vol_get_xml_desc_args(f_vol_1, f_flags_11), o
+    return v, o
 
 
 def _e_remote_storage_vol_get_xml_desc_args(v: remote_storage_vol_get_xml_desc_args, w: bytearray) -> None:
@@ -1717,68 +1907,85 @@ def _e_remote_storage_vol_get_xml_desc_args(v: remote_storage_vol_get_xml_desc_a
     s2 = x1.pool.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     s4 = x1.name.encode('utf-8', 'surrogateescape')
     n5 = len(s4)
     if n5 > 4194304: raise _Bad
-    w += _S_I.pack(n5)
+    w += _P_I(n5)
     w += s4
     if n5 & 3: w += _ZPAD[-n5 & 3]
     s6 = x1.key.encode('utf-8', 'surrogateescape')
     n7 = len(s6)
     if n7 > 4194304: raise _Bad
-    w += _S_I.pack(n7)
+    w += _P_I(n7)
     w += s6
     if n7 & 3: w += _ZPAD[-n7 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_storage_vol_get_xml_desc_ret(b: bytes, o: int, n: int) -> tuple[remote_storage_vol_get_xml_desc_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_storage_vol_get_xml_desc_ret)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_xml_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    return remote_storage_vol_get_xml_desc_ret(f_xml_1), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.xml = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_remote_storage_vol_get_xml_desc_ret(v: remote_storage_vol_get_xml_desc_ret, w: bytearray) -> None:
     s1 = v.xml.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_remote_storage_vol_get_info_args(b: bytes, o: int, n: int) -> tuple[remote_storage_vol_get_info_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_storage_vol_get_info_args)
+    x1 = _new(remote_nonnull_storage_vol)
+    v.vol = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_pool_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    n6 = _S_I.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.pool = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    n4, = _U_I(b, o)
+    o += 4
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    x1.name = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    n6, = _U_I(b, o)
     o += 4
     e7 = o + n6
-    if e7 > n or n6 > 4194304: raise _Bad
-    f_name_5 = b[o:e7].decode()
-    o = e7 + (-n6 & 3)
-    if n6 & 3 and b[e7:o] != _ZPAD[o - e7]: raise _Bad
-    n9 = _S_I.unpack_from(b, o)[0]
-    o += 4
-    e10 = o + n9
-    if e10 > n or n9 > 4194304: raise _Bad
-    f_key_8 = b[o:e10].decode()
-    o = e10 + (-n9 & 3)
-    if n9 & 3 and b[e10:o] != _ZPAD[o - e10]: raise _Bad
-    f_vol_1 = remote_nonnull_storage_vol(f_pool_2, f_name_5, f_key_8)
-    return remote_storage_vol_get_info_args(f_vol_1), o
+    if e7 > n or big and n6 > 4194304: raise _Bad
+    x1.key = b[o:e7].decode()
+    if n6 & 3:
+        o = e7 + 4 - (n6 & 3)
+        if b[e7:o] != _ZPAD[o - e7]: raise _Bad
+    else:
+        o = e7
+    return v, o
 
 
 def _e_remote_storage_vol_get_info_args(v: remote_storage_vol_get_info_args, w: bytearray) -> None:
@@ -1786,60 +1993,73 @@ def _e_remote_storage_vol_get_info_args(v: remote_storage_vol_get_info_args, w: 
     s2 = x1.pool.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     s4 = x1.name.encode('utf-8', 'surrogateescape')
     n5 = len(s4)
     if n5 > 4194304: raise _Bad
-    w += _S_I.pack(n5)
+    w += _P_I(n5)
     w += s4
     if n5 & 3: w += _ZPAD[-n5 & 3]
     s6 = x1.key.encode('utf-8', 'surrogateescape')
     n7 = len(s6)
     if n7 > 4194304: raise _Bad
-    w += _S_I.pack(n7)
+    w += _P_I(n7)
     w += s6
     if n7 & 3: w += _ZPAD[-n7 & 3]
 
 
 def _d_remote_storage_vol_get_info_ret(b: bytes, o: int, n: int) -> tuple[remote_storage_vol_get_info_ret, int]:
-    f_type_1, f_capacity_2, f_allocation_3 = _S_iQQ.unpack_from(b, o)
+    v = _new(remote_storage_vol_get_info_ret)
+    v.type, v.capacity, v.allocation = _U_iQQ(b, o)
     o += 20
-    if not -128 <= f_type_1 <= 255: raise _Bad
-    return remote_storage_vol_get_info_ret(f_type_1, f_capacity_2, f_allocation_3), o
+    if not -128 <= v.type <= 255: raise _Bad
+    return v, o
 
 
 def _e_remote_storage_vol_get_info_ret(v: remote_storage_vol_get_info_ret, w: bytearray) -> None:
     x1 = v.type
     if not -128 <= x1 <= 255: raise _Bad
-    w += _S_iQQ.pack(x1, v.capacity, v.allocation)
+    w += _P_iQQ(x1, v.capacity, v.allocation)
 
 
 def _d_remote_storage_vol_get_path_args(b: bytes, o: int, n: int) -> tuple[remote_storage_vol_get_path_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_storage_vol_get_path_args)
+    x1 = _new(remote_nonnull_storage_vol)
+    v.vol = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_pool_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    n6 = _S_I.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.pool = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    n4, = _U_I(b, o)
+    o += 4
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    x1.name = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    n6, = _U_I(b, o)
     o += 4
     e7 = o + n6
-    if e7 > n or n6 > 4194304: raise _Bad
-    f_name_5 = b[o:e7].decode()
-    o = e7 + (-n6 & 3)
-    if n6 & 3 and b[e7:o] != _ZPAD[o - e7]: raise _Bad
-    n9 = _S_I.unpack_from(b, o)[0]
-    o += 4
-    e10 = o + n9
-    if e10 > n or n9 > 4194304: raise _Bad
-    f_key_8 = b[o:e10].decode()
-    o = e10 + (-n9 & 3)
-    if n9 & 3 and b[e10:o] != _ZPAD[o - e10]: raise _Bad
-    f_vol_1 = remote_nonnull_storage_vol(f_pool_2, f_name_5, f_key_8)
-    return remote_storage_vol_get_path_args(f_vol_1), o
+    if e7 > n or big and n6 > 4194304: raise _Bad
+    x1.key = b[o:e7].decode()
+    if n6 & 3:
+        o = e7 + 4 - (n6 & 3)
+        if b[e7:o] != _ZPAD[o - e7]: raise _Bad
+    else:
+        o = e7
+    return v, o
 
 
 def _e_remote_storage_vol_get_path_args(v: remote_storage_vol_get_path_args, w: bytearray) -> None:
@@ -1847,61 +2067,71 @@ def _e_remote_storage_vol_get_path_args(v: remote_storage_vol_get_path_args, w: 
     s2 = x1.pool.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     s4 = x1.name.encode('utf-8', 'surrogateescape')
     n5 = len(s4)
     if n5 > 4194304: raise _Bad
-    w += _S_I.pack(n5)
+    w += _P_I(n5)
     w += s4
     if n5 & 3: w += _ZPAD[-n5 & 3]
     s6 = x1.key.encode('utf-8', 'surrogateescape')
     n7 = len(s6)
     if n7 > 4194304: raise _Bad
-    w += _S_I.pack(n7)
+    w += _P_I(n7)
     w += s6
     if n7 & 3: w += _ZPAD[-n7 & 3]
 
 
 def _d_remote_storage_vol_get_path_ret(b: bytes, o: int, n: int) -> tuple[remote_storage_vol_get_path_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_storage_vol_get_path_ret)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_name_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    return remote_storage_vol_get_path_ret(f_name_1), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.name = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_remote_storage_vol_get_path_ret(v: remote_storage_vol_get_path_ret, w: bytearray) -> None:
     s1 = v.name.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_remote_node_num_of_devices_args(b: bytes, o: int, n: int) -> tuple[remote_node_num_of_devices_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_node_num_of_devices_args)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 == 0:
-        f_cap_1 = None
-    elif n2 == 1:
-        n3 = _S_I.unpack_from(b, o)[0]
+    if n1 == 0:
+        v.cap = None
+    elif n1 == 1:
+        n2, = _U_I(b, o)
         o += 4
-        e4 = o + n3
-        if e4 > n or n3 > 4194304: raise _Bad
-        f_cap_1 = b[o:e4].decode()
-        o = e4 + (-n3 & 3)
-        if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
+        e3 = o + n2
+        if e3 > n or big and n2 > 4194304: raise _Bad
+        v.cap = b[o:e3].decode()
+        if n2 & 3:
+            o = e3 + 4 - (n2 & 3)
+            if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+        else:
+            o = e3
     else:
         raise _Bad
-    f_flags_5 = _S_I.unpack_from(b, o)[0]
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_node_num_of_devices_args(f_cap_1, f_flags_5), o
+    return v, o
 
 
 def _e_remote_node_num_of_devices_args(v: remote_node_num_of_devices_args, w: bytearray) -> None:
@@ -1913,40 +2143,46 @@ def _e_remote_node_num_of_devices_args(v: remote_node_num_of_devices_args, w: by
         s2 = x1.encode('utf-8', 'surrogateescape')
         n3 = len(s2)
         if n3 > 4194304: raise _Bad
-        w += _S_I.pack(n3)
+        w += _P_I(n3)
         w += s2
         if n3 & 3: w += _ZPAD[-n3 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_node_num_of_devices_ret(b: bytes, o: int, n: int) -> tuple[remote_node_num_of_devices_ret, int]:
-    f_num_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_node_num_of_devices_ret)
+    v.num, = _U_i(b, o)
     o += 4
-    return remote_node_num_of_devices_ret(f_num_1), o
+    return v, o
 
 
 def _e_remote_node_num_of_devices_ret(v: remote_node_num_of_devices_ret, w: bytearray) -> None:
-    w += _S_i.pack(v.num)
+    w += _P_i(v.num)
 
 
 def _d_remote_node_list_devices_args(b: bytes, o: int, n: int) -> tuple[remote_node_list_devices_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_node_list_devices_args)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 == 0:
-        f_cap_1 = None
-    elif n2 == 1:
-        n3 = _S_I.unpack_from(b, o)[0]
+    if n1 == 0:
+        v.cap = None
+    elif n1 == 1:
+        n2, = _U_I(b, o)
         o += 4
-        e4 = o + n3
-        if e4 > n or n3 > 4194304: raise _Bad
-        f_cap_1 = b[o:e4].decode()
-        o = e4 + (-n3 & 3)
-        if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
+        e3 = o + n2
+        if e3 > n or big and n2 > 4194304: raise _Bad
+        v.cap = b[o:e3].decode()
+        if n2 & 3:
+            o = e3 + 4 - (n2 & 3)
+            if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+        else:
+            o = e3
     else:
         raise _Bad
-    f_maxnames_5, f_flags_6 = _S_iI.unpack_from(b, o)
+    v.maxnames, v.flags = _U_iI(b, o)
     o += 8
-    return remote_node_list_devices_args(f_cap_1, f_maxnames_5, f_flags_6), o
+    return v, o
 
 
 def _e_remote_node_list_devices_args(v: remote_node_list_devices_args, w: bytearray) -> None:
@@ -1958,73 +2194,92 @@ def _e_remote_node_list_devices_args(v: remote_node_list_devices_args, w: bytear
         s2 = x1.encode('utf-8', 'surrogateescape')
         n3 = len(s2)
         if n3 > 4194304: raise _Bad
-        w += _S_I.pack(n3)
+        w += _P_I(n3)
         w += s2
         if n3 & 3: w += _ZPAD[-n3 & 3]
-    w += _S_iI.pack(v.maxnames, v.flags)
+    w += _P_iI(v.maxnames, v.flags)
 
 
 def _d_remote_node_list_devices_ret(b: bytes, o: int, n: int) -> tuple[remote_node_list_devices_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_node_list_devices_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 65536 or n2 * 4 > n - o: raise _Bad
-    f_names_1 = []
-    for _ in range(n2):
-        n4 = _S_I.unpack_from(b, o)[0]
+    if n1 > 65536 or n1 * 4 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.names = x3
+    L_U_I = _U_I
+    L_ZPAD = _ZPAD
+    for _ in range(n1):
+        n4, = L_U_I(b, o)
         o += 4
         e5 = o + n4
-        if e5 > n or n4 > 4194304: raise _Bad
-        it3 = b[o:e5].decode()
-        o = e5 + (-n4 & 3)
-        if n4 & 3 and b[e5:o] != _ZPAD[o - e5]: raise _Bad
-        f_names_1.append(it3)
-    return remote_node_list_devices_ret(f_names_1), o
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        it2 = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != L_ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
+        x3.append(it2)
+    return v, o
 
 
 def _e_remote_node_list_devices_ret(v: remote_node_list_devices_ret, w: bytearray) -> None:
     x1 = v.names
     n2 = len(x1)
     if n2 > 65536: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
         s4 = it3.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
 
 
 def _d_remote_node_device_lookup_by_name_args(b: bytes, o: int, n: int) -> tuple[remote_node_device_lookup_by_name_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_node_device_lookup_by_name_args)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_name_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    return remote_node_device_lookup_by_name_args(f_name_1), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.name = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_remote_node_device_lookup_by_name_args(v: remote_node_device_lookup_by_name_args, w: bytearray) -> None:
     s1 = v.name.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_remote_node_device_lookup_by_name_ret(b: bytes, o: int, n: int) -> tuple[remote_node_device_lookup_by_name_ret, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_node_device_lookup_by_name_ret)
+    x1 = _new(remote_nonnull_node_device)
+    v.dev = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_dev_1 = remote_nonnull_node_device(f_name_2)
-    return remote_node_device_lookup_by_name_ret(f_dev_1), o
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    return v, o
 
 
 def _e_remote_node_device_lookup_by_name_ret(v: remote_node_device_lookup_by_name_ret, w: bytearray) -> None:
@@ -2032,90 +2287,110 @@ def _e_remote_node_device_lookup_by_name_ret(v: remote_node_device_lookup_by_nam
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
 
 
 def _d_remote_node_device_get_xml_desc_args(b: bytes, o: int, n: int) -> tuple[remote_node_device_get_xml_desc_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_node_device_get_xml_desc_args)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_name_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    f_flags_4 = _S_I.unpack_from(b, o)[0]
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.name = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_node_device_get_xml_desc_args(f_name_1, f_flags_4), o
+    return v, o
 
 
 def _e_remote_node_device_get_xml_desc_args(v: remote_node_device_get_xml_desc_args, w: bytearray) -> None:
     s1 = v.name.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_node_device_get_xml_desc_ret(b: bytes, o: int, n: int) -> tuple[remote_node_device_get_xml_desc_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_node_device_get_xml_desc_ret)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_xml_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    return remote_node_device_get_xml_desc_ret(f_xml_1), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.xml = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_remote_node_device_get_xml_desc_ret(v: remote_node_device_get_xml_desc_ret, w: bytearray) -> None:
     s1 = v.xml.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_remote_node_device_get_parent_args(b: bytes, o: int, n: int) -> tuple[remote_node_device_get_parent_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_node_device_get_parent_args)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_name_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    return remote_node_device_get_parent_args(f_name_1), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.name = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_remote_node_device_get_parent_args(v: remote_node_device_get_parent_args, w: bytearray) -> None:
     s1 = v.name.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_remote_node_device_get_parent_ret(b: bytes, o: int, n: int) -> tuple[remote_node_device_get_parent_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_node_device_get_parent_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 == 0:
-        f_parentName_1 = None
-    elif n2 == 1:
-        n3 = _S_I.unpack_from(b, o)[0]
+    if n1 == 0:
+        v.parentName = None
+    elif n1 == 1:
+        n2, = _U_I(b, o)
         o += 4
-        e4 = o + n3
-        if e4 > n or n3 > 4194304: raise _Bad
-        f_parentName_1 = b[o:e4].decode()
-        o = e4 + (-n3 & 3)
-        if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
+        e3 = o + n2
+        if e3 > n or big and n2 > 4194304: raise _Bad
+        v.parentName = b[o:e3].decode()
+        if n2 & 3:
+            o = e3 + 4 - (n2 & 3)
+            if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+        else:
+            o = e3
     else:
         raise _Bad
-    return remote_node_device_get_parent_ret(f_parentName_1), o
+    return v, o
 
 
 def _e_remote_node_device_get_parent_ret(v: remote_node_device_get_parent_ret, w: bytearray) -> None:
@@ -2127,188 +2402,233 @@ def _e_remote_node_device_get_parent_ret(v: remote_node_device_get_parent_ret, w
         s2 = x1.encode('utf-8', 'surrogateescape')
         n3 = len(s2)
         if n3 > 4194304: raise _Bad
-        w += _S_I.pack(n3)
+        w += _P_I(n3)
         w += s2
         if n3 & 3: w += _ZPAD[-n3 & 3]
 
 
 def _d_remote_node_device_num_of_caps_args(b: bytes, o: int, n: int) -> tuple[remote_node_device_num_of_caps_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_node_device_num_of_caps_args)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_name_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    return remote_node_device_num_of_caps_args(f_name_1), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.name = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_remote_node_device_num_of_caps_args(v: remote_node_device_num_of_caps_args, w: bytearray) -> None:
     s1 = v.name.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_remote_node_device_num_of_caps_ret(b: bytes, o: int, n: int) -> tuple[remote_node_device_num_of_caps_ret, int]:
-    f_num_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_node_device_num_of_caps_ret)
+    v.num, = _U_i(b, o)
     o += 4
-    return remote_node_device_num_of_caps_ret(f_num_1), o
+    return v, o
 
 
 def _e_remote_node_device_num_of_caps_ret(v: remote_node_device_num_of_caps_ret, w: bytearray) -> None:
-    w += _S_i.pack(v.num)
+    w += _P_i(v.num)
 
 
 def _d_remote_node_device_list_caps_args(b: bytes, o: int, n: int) -> tuple[remote_node_device_list_caps_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_node_device_list_caps_args)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_name_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    f_maxnames_4 = _S_i.unpack_from(b, o)[0]
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.name = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    v.maxnames, = _U_i(b, o)
     o += 4
-    return remote_node_device_list_caps_args(f_name_1, f_maxnames_4), o
+    return v, o
 
 
 def _e_remote_node_device_list_caps_args(v: remote_node_device_list_caps_args, w: bytearray) -> None:
     s1 = v.name.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
-    w += _S_i.pack(v.maxnames)
+    w += _P_i(v.maxnames)
 
 
 def _d_remote_node_device_list_caps_ret(b: bytes, o: int, n: int) -> tuple[remote_node_device_list_caps_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_node_device_list_caps_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 65536 or n2 * 4 > n - o: raise _Bad
-    f_names_1 = []
-    for _ in range(n2):
-        n4 = _S_I.unpack_from(b, o)[0]
+    if n1 > 65536 or n1 * 4 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.names = x3
+    L_U_I = _U_I
+    L_ZPAD = _ZPAD
+    for _ in range(n1):
+        n4, = L_U_I(b, o)
         o += 4
         e5 = o + n4
-        if e5 > n or n4 > 4194304: raise _Bad
-        it3 = b[o:e5].decode()
-        o = e5 + (-n4 & 3)
-        if n4 & 3 and b[e5:o] != _ZPAD[o - e5]: raise _Bad
-        f_names_1.append(it3)
-    return remote_node_device_list_caps_ret(f_names_1), o
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        it2 = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != L_ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
+        x3.append(it2)
+    return v, o
 
 
 def _e_remote_node_device_list_caps_ret(v: remote_node_device_list_caps_ret, w: bytearray) -> None:
     x1 = v.names
     n2 = len(x1)
     if n2 > 65536: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
         s4 = it3.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
 
 
 def _d_remote_node_device_dettach_args(b: bytes, o: int, n: int) -> tuple[remote_node_device_dettach_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_node_device_dettach_args)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_name_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    return remote_node_device_dettach_args(f_name_1), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.name = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_remote_node_device_dettach_args(v: remote_node_device_dettach_args, w: bytearray) -> None:
     s1 = v.name.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_remote_node_device_re_attach_args(b: bytes, o: int, n: int) -> tuple[remote_node_device_re_attach_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_node_device_re_attach_args)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_name_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    return remote_node_device_re_attach_args(f_name_1), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.name = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_remote_node_device_re_attach_args(v: remote_node_device_re_attach_args, w: bytearray) -> None:
     s1 = v.name.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_remote_node_device_reset_args(b: bytes, o: int, n: int) -> tuple[remote_node_device_reset_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_node_device_reset_args)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_name_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    return remote_node_device_reset_args(f_name_1), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.name = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_remote_node_device_reset_args(v: remote_node_device_reset_args, w: bytearray) -> None:
     s1 = v.name.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_remote_node_device_create_xml_args(b: bytes, o: int, n: int) -> tuple[remote_node_device_create_xml_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_node_device_create_xml_args)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_xml_desc_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    f_flags_4 = _S_I.unpack_from(b, o)[0]
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.xml_desc = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_node_device_create_xml_args(f_xml_desc_1, f_flags_4), o
+    return v, o
 
 
 def _e_remote_node_device_create_xml_args(v: remote_node_device_create_xml_args, w: bytearray) -> None:
     s1 = v.xml_desc.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_node_device_create_xml_ret(b: bytes, o: int, n: int) -> tuple[remote_node_device_create_xml_ret, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_node_device_create_xml_ret)
+    x1 = _new(remote_nonnull_node_device)
+    v.dev = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_dev_1 = remote_nonnull_node_device(f_name_2)
-    return remote_node_device_create_xml_ret(f_dev_1), o
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    return v, o
 
 
 def _e_remote_node_device_create_xml_ret(v: remote_node_device_create_xml_ret, w: bytearray) -> None:
@@ -2316,49 +2636,56 @@ def _e_remote_node_device_create_xml_ret(v: remote_node_device_create_xml_ret, w
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
 
 
 def _d_remote_node_device_destroy_args(b: bytes, o: int, n: int) -> tuple[remote_node_device_destroy_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_node_device_destroy_args)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_name_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    return remote_node_device_destroy_args(f_name_1), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.name = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_remote_node_device_destroy_args(v: remote_node_device_destroy_args, w: bytearray) -> None:
     s1 = v.name.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_remote_connect_domain_event_register_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_domain_event_register_ret, int]:
-    f_cb_registered_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_connect_domain_event_register_ret)
+    v.cb_registered, = _U_i(b, o)
     o += 4
-    return remote_connect_domain_event_register_ret(f_cb_registered_1), o
+    return v, o
 
 
 def _e_remote_connect_domain_event_register_ret(v: remote_connect_domain_event_register_ret, w: bytearray) -> None:
-    w += _S_i.pack(v.cb_registered)
+    w += _P_i(v.cb_registered)
 
 
 def _d_remote_connect_domain_event_deregister_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_domain_event_deregister_ret, int]:
-    f_cb_registered_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_connect_domain_event_deregister_ret)
+    v.cb_registered, = _U_i(b, o)
     o += 4
-    return remote_connect_domain_event_deregister_ret(f_cb_registered_1), o
+    return v, o
 
 
 def _e_remote_connect_domain_event_deregister_ret(v: remote_connect_domain_event_deregister_ret, w: bytearray) -> None:
-    w += _S_i.pack(v.cb_registered)
+    w += _P_i(v.cb_registered)
 
 
 _c_remote_connect_get_uri_ret = _Codec('remote_connect_get_uri_ret', _e_remote_connect_get_uri_ret, _d_remote_connect_get_uri_ret)

@@ -12,6 +12,8 @@ from struct import Struct as _Struct
 from struct import pack as _pack
 from struct import unpack_from as _unpack_from
 
+_new = object.__new__  # decoders fill __slots__ directly instead of calling __init__
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: it costs milliseconds at start-up
     from typing import Any, Optional, Union
@@ -27,7 +29,6 @@ from .._xdr import XdrStruct as _XdrStruct
 from .._xdr import XdrUnion as _XdrUnion
 from .._xdr import dec_chars as _dec_chars
 from .._xdr import enc_chars as _enc_chars
-from .._xdr import enum_member as _enum_member
 from .remote import remote_nonnull_domain
 from .remote import remote_nonnull_interface
 from .remote import remote_nonnull_network
@@ -46,6 +47,26 @@ _S_QI = _Struct('>QI')
 _S_i = _Struct('>i')
 _S_iI = _Struct('>iI')
 _S_iQ = _Struct('>iQ')
+_P_16s = _S_16s.pack
+_P_16si = _S_16si.pack
+_P_16siI = _S_16siI.pack
+_P_16siII = _S_16siII.pack
+_P_I = _S_I.pack
+_P_Q = _S_Q.pack
+_P_QI = _S_QI.pack
+_P_i = _S_i.pack
+_P_iI = _S_iI.pack
+_P_iQ = _S_iQ.pack
+_U_16s = _S_16s.unpack_from
+_U_16si = _S_16si.unpack_from
+_U_16siI = _S_16siI.unpack_from
+_U_16siII = _S_16siII.unpack_from
+_U_I = _S_I.unpack_from
+_U_Q = _S_Q.unpack_from
+_U_QI = _S_QI.unpack_from
+_U_i = _S_i.unpack_from
+_U_iI = _S_iI.unpack_from
+_U_iQ = _S_iQ.unpack_from
 
 
 class remote_connect_get_lib_version_ret(_XdrStruct):
@@ -994,27 +1015,34 @@ class remote_connect_compare_cpu_ret(_XdrStruct):
 # ------------------------------------------------------------------- codecs
 
 def _d_remote_connect_get_lib_version_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_get_lib_version_ret, int]:
-    f_lib_ver_1 = _S_Q.unpack_from(b, o)[0]
+    v = _new(remote_connect_get_lib_version_ret)
+    v.lib_ver, = _U_Q(b, o)
     o += 8
-    return remote_connect_get_lib_version_ret(f_lib_ver_1), o
+    return v, o
 
 
 def _e_remote_connect_get_lib_version_ret(v: remote_connect_get_lib_version_ret, w: bytearray) -> None:
-    w += _S_Q.pack(v.lib_ver)
+    w += _P_Q(v.lib_ver)
 
 
 def _d_remote_domain_memory_stats_args(b: bytes, o: int, n: int) -> tuple[remote_domain_memory_stats_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_memory_stats_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_maxStats_7, f_flags_8 = _S_16siII.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.maxStats, v.flags = _U_16siII(b, o)
     o += 28
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_memory_stats_args(f_dom_1, f_maxStats_7, f_flags_8), o
+    return v, o
 
 
 def _e_remote_domain_memory_stats_args(v: remote_domain_memory_stats_args, w: bytearray) -> None:
@@ -1022,134 +1050,164 @@ def _e_remote_domain_memory_stats_args(v: remote_domain_memory_stats_args, w: by
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siII.pack(x4, x1.id, v.maxStats, v.flags)
+    w += _P_16siII(x4, x1.id, v.maxStats, v.flags)
 
 
 def _d_remote_domain_memory_stat(b: bytes, o: int, n: int) -> tuple[remote_domain_memory_stat, int]:
-    f_tag_1, f_val_2 = _S_iQ.unpack_from(b, o)
+    v = _new(remote_domain_memory_stat)
+    v.tag, v.val = _U_iQ(b, o)
     o += 12
-    return remote_domain_memory_stat(f_tag_1, f_val_2), o
+    return v, o
 
 
 def _e_remote_domain_memory_stat(v: remote_domain_memory_stat, w: bytearray) -> None:
-    w += _S_iQ.pack(v.tag, v.val)
+    w += _P_iQ(v.tag, v.val)
 
 
 def _d_remote_domain_memory_stats_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_memory_stats_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    v = _new(remote_domain_memory_stats_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 1024 or n2 * 12 > n - o: raise _Bad
-    f_stats_1 = []
-    for _ in range(n2):
-        f_tag_4, f_val_5 = _S_iQ.unpack_from(b, o)
+    if n1 > 1024 or n1 * 12 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.stats = x3
+    L_U_iQ = _U_iQ
+    L_new = _new
+    L_remote_domain_memory_stat = remote_domain_memory_stat
+    for _ in range(n1):
+        it2 = L_new(L_remote_domain_memory_stat)
+        it2.tag, it2.val = L_U_iQ(b, o)
         o += 12
-        it3 = remote_domain_memory_stat(f_tag_4, f_val_5)
-        f_stats_1.append(it3)
-    return remote_domain_memory_stats_ret(f_stats_1), o
+        x3.append(it2)
+    return v, o
 
 
 def _e_remote_domain_memory_stats_ret(v: remote_domain_memory_stats_ret, w: bytearray) -> None:
     x1 = v.stats
     n2 = len(x1)
     if n2 > 1024: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
-        w += _S_iQ.pack(it3.tag, it3.val)
+        w += _P_iQ(it3.tag, it3.val)
 
 
 def _d_remote_connect_num_of_defined_interfaces_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_num_of_defined_interfaces_ret, int]:
-    f_num_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_connect_num_of_defined_interfaces_ret)
+    v.num, = _U_i(b, o)
     o += 4
-    return remote_connect_num_of_defined_interfaces_ret(f_num_1), o
+    return v, o
 
 
 def _e_remote_connect_num_of_defined_interfaces_ret(v: remote_connect_num_of_defined_interfaces_ret, w: bytearray) -> None:
-    w += _S_i.pack(v.num)
+    w += _P_i(v.num)
 
 
 def _d_remote_connect_list_defined_interfaces_args(b: bytes, o: int, n: int) -> tuple[remote_connect_list_defined_interfaces_args, int]:
-    f_maxnames_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_connect_list_defined_interfaces_args)
+    v.maxnames, = _U_i(b, o)
     o += 4
-    return remote_connect_list_defined_interfaces_args(f_maxnames_1), o
+    return v, o
 
 
 def _e_remote_connect_list_defined_interfaces_args(v: remote_connect_list_defined_interfaces_args, w: bytearray) -> None:
-    w += _S_i.pack(v.maxnames)
+    w += _P_i(v.maxnames)
 
 
 def _d_remote_connect_list_defined_interfaces_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_list_defined_interfaces_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_connect_list_defined_interfaces_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 16384 or n2 * 4 > n - o: raise _Bad
-    f_names_1 = []
-    for _ in range(n2):
-        n4 = _S_I.unpack_from(b, o)[0]
+    if n1 > 16384 or n1 * 4 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.names = x3
+    L_U_I = _U_I
+    L_ZPAD = _ZPAD
+    for _ in range(n1):
+        n4, = L_U_I(b, o)
         o += 4
         e5 = o + n4
-        if e5 > n or n4 > 4194304: raise _Bad
-        it3 = b[o:e5].decode()
-        o = e5 + (-n4 & 3)
-        if n4 & 3 and b[e5:o] != _ZPAD[o - e5]: raise _Bad
-        f_names_1.append(it3)
-    return remote_connect_list_defined_interfaces_ret(f_names_1), o
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        it2 = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != L_ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
+        x3.append(it2)
+    return v, o
 
 
 def _e_remote_connect_list_defined_interfaces_ret(v: remote_connect_list_defined_interfaces_ret, w: bytearray) -> None:
     x1 = v.names
     n2 = len(x1)
     if n2 > 16384: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
         s4 = it3.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
 
 
 def _d_remote_interface_lookup_by_name_args(b: bytes, o: int, n: int) -> tuple[remote_interface_lookup_by_name_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_interface_lookup_by_name_args)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_name_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    return remote_interface_lookup_by_name_args(f_name_1), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.name = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_remote_interface_lookup_by_name_args(v: remote_interface_lookup_by_name_args, w: bytearray) -> None:
     s1 = v.name.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_remote_interface_lookup_by_name_ret(b: bytes, o: int, n: int) -> tuple[remote_interface_lookup_by_name_ret, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_interface_lookup_by_name_ret)
+    x1 = _new(remote_nonnull_interface)
+    v.iface = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    n6 = _S_I.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    n4, = _U_I(b, o)
     o += 4
-    e7 = o + n6
-    if e7 > n or n6 > 4194304: raise _Bad
-    f_mac_5 = b[o:e7].decode()
-    o = e7 + (-n6 & 3)
-    if n6 & 3 and b[e7:o] != _ZPAD[o - e7]: raise _Bad
-    f_iface_1 = remote_nonnull_interface(f_name_2, f_mac_5)
-    return remote_interface_lookup_by_name_ret(f_iface_1), o
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    x1.mac = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    return v, o
 
 
 def _e_remote_interface_lookup_by_name_ret(v: remote_interface_lookup_by_name_ret, w: bytearray) -> None:
@@ -1157,54 +1215,68 @@ def _e_remote_interface_lookup_by_name_ret(v: remote_interface_lookup_by_name_re
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     s4 = x1.mac.encode('utf-8', 'surrogateescape')
     n5 = len(s4)
     if n5 > 4194304: raise _Bad
-    w += _S_I.pack(n5)
+    w += _P_I(n5)
     w += s4
     if n5 & 3: w += _ZPAD[-n5 & 3]
 
 
 def _d_remote_interface_lookup_by_mac_string_args(b: bytes, o: int, n: int) -> tuple[remote_interface_lookup_by_mac_string_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_interface_lookup_by_mac_string_args)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_mac_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    return remote_interface_lookup_by_mac_string_args(f_mac_1), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.mac = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_remote_interface_lookup_by_mac_string_args(v: remote_interface_lookup_by_mac_string_args, w: bytearray) -> None:
     s1 = v.mac.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_remote_interface_lookup_by_mac_string_ret(b: bytes, o: int, n: int) -> tuple[remote_interface_lookup_by_mac_string_ret, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_interface_lookup_by_mac_string_ret)
+    x1 = _new(remote_nonnull_interface)
+    v.iface = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    n6 = _S_I.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    n4, = _U_I(b, o)
     o += 4
-    e7 = o + n6
-    if e7 > n or n6 > 4194304: raise _Bad
-    f_mac_5 = b[o:e7].decode()
-    o = e7 + (-n6 & 3)
-    if n6 & 3 and b[e7:o] != _ZPAD[o - e7]: raise _Bad
-    f_iface_1 = remote_nonnull_interface(f_name_2, f_mac_5)
-    return remote_interface_lookup_by_mac_string_ret(f_iface_1), o
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    x1.mac = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    return v, o
 
 
 def _e_remote_interface_lookup_by_mac_string_ret(v: remote_interface_lookup_by_mac_string_ret, w: bytearray) -> None:
@@ -1212,36 +1284,45 @@ def _e_remote_interface_lookup_by_mac_string_ret(v: remote_interface_lookup_by_m
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     s4 = x1.mac.encode('utf-8', 'surrogateescape')
     n5 = len(s4)
     if n5 > 4194304: raise _Bad
-    w += _S_I.pack(n5)
+    w += _P_I(n5)
     w += s4
     if n5 & 3: w += _ZPAD[-n5 & 3]
 
 
 def _d_remote_interface_get_xml_desc_args(b: bytes, o: int, n: int) -> tuple[remote_interface_get_xml_desc_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_interface_get_xml_desc_args)
+    x1 = _new(remote_nonnull_interface)
+    v.iface = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    n6 = _S_I.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    n4, = _U_I(b, o)
     o += 4
-    e7 = o + n6
-    if e7 > n or n6 > 4194304: raise _Bad
-    f_mac_5 = b[o:e7].decode()
-    o = e7 + (-n6 & 3)
-    if n6 & 3 and b[e7:o] != _ZPAD[o - e7]: raise _Bad
-    f_flags_8 = _S_I.unpack_from(b, o)[0]
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    x1.mac = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    v.flags, = _U_I(b, o)
     o += 4
-    f_iface_1 = remote_nonnull_interface(f_name_2, f_mac_5)
-    return remote_interface_get_xml_desc_args(f_iface_1, f_flags_8), o
+    return v, o
 
 
 def _e_remote_interface_get_xml_desc_args(v: remote_interface_get_xml_desc_args, w: bytearray) -> None:
@@ -1249,78 +1330,97 @@ def _e_remote_interface_get_xml_desc_args(v: remote_interface_get_xml_desc_args,
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     s4 = x1.mac.encode('utf-8', 'surrogateescape')
     n5 = len(s4)
     if n5 > 4194304: raise _Bad
-    w += _S_I.pack(n5)
+    w += _P_I(n5)
     w += s4
     if n5 & 3: w += _ZPAD[-n5 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_interface_get_xml_desc_ret(b: bytes, o: int, n: int) -> tuple[remote_interface_get_xml_desc_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_interface_get_xml_desc_ret)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_xml_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    return remote_interface_get_xml_desc_ret(f_xml_1), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.xml = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_remote_interface_get_xml_desc_ret(v: remote_interface_get_xml_desc_ret, w: bytearray) -> None:
     s1 = v.xml.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_remote_interface_define_xml_args(b: bytes, o: int, n: int) -> tuple[remote_interface_define_xml_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_interface_define_xml_args)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_xml_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    f_flags_4 = _S_I.unpack_from(b, o)[0]
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.xml = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_interface_define_xml_args(f_xml_1, f_flags_4), o
+    return v, o
 
 
 def _e_remote_interface_define_xml_args(v: remote_interface_define_xml_args, w: bytearray) -> None:
     s1 = v.xml.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_interface_define_xml_ret(b: bytes, o: int, n: int) -> tuple[remote_interface_define_xml_ret, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_interface_define_xml_ret)
+    x1 = _new(remote_nonnull_interface)
+    v.iface = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    n6 = _S_I.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    n4, = _U_I(b, o)
     o += 4
-    e7 = o + n6
-    if e7 > n or n6 > 4194304: raise _Bad
-    f_mac_5 = b[o:e7].decode()
-    o = e7 + (-n6 & 3)
-    if n6 & 3 and b[e7:o] != _ZPAD[o - e7]: raise _Bad
-    f_iface_1 = remote_nonnull_interface(f_name_2, f_mac_5)
-    return remote_interface_define_xml_ret(f_iface_1), o
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    x1.mac = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    return v, o
 
 
 def _e_remote_interface_define_xml_ret(v: remote_interface_define_xml_ret, w: bytearray) -> None:
@@ -1328,34 +1428,43 @@ def _e_remote_interface_define_xml_ret(v: remote_interface_define_xml_ret, w: by
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     s4 = x1.mac.encode('utf-8', 'surrogateescape')
     n5 = len(s4)
     if n5 > 4194304: raise _Bad
-    w += _S_I.pack(n5)
+    w += _P_I(n5)
     w += s4
     if n5 & 3: w += _ZPAD[-n5 & 3]
 
 
 def _d_remote_interface_undefine_args(b: bytes, o: int, n: int) -> tuple[remote_interface_undefine_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_interface_undefine_args)
+    x1 = _new(remote_nonnull_interface)
+    v.iface = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    n6 = _S_I.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    n4, = _U_I(b, o)
     o += 4
-    e7 = o + n6
-    if e7 > n or n6 > 4194304: raise _Bad
-    f_mac_5 = b[o:e7].decode()
-    o = e7 + (-n6 & 3)
-    if n6 & 3 and b[e7:o] != _ZPAD[o - e7]: raise _Bad
-    f_iface_1 = remote_nonnull_interface(f_name_2, f_mac_5)
-    return remote_interface_undefine_args(f_iface_1), o
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    x1.mac = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    return v, o
 
 
 def _e_remote_interface_undefine_args(v: remote_interface_undefine_args, w: bytearray) -> None:
@@ -1363,36 +1472,45 @@ def _e_remote_interface_undefine_args(v: remote_interface_undefine_args, w: byte
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     s4 = x1.mac.encode('utf-8', 'surrogateescape')
     n5 = len(s4)
     if n5 > 4194304: raise _Bad
-    w += _S_I.pack(n5)
+    w += _P_I(n5)
     w += s4
     if n5 & 3: w += _ZPAD[-n5 & 3]
 
 
 def _d_remote_interface_create_args(b: bytes, o: int, n: int) -> tuple[remote_interface_create_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_interface_create_args)
+    x1 = _new(remote_nonnull_interface)
+    v.iface = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    n6 = _S_I.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    n4, = _U_I(b, o)
     o += 4
-    e7 = o + n6
-    if e7 > n or n6 > 4194304: raise _Bad
-    f_mac_5 = b[o:e7].decode()
-    o = e7 + (-n6 & 3)
-    if n6 & 3 and b[e7:o] != _ZPAD[o - e7]: raise _Bad
-    f_flags_8 = _S_I.unpack_from(b, o)[0]
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    x1.mac = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    v.flags, = _U_I(b, o)
     o += 4
-    f_iface_1 = remote_nonnull_interface(f_name_2, f_mac_5)
-    return remote_interface_create_args(f_iface_1, f_flags_8), o
+    return v, o
 
 
 def _e_remote_interface_create_args(v: remote_interface_create_args, w: bytearray) -> None:
@@ -1400,37 +1518,46 @@ def _e_remote_interface_create_args(v: remote_interface_create_args, w: bytearra
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     s4 = x1.mac.encode('utf-8', 'surrogateescape')
     n5 = len(s4)
     if n5 > 4194304: raise _Bad
-    w += _S_I.pack(n5)
+    w += _P_I(n5)
     w += s4
     if n5 & 3: w += _ZPAD[-n5 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_interface_destroy_args(b: bytes, o: int, n: int) -> tuple[remote_interface_destroy_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_interface_destroy_args)
+    x1 = _new(remote_nonnull_interface)
+    v.iface = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    n6 = _S_I.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    n4, = _U_I(b, o)
     o += 4
-    e7 = o + n6
-    if e7 > n or n6 > 4194304: raise _Bad
-    f_mac_5 = b[o:e7].decode()
-    o = e7 + (-n6 & 3)
-    if n6 & 3 and b[e7:o] != _ZPAD[o - e7]: raise _Bad
-    f_flags_8 = _S_I.unpack_from(b, o)[0]
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    x1.mac = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    v.flags, = _U_I(b, o)
     o += 4
-    f_iface_1 = remote_nonnull_interface(f_name_2, f_mac_5)
-    return remote_interface_destroy_args(f_iface_1, f_flags_8), o
+    return v, o
 
 
 def _e_remote_interface_destroy_args(v: remote_interface_destroy_args, w: bytearray) -> None:
@@ -1438,203 +1565,246 @@ def _e_remote_interface_destroy_args(v: remote_interface_destroy_args, w: bytear
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     s4 = x1.mac.encode('utf-8', 'surrogateescape')
     n5 = len(s4)
     if n5 > 4194304: raise _Bad
-    w += _S_I.pack(n5)
+    w += _P_I(n5)
     w += s4
     if n5 & 3: w += _ZPAD[-n5 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_connect_domain_xml_from_native_args(b: bytes, o: int, n: int) -> tuple[remote_connect_domain_xml_from_native_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_connect_domain_xml_from_native_args)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_nativeFormat_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    n5 = _S_I.unpack_from(b, o)[0]
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.nativeFormat = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    n3, = _U_I(b, o)
     o += 4
-    e6 = o + n5
-    if e6 > n or n5 > 4194304: raise _Bad
-    f_nativeConfig_4 = b[o:e6].decode()
-    o = e6 + (-n5 & 3)
-    if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-    f_flags_7 = _S_I.unpack_from(b, o)[0]
+    e4 = o + n3
+    if e4 > n or big and n3 > 4194304: raise _Bad
+    v.nativeConfig = b[o:e4].decode()
+    if n3 & 3:
+        o = e4 + 4 - (n3 & 3)
+        if b[e4:o] != _ZPAD[o - e4]: raise _Bad
+    else:
+        o = e4
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_connect_domain_xml_from_native_args(f_nativeFormat_1, f_nativeConfig_4, f_flags_7), o
+    return v, o
 
 
 def _e_remote_connect_domain_xml_from_native_args(v: remote_connect_domain_xml_from_native_args, w: bytearray) -> None:
     s1 = v.nativeFormat.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
     s3 = v.nativeConfig.encode('utf-8', 'surrogateescape')
     n4 = len(s3)
     if n4 > 4194304: raise _Bad
-    w += _S_I.pack(n4)
+    w += _P_I(n4)
     w += s3
     if n4 & 3: w += _ZPAD[-n4 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_connect_domain_xml_from_native_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_domain_xml_from_native_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_connect_domain_xml_from_native_ret)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_domainXml_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    return remote_connect_domain_xml_from_native_ret(f_domainXml_1), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.domainXml = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_remote_connect_domain_xml_from_native_ret(v: remote_connect_domain_xml_from_native_ret, w: bytearray) -> None:
     s1 = v.domainXml.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_remote_connect_domain_xml_to_native_args(b: bytes, o: int, n: int) -> tuple[remote_connect_domain_xml_to_native_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_connect_domain_xml_to_native_args)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_nativeFormat_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    n5 = _S_I.unpack_from(b, o)[0]
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.nativeFormat = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    n3, = _U_I(b, o)
     o += 4
-    e6 = o + n5
-    if e6 > n or n5 > 4194304: raise _Bad
-    f_domainXml_4 = b[o:e6].decode()
-    o = e6 + (-n5 & 3)
-    if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-    f_flags_7 = _S_I.unpack_from(b, o)[0]
+    e4 = o + n3
+    if e4 > n or big and n3 > 4194304: raise _Bad
+    v.domainXml = b[o:e4].decode()
+    if n3 & 3:
+        o = e4 + 4 - (n3 & 3)
+        if b[e4:o] != _ZPAD[o - e4]: raise _Bad
+    else:
+        o = e4
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_connect_domain_xml_to_native_args(f_nativeFormat_1, f_domainXml_4, f_flags_7), o
+    return v, o
 
 
 def _e_remote_connect_domain_xml_to_native_args(v: remote_connect_domain_xml_to_native_args, w: bytearray) -> None:
     s1 = v.nativeFormat.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
     s3 = v.domainXml.encode('utf-8', 'surrogateescape')
     n4 = len(s3)
     if n4 > 4194304: raise _Bad
-    w += _S_I.pack(n4)
+    w += _P_I(n4)
     w += s3
     if n4 & 3: w += _ZPAD[-n4 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_connect_domain_xml_to_native_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_domain_xml_to_native_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_connect_domain_xml_to_native_ret)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_nativeConfig_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    return remote_connect_domain_xml_to_native_ret(f_nativeConfig_1), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.nativeConfig = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_remote_connect_domain_xml_to_native_ret(v: remote_connect_domain_xml_to_native_ret, w: bytearray) -> None:
     s1 = v.nativeConfig.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_remote_connect_num_of_secrets_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_num_of_secrets_ret, int]:
-    f_num_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_connect_num_of_secrets_ret)
+    v.num, = _U_i(b, o)
     o += 4
-    return remote_connect_num_of_secrets_ret(f_num_1), o
+    return v, o
 
 
 def _e_remote_connect_num_of_secrets_ret(v: remote_connect_num_of_secrets_ret, w: bytearray) -> None:
-    w += _S_i.pack(v.num)
+    w += _P_i(v.num)
 
 
 def _d_remote_connect_list_secrets_args(b: bytes, o: int, n: int) -> tuple[remote_connect_list_secrets_args, int]:
-    f_maxuuids_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_connect_list_secrets_args)
+    v.maxuuids, = _U_i(b, o)
     o += 4
-    return remote_connect_list_secrets_args(f_maxuuids_1), o
+    return v, o
 
 
 def _e_remote_connect_list_secrets_args(v: remote_connect_list_secrets_args, w: bytearray) -> None:
-    w += _S_i.pack(v.maxuuids)
+    w += _P_i(v.maxuuids)
 
 
 def _d_remote_connect_list_secrets_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_list_secrets_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_connect_list_secrets_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 16384 or n2 * 4 > n - o: raise _Bad
-    f_uuids_1 = []
-    for _ in range(n2):
-        n4 = _S_I.unpack_from(b, o)[0]
+    if n1 > 16384 or n1 * 4 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.uuids = x3
+    L_U_I = _U_I
+    L_ZPAD = _ZPAD
+    for _ in range(n1):
+        n4, = L_U_I(b, o)
         o += 4
         e5 = o + n4
-        if e5 > n or n4 > 4194304: raise _Bad
-        it3 = b[o:e5].decode()
-        o = e5 + (-n4 & 3)
-        if n4 & 3 and b[e5:o] != _ZPAD[o - e5]: raise _Bad
-        f_uuids_1.append(it3)
-    return remote_connect_list_secrets_ret(f_uuids_1), o
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        it2 = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != L_ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
+        x3.append(it2)
+    return v, o
 
 
 def _e_remote_connect_list_secrets_ret(v: remote_connect_list_secrets_ret, w: bytearray) -> None:
     x1 = v.uuids
     n2 = len(x1)
     if n2 > 16384: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
         s4 = it3.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
 
 
 def _d_remote_secret_lookup_by_uuid_args(b: bytes, o: int, n: int) -> tuple[remote_secret_lookup_by_uuid_args, int]:
-    f_uuid_1 = _S_16s.unpack_from(b, o)[0]
+    v = _new(remote_secret_lookup_by_uuid_args)
+    v.uuid, = _U_16s(b, o)
     o += 16
-    return remote_secret_lookup_by_uuid_args(f_uuid_1), o
+    return v, o
 
 
 def _e_remote_secret_lookup_by_uuid_args(v: remote_secret_lookup_by_uuid_args, w: bytearray) -> None:
     x1 = v.uuid
     if len(x1) != 16: raise _Bad
-    w += _S_16s.pack(x1)
+    w += _P_16s(x1)
 
 
 def _d_remote_secret_lookup_by_uuid_ret(b: bytes, o: int, n: int) -> tuple[remote_secret_lookup_by_uuid_ret, int]:
-    f_uuid_2, f_usageType_3, n5 = _S_16siI.unpack_from(b, o)
+    big = n - o > 4194304
+    v = _new(remote_secret_lookup_by_uuid_ret)
+    x1 = _new(remote_nonnull_secret)
+    v.secret = x1
+    x1.uuid, x1.usageType, n2 = _U_16siI(b, o)
     o += 24
-    e6 = o + n5
-    if e6 > n or n5 > 4194304: raise _Bad
-    f_usageID_4 = b[o:e6].decode()
-    o = e6 + (-n5 & 3)
-    if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-    f_secret_1 = remote_nonnull_secret(f_uuid_2, f_usageType_3, f_usageID_4)
-    return remote_secret_lookup_by_uuid_ret(f_secret_1), o
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.usageID = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    return v, o
 
 
 def _e_remote_secret_lookup_by_uuid_ret(v: remote_secret_lookup_by_uuid_ret, w: bytearray) -> None:
@@ -1644,44 +1814,55 @@ def _e_remote_secret_lookup_by_uuid_ret(v: remote_secret_lookup_by_uuid_ret, w: 
     s3 = x1.usageID.encode('utf-8', 'surrogateescape')
     n4 = len(s3)
     if n4 > 4194304: raise _Bad
-    w += _S_16siI.pack(x2, x1.usageType, n4)
+    w += _P_16siI(x2, x1.usageType, n4)
     w += s3
     if n4 & 3: w += _ZPAD[-n4 & 3]
 
 
 def _d_remote_secret_define_xml_args(b: bytes, o: int, n: int) -> tuple[remote_secret_define_xml_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_secret_define_xml_args)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_xml_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    f_flags_4 = _S_I.unpack_from(b, o)[0]
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.xml = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_secret_define_xml_args(f_xml_1, f_flags_4), o
+    return v, o
 
 
 def _e_remote_secret_define_xml_args(v: remote_secret_define_xml_args, w: bytearray) -> None:
     s1 = v.xml.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_secret_define_xml_ret(b: bytes, o: int, n: int) -> tuple[remote_secret_define_xml_ret, int]:
-    f_uuid_2, f_usageType_3, n5 = _S_16siI.unpack_from(b, o)
+    big = n - o > 4194304
+    v = _new(remote_secret_define_xml_ret)
+    x1 = _new(remote_nonnull_secret)
+    v.secret = x1
+    x1.uuid, x1.usageType, n2 = _U_16siI(b, o)
     o += 24
-    e6 = o + n5
-    if e6 > n or n5 > 4194304: raise _Bad
-    f_usageID_4 = b[o:e6].decode()
-    o = e6 + (-n5 & 3)
-    if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-    f_secret_1 = remote_nonnull_secret(f_uuid_2, f_usageType_3, f_usageID_4)
-    return remote_secret_define_xml_ret(f_secret_1), o
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.usageID = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    return v, o
 
 
 def _e_remote_secret_define_xml_ret(v: remote_secret_define_xml_ret, w: bytearray) -> None:
@@ -1691,23 +1872,29 @@ def _e_remote_secret_define_xml_ret(v: remote_secret_define_xml_ret, w: bytearra
     s3 = x1.usageID.encode('utf-8', 'surrogateescape')
     n4 = len(s3)
     if n4 > 4194304: raise _Bad
-    w += _S_16siI.pack(x2, x1.usageType, n4)
+    w += _P_16siI(x2, x1.usageType, n4)
     w += s3
     if n4 & 3: w += _ZPAD[-n4 & 3]
 
 
 def _d_remote_secret_get_xml_desc_args(b: bytes, o: int, n: int) -> tuple[remote_secret_get_xml_desc_args, int]:
-    f_uuid_2, f_usageType_3, n5 = _S_16siI.unpack_from(b, o)
+    big = n - o > 4194304
+    v = _new(remote_secret_get_xml_desc_args)
+    x1 = _new(remote_nonnull_secret)
+    v.secret = x1
+    x1.uuid, x1.usageType, n2 = _U_16siI(b, o)
     o += 24
-    e6 = o + n5
-    if e6 > n or n5 > 4194304: raise _Bad
-    f_usageID_4 = b[o:e6].decode()
-    o = e6 + (-n5 & 3)
-    if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-    f_flags_7 = _S_I.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.usageID = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    v.flags, = _U_I(b, o)
     o += 4
-    f_secret_1 = remote_nonnull_secret(f_uuid_2, f_usageType_3, f_usageID_4)
-    return remote_secret_get_xml_desc_args(f_secret_1, f_flags_7), o
+    return v, o
 
 
 def _e_remote_secret_get_xml_desc_args(v: remote_secret_get_xml_desc_args, w: bytearray) -> None:
@@ -1717,51 +1904,65 @@ def _e_remote_secret_get_xml_desc_args(v: remote_secret_get_xml_desc_args, w: by
     s3 = x1.usageID.encode('utf-8', 'surrogateescape')
     n4 = len(s3)
     if n4 > 4194304: raise _Bad
-    w += _S_16siI.pack(x2, x1.usageType, n4)
+    w += _P_16siI(x2, x1.usageType, n4)
     w += s3
     if n4 & 3: w += _ZPAD[-n4 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_secret_get_xml_desc_ret(b: bytes, o: int, n: int) -> tuple[remote_secret_get_xml_desc_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_secret_get_xml_desc_ret)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_xml_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    return remote_secret_get_xml_desc_ret(f_xml_1), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.xml = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_remote_secret_get_xml_desc_ret(v: remote_secret_get_xml_desc_ret, w: bytearray) -> None:
     s1 = v.xml.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_remote_secret_set_value_args(b: bytes, o: int, n: int) -> tuple[remote_secret_set_value_args, int]:
-    f_uuid_2, f_usageType_3, n5 = _S_16siI.unpack_from(b, o)
+    big = n - o > 4194304
+    v = _new(remote_secret_set_value_args)
+    x1 = _new(remote_nonnull_secret)
+    v.secret = x1
+    x1.uuid, x1.usageType, n2 = _U_16siI(b, o)
     o += 24
-    e6 = o + n5
-    if e6 > n or n5 > 4194304: raise _Bad
-    f_usageID_4 = b[o:e6].decode()
-    o = e6 + (-n5 & 3)
-    if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-    n8 = _S_I.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.usageID = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    n4, = _U_I(b, o)
     o += 4
-    f_secret_1 = remote_nonnull_secret(f_uuid_2, f_usageType_3, f_usageID_4)
-    e9 = o + n8
-    if e9 > n or n8 > 65536: raise _Bad
-    f_value_7 = b[o:e9]
-    o = e9 + (-n8 & 3)
-    if n8 & 3 and b[e9:o] != _ZPAD[o - e9]: raise _Bad
-    f_flags_10 = _S_I.unpack_from(b, o)[0]
+    e5 = o + n4
+    if e5 > n or n4 > 65536: raise _Bad
+    v.value = b[o:e5]
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_secret_set_value_args(f_secret_1, f_value_7, f_flags_10), o
+    return v, o
 
 
 def _e_remote_secret_set_value_args(v: remote_secret_set_value_args, w: bytearray) -> None:
@@ -1771,30 +1972,36 @@ def _e_remote_secret_set_value_args(v: remote_secret_set_value_args, w: bytearra
     s3 = x1.usageID.encode('utf-8', 'surrogateescape')
     n4 = len(s3)
     if n4 > 4194304: raise _Bad
-    w += _S_16siI.pack(x2, x1.usageType, n4)
+    w += _P_16siI(x2, x1.usageType, n4)
     w += s3
     if n4 & 3: w += _ZPAD[-n4 & 3]
     s5 = v.value
     n6 = len(s5)
     if n6 > 65536: raise _Bad
-    w += _S_I.pack(n6)
+    w += _P_I(n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_secret_get_value_args(b: bytes, o: int, n: int) -> tuple[remote_secret_get_value_args, int]:
-    f_uuid_2, f_usageType_3, n5 = _S_16siI.unpack_from(b, o)
+    big = n - o > 4194304
+    v = _new(remote_secret_get_value_args)
+    x1 = _new(remote_nonnull_secret)
+    v.secret = x1
+    x1.uuid, x1.usageType, n2 = _U_16siI(b, o)
     o += 24
-    e6 = o + n5
-    if e6 > n or n5 > 4194304: raise _Bad
-    f_usageID_4 = b[o:e6].decode()
-    o = e6 + (-n5 & 3)
-    if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-    f_flags_7 = _S_I.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.usageID = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    v.flags, = _U_I(b, o)
     o += 4
-    f_secret_1 = remote_nonnull_secret(f_uuid_2, f_usageType_3, f_usageID_4)
-    return remote_secret_get_value_args(f_secret_1, f_flags_7), o
+    return v, o
 
 
 def _e_remote_secret_get_value_args(v: remote_secret_get_value_args, w: bytearray) -> None:
@@ -1804,42 +2011,52 @@ def _e_remote_secret_get_value_args(v: remote_secret_get_value_args, w: bytearra
     s3 = x1.usageID.encode('utf-8', 'surrogateescape')
     n4 = len(s3)
     if n4 > 4194304: raise _Bad
-    w += _S_16siI.pack(x2, x1.usageType, n4)
+    w += _P_16siI(x2, x1.usageType, n4)
     w += s3
     if n4 & 3: w += _ZPAD[-n4 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_secret_get_value_ret(b: bytes, o: int, n: int) -> tuple[remote_secret_get_value_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    v = _new(remote_secret_get_value_ret)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 65536: raise _Bad
-    f_value_1 = b[o:e3]
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    return remote_secret_get_value_ret(f_value_1), o
+    e2 = o + n1
+    if e2 > n or n1 > 65536: raise _Bad
+    v.value = b[o:e2]
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_remote_secret_get_value_ret(v: remote_secret_get_value_ret, w: bytearray) -> None:
     s1 = v.value
     n2 = len(s1)
     if n2 > 65536: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_remote_secret_undefine_args(b: bytes, o: int, n: int) -> tuple[remote_secret_undefine_args, int]:
-    f_uuid_2, f_usageType_3, n5 = _S_16siI.unpack_from(b, o)
+    big = n - o > 4194304
+    v = _new(remote_secret_undefine_args)
+    x1 = _new(remote_nonnull_secret)
+    v.secret = x1
+    x1.uuid, x1.usageType, n2 = _U_16siI(b, o)
     o += 24
-    e6 = o + n5
-    if e6 > n or n5 > 4194304: raise _Bad
-    f_usageID_4 = b[o:e6].decode()
-    o = e6 + (-n5 & 3)
-    if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-    f_secret_1 = remote_nonnull_secret(f_uuid_2, f_usageType_3, f_usageID_4)
-    return remote_secret_undefine_args(f_secret_1), o
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.usageID = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    return v, o
 
 
 def _e_remote_secret_undefine_args(v: remote_secret_undefine_args, w: bytearray) -> None:
@@ -1849,41 +2066,52 @@ def _e_remote_secret_undefine_args(v: remote_secret_undefine_args, w: bytearray)
     s3 = x1.usageID.encode('utf-8', 'surrogateescape')
     n4 = len(s3)
     if n4 > 4194304: raise _Bad
-    w += _S_16siI.pack(x2, x1.usageType, n4)
+    w += _P_16siI(x2, x1.usageType, n4)
     w += s3
     if n4 & 3: w += _ZPAD[-n4 & 3]
 
 
 def _d_remote_secret_lookup_by_usage_args(b: bytes, o: int, n: int) -> tuple[remote_secret_lookup_by_usage_args, int]:
-    f_usageType_1, n3 = _S_iI.unpack_from(b, o)
+    big = n - o > 4194304
+    v = _new(remote_secret_lookup_by_usage_args)
+    v.usageType, n1 = _U_iI(b, o)
     o += 8
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_usageID_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    return remote_secret_lookup_by_usage_args(f_usageType_1, f_usageID_2), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.usageID = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_remote_secret_lookup_by_usage_args(v: remote_secret_lookup_by_usage_args, w: bytearray) -> None:
     s1 = v.usageID.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_iI.pack(v.usageType, n2)
+    w += _P_iI(v.usageType, n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_remote_secret_lookup_by_usage_ret(b: bytes, o: int, n: int) -> tuple[remote_secret_lookup_by_usage_ret, int]:
-    f_uuid_2, f_usageType_3, n5 = _S_16siI.unpack_from(b, o)
+    big = n - o > 4194304
+    v = _new(remote_secret_lookup_by_usage_ret)
+    x1 = _new(remote_nonnull_secret)
+    v.secret = x1
+    x1.uuid, x1.usageType, n2 = _U_16siI(b, o)
     o += 24
-    e6 = o + n5
-    if e6 > n or n5 > 4194304: raise _Bad
-    f_usageID_4 = b[o:e6].decode()
-    o = e6 + (-n5 & 3)
-    if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-    f_secret_1 = remote_nonnull_secret(f_uuid_2, f_usageType_3, f_usageID_4)
-    return remote_secret_lookup_by_usage_ret(f_secret_1), o
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.usageID = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    return v, o
 
 
 def _e_remote_secret_lookup_by_usage_ret(v: remote_secret_lookup_by_usage_ret, w: bytearray) -> None:
@@ -1893,39 +2121,47 @@ def _e_remote_secret_lookup_by_usage_ret(v: remote_secret_lookup_by_usage_ret, w
     s3 = x1.usageID.encode('utf-8', 'surrogateescape')
     n4 = len(s3)
     if n4 > 4194304: raise _Bad
-    w += _S_16siI.pack(x2, x1.usageType, n4)
+    w += _P_16siI(x2, x1.usageType, n4)
     w += s3
     if n4 & 3: w += _ZPAD[-n4 & 3]
 
 
 def _d_remote_domain_migrate_prepare_tunnel_args(b: bytes, o: int, n: int) -> tuple[remote_domain_migrate_prepare_tunnel_args, int]:
-    f_flags_1, n3 = _S_QI.unpack_from(b, o)
+    big = n - o > 4194304
+    v = _new(remote_domain_migrate_prepare_tunnel_args)
+    v.flags, n1 = _U_QI(b, o)
     o += 12
-    if n3 == 0:
-        f_dname_2 = None
-    elif n3 == 1:
-        n4 = _S_I.unpack_from(b, o)[0]
+    if n1 == 0:
+        v.dname = None
+    elif n1 == 1:
+        n2, = _U_I(b, o)
         o += 4
-        e5 = o + n4
-        if e5 > n or n4 > 4194304: raise _Bad
-        f_dname_2 = b[o:e5].decode()
-        o = e5 + (-n4 & 3)
-        if n4 & 3 and b[e5:o] != _ZPAD[o - e5]: raise _Bad
+        e3 = o + n2
+        if e3 > n or big and n2 > 4194304: raise _Bad
+        v.dname = b[o:e3].decode()
+        if n2 & 3:
+            o = e3 + 4 - (n2 & 3)
+            if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+        else:
+            o = e3
     else:
         raise _Bad
-    f_bandwidth_6, n8 = _S_QI.unpack_from(b, o)
+    v.bandwidth, n4 = _U_QI(b, o)
     o += 12
-    e9 = o + n8
-    if e9 > n or n8 > 4194304: raise _Bad
-    f_dom_xml_7 = b[o:e9].decode()
-    o = e9 + (-n8 & 3)
-    if n8 & 3 and b[e9:o] != _ZPAD[o - e9]: raise _Bad
-    return remote_domain_migrate_prepare_tunnel_args(f_flags_1, f_dname_2, f_bandwidth_6, f_dom_xml_7), o
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    v.dom_xml = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    return v, o
 
 
 def _e_remote_domain_migrate_prepare_tunnel_args(v: remote_domain_migrate_prepare_tunnel_args, w: bytearray) -> None:
     x1 = v.dname
-    w += _S_Q.pack(v.flags)
+    w += _P_Q(v.flags)
     if x1 is None:
         w += _FLAG0
     else:
@@ -1933,39 +2169,46 @@ def _e_remote_domain_migrate_prepare_tunnel_args(v: remote_domain_migrate_prepar
         s2 = x1.encode('utf-8', 'surrogateescape')
         n3 = len(s2)
         if n3 > 4194304: raise _Bad
-        w += _S_I.pack(n3)
+        w += _P_I(n3)
         w += s2
         if n3 & 3: w += _ZPAD[-n3 & 3]
     s4 = v.dom_xml.encode('utf-8', 'surrogateescape')
     n5 = len(s4)
     if n5 > 4194304: raise _Bad
-    w += _S_QI.pack(v.bandwidth, n5)
+    w += _P_QI(v.bandwidth, n5)
     w += s4
     if n5 & 3: w += _ZPAD[-n5 & 3]
 
 
 def _d_remote_connect_is_secure_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_is_secure_ret, int]:
-    f_secure_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_connect_is_secure_ret)
+    v.secure, = _U_i(b, o)
     o += 4
-    return remote_connect_is_secure_ret(f_secure_1), o
+    return v, o
 
 
 def _e_remote_connect_is_secure_ret(v: remote_connect_is_secure_ret, w: bytearray) -> None:
-    w += _S_i.pack(v.secure)
+    w += _P_i(v.secure)
 
 
 def _d_remote_domain_is_active_args(b: bytes, o: int, n: int) -> tuple[remote_domain_is_active_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_is_active_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6 = _S_16si.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id = _U_16si(b, o)
     o += 20
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_is_active_args(f_dom_1), o
+    return v, o
 
 
 def _e_remote_domain_is_active_args(v: remote_domain_is_active_args, w: bytearray) -> None:
@@ -1973,36 +2216,43 @@ def _e_remote_domain_is_active_args(v: remote_domain_is_active_args, w: bytearra
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16si.pack(x4, x1.id)
+    w += _P_16si(x4, x1.id)
 
 
 def _d_remote_domain_is_active_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_is_active_ret, int]:
-    f_active_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_domain_is_active_ret)
+    v.active, = _U_i(b, o)
     o += 4
-    return remote_domain_is_active_ret(f_active_1), o
+    return v, o
 
 
 def _e_remote_domain_is_active_ret(v: remote_domain_is_active_ret, w: bytearray) -> None:
-    w += _S_i.pack(v.active)
+    w += _P_i(v.active)
 
 
 def _d_remote_domain_is_persistent_args(b: bytes, o: int, n: int) -> tuple[remote_domain_is_persistent_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_is_persistent_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6 = _S_16si.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id = _U_16si(b, o)
     o += 20
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_is_persistent_args(f_dom_1), o
+    return v, o
 
 
 def _e_remote_domain_is_persistent_args(v: remote_domain_is_persistent_args, w: bytearray) -> None:
@@ -2010,36 +2260,43 @@ def _e_remote_domain_is_persistent_args(v: remote_domain_is_persistent_args, w: 
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16si.pack(x4, x1.id)
+    w += _P_16si(x4, x1.id)
 
 
 def _d_remote_domain_is_persistent_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_is_persistent_ret, int]:
-    f_persistent_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_domain_is_persistent_ret)
+    v.persistent, = _U_i(b, o)
     o += 4
-    return remote_domain_is_persistent_ret(f_persistent_1), o
+    return v, o
 
 
 def _e_remote_domain_is_persistent_ret(v: remote_domain_is_persistent_ret, w: bytearray) -> None:
-    w += _S_i.pack(v.persistent)
+    w += _P_i(v.persistent)
 
 
 def _d_remote_network_is_active_args(b: bytes, o: int, n: int) -> tuple[remote_network_is_active_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_network_is_active_args)
+    x1 = _new(remote_nonnull_network)
+    v.net = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5 = _S_16s.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, = _U_16s(b, o)
     o += 16
-    f_net_1 = remote_nonnull_network(f_name_2, f_uuid_5)
-    return remote_network_is_active_args(f_net_1), o
+    return v, o
 
 
 def _e_remote_network_is_active_args(v: remote_network_is_active_args, w: bytearray) -> None:
@@ -2047,36 +2304,43 @@ def _e_remote_network_is_active_args(v: remote_network_is_active_args, w: bytear
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16s.pack(x4)
+    w += _P_16s(x4)
 
 
 def _d_remote_network_is_active_ret(b: bytes, o: int, n: int) -> tuple[remote_network_is_active_ret, int]:
-    f_active_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_network_is_active_ret)
+    v.active, = _U_i(b, o)
     o += 4
-    return remote_network_is_active_ret(f_active_1), o
+    return v, o
 
 
 def _e_remote_network_is_active_ret(v: remote_network_is_active_ret, w: bytearray) -> None:
-    w += _S_i.pack(v.active)
+    w += _P_i(v.active)
 
 
 def _d_remote_network_is_persistent_args(b: bytes, o: int, n: int) -> tuple[remote_network_is_persistent_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_network_is_persistent_args)
+    x1 = _new(remote_nonnull_network)
+    v.net = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5 = _S_16s.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, = _U_16s(b, o)
     o += 16
-    f_net_1 = remote_nonnull_network(f_name_2, f_uuid_5)
-    return remote_network_is_persistent_args(f_net_1), o
+    return v, o
 
 
 def _e_remote_network_is_persistent_args(v: remote_network_is_persistent_args, w: bytearray) -> None:
@@ -2084,36 +2348,43 @@ def _e_remote_network_is_persistent_args(v: remote_network_is_persistent_args, w
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16s.pack(x4)
+    w += _P_16s(x4)
 
 
 def _d_remote_network_is_persistent_ret(b: bytes, o: int, n: int) -> tuple[remote_network_is_persistent_ret, int]:
-    f_persistent_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_network_is_persistent_ret)
+    v.persistent, = _U_i(b, o)
     o += 4
-    return remote_network_is_persistent_ret(f_persistent_1), o
+    return v, o
 
 
 def _e_remote_network_is_persistent_ret(v: remote_network_is_persistent_ret, w: bytearray) -> None:
-    w += _S_i.pack(v.persistent)
+    w += _P_i(v.persistent)
 
 
 def _d_remote_storage_pool_is_active_args(b: bytes, o: int, n: int) -> tuple[remote_storage_pool_is_active_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_storage_pool_is_active_args)
+    x1 = _new(remote_nonnull_storage_pool)
+    v.pool = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5 = _S_16s.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, = _U_16s(b, o)
     o += 16
-    f_pool_1 = remote_nonnull_storage_pool(f_name_2, f_uuid_5)
-    return remote_storage_pool_is_active_args(f_pool_1), o
+    return v, o
 
 
 def _e_remote_storage_pool_is_active_args(v: remote_storage_pool_is_active_args, w: bytearray) -> None:
@@ -2121,36 +2392,43 @@ def _e_remote_storage_pool_is_active_args(v: remote_storage_pool_is_active_args,
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16s.pack(x4)
+    w += _P_16s(x4)
 
 
 def _d_remote_storage_pool_is_active_ret(b: bytes, o: int, n: int) -> tuple[remote_storage_pool_is_active_ret, int]:
-    f_active_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_storage_pool_is_active_ret)
+    v.active, = _U_i(b, o)
     o += 4
-    return remote_storage_pool_is_active_ret(f_active_1), o
+    return v, o
 
 
 def _e_remote_storage_pool_is_active_ret(v: remote_storage_pool_is_active_ret, w: bytearray) -> None:
-    w += _S_i.pack(v.active)
+    w += _P_i(v.active)
 
 
 def _d_remote_storage_pool_is_persistent_args(b: bytes, o: int, n: int) -> tuple[remote_storage_pool_is_persistent_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_storage_pool_is_persistent_args)
+    x1 = _new(remote_nonnull_storage_pool)
+    v.pool = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5 = _S_16s.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, = _U_16s(b, o)
     o += 16
-    f_pool_1 = remote_nonnull_storage_pool(f_name_2, f_uuid_5)
-    return remote_storage_pool_is_persistent_args(f_pool_1), o
+    return v, o
 
 
 def _e_remote_storage_pool_is_persistent_args(v: remote_storage_pool_is_persistent_args, w: bytearray) -> None:
@@ -2158,41 +2436,51 @@ def _e_remote_storage_pool_is_persistent_args(v: remote_storage_pool_is_persiste
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16s.pack(x4)
+    w += _P_16s(x4)
 
 
 def _d_remote_storage_pool_is_persistent_ret(b: bytes, o: int, n: int) -> tuple[remote_storage_pool_is_persistent_ret, int]:
-    f_persistent_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_storage_pool_is_persistent_ret)
+    v.persistent, = _U_i(b, o)
     o += 4
-    return remote_storage_pool_is_persistent_ret(f_persistent_1), o
+    return v, o
 
 
 def _e_remote_storage_pool_is_persistent_ret(v: remote_storage_pool_is_persistent_ret, w: bytearray) -> None:
-    w += _S_i.pack(v.persistent)
+    w += _P_i(v.persistent)
 
 
 def _d_remote_interface_is_active_args(b: bytes, o: int, n: int) -> tuple[remote_interface_is_active_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_interface_is_active_args)
+    x1 = _new(remote_nonnull_interface)
+    v.iface = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    n6 = _S_I.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    n4, = _U_I(b, o)
     o += 4
-    e7 = o + n6
-    if e7 > n or n6 > 4194304: raise _Bad
-    f_mac_5 = b[o:e7].decode()
-    o = e7 + (-n6 & 3)
-    if n6 & 3 and b[e7:o] != _ZPAD[o - e7]: raise _Bad
-    f_iface_1 = remote_nonnull_interface(f_name_2, f_mac_5)
-    return remote_interface_is_active_args(f_iface_1), o
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    x1.mac = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    return v, o
 
 
 def _e_remote_interface_is_active_args(v: remote_interface_is_active_args, w: bytearray) -> None:
@@ -2200,58 +2488,65 @@ def _e_remote_interface_is_active_args(v: remote_interface_is_active_args, w: by
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     s4 = x1.mac.encode('utf-8', 'surrogateescape')
     n5 = len(s4)
     if n5 > 4194304: raise _Bad
-    w += _S_I.pack(n5)
+    w += _P_I(n5)
     w += s4
     if n5 & 3: w += _ZPAD[-n5 & 3]
 
 
 def _d_remote_interface_is_active_ret(b: bytes, o: int, n: int) -> tuple[remote_interface_is_active_ret, int]:
-    f_active_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_interface_is_active_ret)
+    v.active, = _U_i(b, o)
     o += 4
-    return remote_interface_is_active_ret(f_active_1), o
+    return v, o
 
 
 def _e_remote_interface_is_active_ret(v: remote_interface_is_active_ret, w: bytearray) -> None:
-    w += _S_i.pack(v.active)
+    w += _P_i(v.active)
 
 
 def _d_remote_connect_compare_cpu_args(b: bytes, o: int, n: int) -> tuple[remote_connect_compare_cpu_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_connect_compare_cpu_args)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_xml_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    f_flags_4 = _S_I.unpack_from(b, o)[0]
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.xml = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_connect_compare_cpu_args(f_xml_1, f_flags_4), o
+    return v, o
 
 
 def _e_remote_connect_compare_cpu_args(v: remote_connect_compare_cpu_args, w: bytearray) -> None:
     s1 = v.xml.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_connect_compare_cpu_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_compare_cpu_ret, int]:
-    f_result_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_connect_compare_cpu_ret)
+    v.result, = _U_i(b, o)
     o += 4
-    return remote_connect_compare_cpu_ret(f_result_1), o
+    return v, o
 
 
 def _e_remote_connect_compare_cpu_ret(v: remote_connect_compare_cpu_ret, w: bytearray) -> None:
-    w += _S_i.pack(v.result)
+    w += _P_i(v.result)
 
 
 _c_remote_connect_get_lib_version_ret = _Codec('remote_connect_get_lib_version_ret', _e_remote_connect_get_lib_version_ret, _d_remote_connect_get_lib_version_ret)

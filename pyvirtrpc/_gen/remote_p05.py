@@ -12,6 +12,8 @@ from struct import Struct as _Struct
 from struct import pack as _pack
 from struct import unpack_from as _unpack_from
 
+_new = object.__new__  # decoders fill __slots__ directly instead of calling __init__
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: it costs milliseconds at start-up
     from typing import Any, Optional, Union
@@ -27,7 +29,6 @@ from .._xdr import XdrStruct as _XdrStruct
 from .._xdr import XdrUnion as _XdrUnion
 from .._xdr import dec_chars as _dec_chars
 from .._xdr import enc_chars as _enc_chars
-from .._xdr import enum_member as _enum_member
 from .remote import remote_nonnull_domain
 from .remote import remote_nonnull_domain_snapshot
 from .remote import remote_nonnull_nwfilter
@@ -44,6 +45,24 @@ _S_16siiI = _Struct('>16siiI')
 _S_I = _Struct('>I')
 _S_i = _Struct('>i')
 _S_iQQQQQQQQQQQ = _Struct('>iQQQQQQQQQQQ')
+_P_16s = _S_16s.pack
+_P_16sI = _S_16sI.pack
+_P_16si = _S_16si.pack
+_P_16siI = _S_16siI.pack
+_P_16siQI = _S_16siQI.pack
+_P_16siiI = _S_16siiI.pack
+_P_I = _S_I.pack
+_P_i = _S_i.pack
+_P_iQQQQQQQQQQQ = _S_iQQQQQQQQQQQ.pack
+_U_16s = _S_16s.unpack_from
+_U_16sI = _S_16sI.unpack_from
+_U_16si = _S_16si.unpack_from
+_U_16siI = _S_16siI.unpack_from
+_U_16siQI = _S_16siQI.unpack_from
+_U_16siiI = _S_16siiI.unpack_from
+_U_I = _S_I.unpack_from
+_U_i = _S_i.unpack_from
+_U_iQQQQQQQQQQQ = _S_iQQQQQQQQQQQ.unpack_from
 
 
 class remote_domain_attach_device_flags_args(_XdrStruct):
@@ -830,24 +849,33 @@ class remote_domain_snapshot_current_ret(_XdrStruct):
 # ------------------------------------------------------------------- codecs
 
 def _d_remote_domain_attach_device_flags_args(b: bytes, o: int, n: int) -> tuple[remote_domain_attach_device_flags_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_attach_device_flags_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    e9 = o + n8
-    if e9 > n or n8 > 4194304: raise _Bad
-    f_xml_7 = b[o:e9].decode()
-    o = e9 + (-n8 & 3)
-    if n8 & 3 and b[e9:o] != _ZPAD[o - e9]: raise _Bad
-    f_flags_10 = _S_I.unpack_from(b, o)[0]
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    v.xml = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_domain_attach_device_flags_args(f_dom_1, f_xml_7, f_flags_10), o
+    return v, o
 
 
 def _e_remote_domain_attach_device_flags_args(v: remote_domain_attach_device_flags_args, w: bytearray) -> None:
@@ -855,7 +883,7 @@ def _e_remote_domain_attach_device_flags_args(v: remote_domain_attach_device_fla
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -863,31 +891,40 @@ def _e_remote_domain_attach_device_flags_args(v: remote_domain_attach_device_fla
     s5 = v.xml.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_domain_detach_device_flags_args(b: bytes, o: int, n: int) -> tuple[remote_domain_detach_device_flags_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_detach_device_flags_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    e9 = o + n8
-    if e9 > n or n8 > 4194304: raise _Bad
-    f_xml_7 = b[o:e9].decode()
-    o = e9 + (-n8 & 3)
-    if n8 & 3 and b[e9:o] != _ZPAD[o - e9]: raise _Bad
-    f_flags_10 = _S_I.unpack_from(b, o)[0]
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    v.xml = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_domain_detach_device_flags_args(f_dom_1, f_xml_7, f_flags_10), o
+    return v, o
 
 
 def _e_remote_domain_detach_device_flags_args(v: remote_domain_detach_device_flags_args, w: bytearray) -> None:
@@ -895,7 +932,7 @@ def _e_remote_domain_detach_device_flags_args(v: remote_domain_detach_device_fla
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -903,31 +940,40 @@ def _e_remote_domain_detach_device_flags_args(v: remote_domain_detach_device_fla
     s5 = v.xml.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_domain_update_device_flags_args(b: bytes, o: int, n: int) -> tuple[remote_domain_update_device_flags_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_update_device_flags_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    e9 = o + n8
-    if e9 > n or n8 > 4194304: raise _Bad
-    f_xml_7 = b[o:e9].decode()
-    o = e9 + (-n8 & 3)
-    if n8 & 3 and b[e9:o] != _ZPAD[o - e9]: raise _Bad
-    f_flags_10 = _S_I.unpack_from(b, o)[0]
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    v.xml = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_domain_update_device_flags_args(f_dom_1, f_xml_7, f_flags_10), o
+    return v, o
 
 
 def _e_remote_domain_update_device_flags_args(v: remote_domain_update_device_flags_args, w: bytearray) -> None:
@@ -935,7 +981,7 @@ def _e_remote_domain_update_device_flags_args(v: remote_domain_update_device_fla
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -943,87 +989,104 @@ def _e_remote_domain_update_device_flags_args(v: remote_domain_update_device_fla
     s5 = v.xml.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_connect_num_of_nwfilters_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_num_of_nwfilters_ret, int]:
-    f_num_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_connect_num_of_nwfilters_ret)
+    v.num, = _U_i(b, o)
     o += 4
-    return remote_connect_num_of_nwfilters_ret(f_num_1), o
+    return v, o
 
 
 def _e_remote_connect_num_of_nwfilters_ret(v: remote_connect_num_of_nwfilters_ret, w: bytearray) -> None:
-    w += _S_i.pack(v.num)
+    w += _P_i(v.num)
 
 
 def _d_remote_connect_list_nwfilters_args(b: bytes, o: int, n: int) -> tuple[remote_connect_list_nwfilters_args, int]:
-    f_maxnames_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_connect_list_nwfilters_args)
+    v.maxnames, = _U_i(b, o)
     o += 4
-    return remote_connect_list_nwfilters_args(f_maxnames_1), o
+    return v, o
 
 
 def _e_remote_connect_list_nwfilters_args(v: remote_connect_list_nwfilters_args, w: bytearray) -> None:
-    w += _S_i.pack(v.maxnames)
+    w += _P_i(v.maxnames)
 
 
 def _d_remote_connect_list_nwfilters_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_list_nwfilters_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_connect_list_nwfilters_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 16384 or n2 * 4 > n - o: raise _Bad
-    f_names_1 = []
-    for _ in range(n2):
-        n4 = _S_I.unpack_from(b, o)[0]
+    if n1 > 16384 or n1 * 4 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.names = x3
+    L_U_I = _U_I
+    L_ZPAD = _ZPAD
+    for _ in range(n1):
+        n4, = L_U_I(b, o)
         o += 4
         e5 = o + n4
-        if e5 > n or n4 > 4194304: raise _Bad
-        it3 = b[o:e5].decode()
-        o = e5 + (-n4 & 3)
-        if n4 & 3 and b[e5:o] != _ZPAD[o - e5]: raise _Bad
-        f_names_1.append(it3)
-    return remote_connect_list_nwfilters_ret(f_names_1), o
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        it2 = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != L_ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
+        x3.append(it2)
+    return v, o
 
 
 def _e_remote_connect_list_nwfilters_ret(v: remote_connect_list_nwfilters_ret, w: bytearray) -> None:
     x1 = v.names
     n2 = len(x1)
     if n2 > 16384: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
         s4 = it3.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
 
 
 def _d_remote_nwfilter_lookup_by_uuid_args(b: bytes, o: int, n: int) -> tuple[remote_nwfilter_lookup_by_uuid_args, int]:
-    f_uuid_1 = _S_16s.unpack_from(b, o)[0]
+    v = _new(remote_nwfilter_lookup_by_uuid_args)
+    v.uuid, = _U_16s(b, o)
     o += 16
-    return remote_nwfilter_lookup_by_uuid_args(f_uuid_1), o
+    return v, o
 
 
 def _e_remote_nwfilter_lookup_by_uuid_args(v: remote_nwfilter_lookup_by_uuid_args, w: bytearray) -> None:
     x1 = v.uuid
     if len(x1) != 16: raise _Bad
-    w += _S_16s.pack(x1)
+    w += _P_16s(x1)
 
 
 def _d_remote_nwfilter_lookup_by_uuid_ret(b: bytes, o: int, n: int) -> tuple[remote_nwfilter_lookup_by_uuid_ret, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_nwfilter_lookup_by_uuid_ret)
+    x1 = _new(remote_nonnull_nwfilter)
+    v.nwfilter = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5 = _S_16s.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, = _U_16s(b, o)
     o += 16
-    f_nwfilter_1 = remote_nonnull_nwfilter(f_name_2, f_uuid_5)
-    return remote_nwfilter_lookup_by_uuid_ret(f_nwfilter_1), o
+    return v, o
 
 
 def _e_remote_nwfilter_lookup_by_uuid_ret(v: remote_nwfilter_lookup_by_uuid_ret, w: bytearray) -> None:
@@ -1031,46 +1094,57 @@ def _e_remote_nwfilter_lookup_by_uuid_ret(v: remote_nwfilter_lookup_by_uuid_ret,
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16s.pack(x4)
+    w += _P_16s(x4)
 
 
 def _d_remote_nwfilter_lookup_by_name_args(b: bytes, o: int, n: int) -> tuple[remote_nwfilter_lookup_by_name_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_nwfilter_lookup_by_name_args)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_name_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    return remote_nwfilter_lookup_by_name_args(f_name_1), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.name = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_remote_nwfilter_lookup_by_name_args(v: remote_nwfilter_lookup_by_name_args, w: bytearray) -> None:
     s1 = v.name.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_remote_nwfilter_lookup_by_name_ret(b: bytes, o: int, n: int) -> tuple[remote_nwfilter_lookup_by_name_ret, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_nwfilter_lookup_by_name_ret)
+    x1 = _new(remote_nonnull_nwfilter)
+    v.nwfilter = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5 = _S_16s.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, = _U_16s(b, o)
     o += 16
-    f_nwfilter_1 = remote_nonnull_nwfilter(f_name_2, f_uuid_5)
-    return remote_nwfilter_lookup_by_name_ret(f_nwfilter_1), o
+    return v, o
 
 
 def _e_remote_nwfilter_lookup_by_name_ret(v: remote_nwfilter_lookup_by_name_ret, w: bytearray) -> None:
@@ -1078,46 +1152,57 @@ def _e_remote_nwfilter_lookup_by_name_ret(v: remote_nwfilter_lookup_by_name_ret,
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16s.pack(x4)
+    w += _P_16s(x4)
 
 
 def _d_remote_nwfilter_define_xml_args(b: bytes, o: int, n: int) -> tuple[remote_nwfilter_define_xml_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_nwfilter_define_xml_args)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_xml_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    return remote_nwfilter_define_xml_args(f_xml_1), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.xml = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_remote_nwfilter_define_xml_args(v: remote_nwfilter_define_xml_args, w: bytearray) -> None:
     s1 = v.xml.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_remote_nwfilter_define_xml_ret(b: bytes, o: int, n: int) -> tuple[remote_nwfilter_define_xml_ret, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_nwfilter_define_xml_ret)
+    x1 = _new(remote_nonnull_nwfilter)
+    v.nwfilter = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5 = _S_16s.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, = _U_16s(b, o)
     o += 16
-    f_nwfilter_1 = remote_nonnull_nwfilter(f_name_2, f_uuid_5)
-    return remote_nwfilter_define_xml_ret(f_nwfilter_1), o
+    return v, o
 
 
 def _e_remote_nwfilter_define_xml_ret(v: remote_nwfilter_define_xml_ret, w: bytearray) -> None:
@@ -1125,26 +1210,32 @@ def _e_remote_nwfilter_define_xml_ret(v: remote_nwfilter_define_xml_ret, w: byte
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16s.pack(x4)
+    w += _P_16s(x4)
 
 
 def _d_remote_nwfilter_undefine_args(b: bytes, o: int, n: int) -> tuple[remote_nwfilter_undefine_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_nwfilter_undefine_args)
+    x1 = _new(remote_nonnull_nwfilter)
+    v.nwfilter = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5 = _S_16s.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, = _U_16s(b, o)
     o += 16
-    f_nwfilter_1 = remote_nonnull_nwfilter(f_name_2, f_uuid_5)
-    return remote_nwfilter_undefine_args(f_nwfilter_1), o
+    return v, o
 
 
 def _e_remote_nwfilter_undefine_args(v: remote_nwfilter_undefine_args, w: bytearray) -> None:
@@ -1152,26 +1243,32 @@ def _e_remote_nwfilter_undefine_args(v: remote_nwfilter_undefine_args, w: bytear
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16s.pack(x4)
+    w += _P_16s(x4)
 
 
 def _d_remote_nwfilter_get_xml_desc_args(b: bytes, o: int, n: int) -> tuple[remote_nwfilter_get_xml_desc_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_nwfilter_get_xml_desc_args)
+    x1 = _new(remote_nonnull_nwfilter)
+    v.nwfilter = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_flags_6 = _S_16sI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, v.flags = _U_16sI(b, o)
     o += 20
-    f_nwfilter_1 = remote_nonnull_nwfilter(f_name_2, f_uuid_5)
-    return remote_nwfilter_get_xml_desc_args(f_nwfilter_1, f_flags_6), o
+    return v, o
 
 
 def _e_remote_nwfilter_get_xml_desc_args(v: remote_nwfilter_get_xml_desc_args, w: bytearray) -> None:
@@ -1179,60 +1276,77 @@ def _e_remote_nwfilter_get_xml_desc_args(v: remote_nwfilter_get_xml_desc_args, w
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16sI.pack(x4, v.flags)
+    w += _P_16sI(x4, v.flags)
 
 
 def _d_remote_nwfilter_get_xml_desc_ret(b: bytes, o: int, n: int) -> tuple[remote_nwfilter_get_xml_desc_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_nwfilter_get_xml_desc_ret)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_xml_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    return remote_nwfilter_get_xml_desc_ret(f_xml_1), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.xml = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_remote_nwfilter_get_xml_desc_ret(v: remote_nwfilter_get_xml_desc_ret, w: bytearray) -> None:
     s1 = v.xml.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_remote_storage_vol_wipe_args(b: bytes, o: int, n: int) -> tuple[remote_storage_vol_wipe_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_storage_vol_wipe_args)
+    x1 = _new(remote_nonnull_storage_vol)
+    v.vol = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_pool_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    n6 = _S_I.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.pool = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    n4, = _U_I(b, o)
+    o += 4
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    x1.name = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    n6, = _U_I(b, o)
     o += 4
     e7 = o + n6
-    if e7 > n or n6 > 4194304: raise _Bad
-    f_name_5 = b[o:e7].decode()
-    o = e7 + (-n6 & 3)
-    if n6 & 3 and b[e7:o] != _ZPAD[o - e7]: raise _Bad
-    n9 = _S_I.unpack_from(b, o)[0]
+    if e7 > n or big and n6 > 4194304: raise _Bad
+    x1.key = b[o:e7].decode()
+    if n6 & 3:
+        o = e7 + 4 - (n6 & 3)
+        if b[e7:o] != _ZPAD[o - e7]: raise _Bad
+    else:
+        o = e7
+    v.flags, = _U_I(b, o)
     o += 4
-    e10 = o + n9
-    if e10 > n or n9 > 4194304: raise _Bad
-    f_key_8 = b[o:e10].decode()
-    o = e10 + (-n9 & 3)
-    if n9 & 3 and b[e10:o] != _ZPAD[o - e10]: raise _Bad
-    f_flags_11 = _S_I.unpack_from(b, o)[0]
-    o += 4
-    f_vol_1 = remote_nonnull_storage_vol(f_pool_2, f_name_5, f_key_8)
-    return remote_storage_vol_wipe_args(f_vol_1, f_flags_11), o
+    return v, o
 
 
 def _e_remote_storage_vol_wipe_args(v: remote_storage_vol_wipe_args, w: bytearray) -> None:
@@ -1240,90 +1354,109 @@ def _e_remote_storage_vol_wipe_args(v: remote_storage_vol_wipe_args, w: bytearra
     s2 = x1.pool.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     s4 = x1.name.encode('utf-8', 'surrogateescape')
     n5 = len(s4)
     if n5 > 4194304: raise _Bad
-    w += _S_I.pack(n5)
+    w += _P_I(n5)
     w += s4
     if n5 & 3: w += _ZPAD[-n5 & 3]
     s6 = x1.key.encode('utf-8', 'surrogateescape')
     n7 = len(s6)
     if n7 > 4194304: raise _Bad
-    w += _S_I.pack(n7)
+    w += _P_I(n7)
     w += s6
     if n7 & 3: w += _ZPAD[-n7 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_connect_baseline_cpu_args(b: bytes, o: int, n: int) -> tuple[remote_connect_baseline_cpu_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_connect_baseline_cpu_args)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 256 or n2 * 4 > n - o: raise _Bad
-    f_xmlCPUs_1 = []
-    for _ in range(n2):
-        n4 = _S_I.unpack_from(b, o)[0]
+    if n1 > 256 or n1 * 4 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.xmlCPUs = x3
+    L_U_I = _U_I
+    L_ZPAD = _ZPAD
+    for _ in range(n1):
+        n4, = L_U_I(b, o)
         o += 4
         e5 = o + n4
-        if e5 > n or n4 > 4194304: raise _Bad
-        it3 = b[o:e5].decode()
-        o = e5 + (-n4 & 3)
-        if n4 & 3 and b[e5:o] != _ZPAD[o - e5]: raise _Bad
-        f_xmlCPUs_1.append(it3)
-    f_flags_6 = _S_I.unpack_from(b, o)[0]
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        it2 = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != L_ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
+        x3.append(it2)
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_connect_baseline_cpu_args(f_xmlCPUs_1, f_flags_6), o
+    return v, o
 
 
 def _e_remote_connect_baseline_cpu_args(v: remote_connect_baseline_cpu_args, w: bytearray) -> None:
     x1 = v.xmlCPUs
     n2 = len(x1)
     if n2 > 256: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
         s4 = it3.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_connect_baseline_cpu_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_baseline_cpu_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_connect_baseline_cpu_ret)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_cpu_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    return remote_connect_baseline_cpu_ret(f_cpu_1), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.cpu = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_remote_connect_baseline_cpu_ret(v: remote_connect_baseline_cpu_ret, w: bytearray) -> None:
     s1 = v.cpu.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_remote_domain_get_job_info_args(b: bytes, o: int, n: int) -> tuple[remote_domain_get_job_info_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_get_job_info_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6 = _S_16si.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id = _U_16si(b, o)
     o += 20
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_get_job_info_args(f_dom_1), o
+    return v, o
 
 
 def _e_remote_domain_get_job_info_args(v: remote_domain_get_job_info_args, w: bytearray) -> None:
@@ -1331,36 +1464,43 @@ def _e_remote_domain_get_job_info_args(v: remote_domain_get_job_info_args, w: by
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16si.pack(x4, x1.id)
+    w += _P_16si(x4, x1.id)
 
 
 def _d_remote_domain_get_job_info_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_get_job_info_ret, int]:
-    f_type_1, f_timeElapsed_2, f_timeRemaining_3, f_dataTotal_4, f_dataProcessed_5, f_dataRemaining_6, f_memTotal_7, f_memProcessed_8, f_memRemaining_9, f_fileTotal_10, f_fileProcessed_11, f_fileRemaining_12 = _S_iQQQQQQQQQQQ.unpack_from(b, o)
+    v = _new(remote_domain_get_job_info_ret)
+    v.type, v.timeElapsed, v.timeRemaining, v.dataTotal, v.dataProcessed, v.dataRemaining, v.memTotal, v.memProcessed, v.memRemaining, v.fileTotal, v.fileProcessed, v.fileRemaining = _U_iQQQQQQQQQQQ(b, o)
     o += 92
-    return remote_domain_get_job_info_ret(f_type_1, f_timeElapsed_2, f_timeRemaining_3, f_dataTotal_4, f_dataProcessed_5, f_dataRemaining_6, f_memTotal_7, f_memProcessed_8, f_memRemaining_9, f_fileTotal_10, f_fileProcessed_11, f_fileRemaining_12), o
+    return v, o
 
 
 def _e_remote_domain_get_job_info_ret(v: remote_domain_get_job_info_ret, w: bytearray) -> None:
-    w += _S_iQQQQQQQQQQQ.pack(v.type, v.timeElapsed, v.timeRemaining, v.dataTotal, v.dataProcessed, v.dataRemaining, v.memTotal, v.memProcessed, v.memRemaining, v.fileTotal, v.fileProcessed, v.fileRemaining)
+    w += _P_iQQQQQQQQQQQ(v.type, v.timeElapsed, v.timeRemaining, v.dataTotal, v.dataProcessed, v.dataRemaining, v.memTotal, v.memProcessed, v.memRemaining, v.fileTotal, v.fileProcessed, v.fileRemaining)
 
 
 def _d_remote_domain_abort_job_args(b: bytes, o: int, n: int) -> tuple[remote_domain_abort_job_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_abort_job_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6 = _S_16si.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id = _U_16si(b, o)
     o += 20
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_abort_job_args(f_dom_1), o
+    return v, o
 
 
 def _e_remote_domain_abort_job_args(v: remote_domain_abort_job_args, w: bytearray) -> None:
@@ -1368,26 +1508,32 @@ def _e_remote_domain_abort_job_args(v: remote_domain_abort_job_args, w: bytearra
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16si.pack(x4, x1.id)
+    w += _P_16si(x4, x1.id)
 
 
 def _d_remote_domain_migrate_set_max_downtime_args(b: bytes, o: int, n: int) -> tuple[remote_domain_migrate_set_max_downtime_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_migrate_set_max_downtime_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_downtime_7, f_flags_8 = _S_16siQI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.downtime, v.flags = _U_16siQI(b, o)
     o += 32
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_migrate_set_max_downtime_args(f_dom_1, f_downtime_7, f_flags_8), o
+    return v, o
 
 
 def _e_remote_domain_migrate_set_max_downtime_args(v: remote_domain_migrate_set_max_downtime_args, w: bytearray) -> None:
@@ -1395,46 +1541,54 @@ def _e_remote_domain_migrate_set_max_downtime_args(v: remote_domain_migrate_set_
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siQI.pack(x4, x1.id, v.downtime, v.flags)
+    w += _P_16siQI(x4, x1.id, v.downtime, v.flags)
 
 
 def _d_remote_connect_domain_event_register_any_args(b: bytes, o: int, n: int) -> tuple[remote_connect_domain_event_register_any_args, int]:
-    f_eventID_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_connect_domain_event_register_any_args)
+    v.eventID, = _U_i(b, o)
     o += 4
-    return remote_connect_domain_event_register_any_args(f_eventID_1), o
+    return v, o
 
 
 def _e_remote_connect_domain_event_register_any_args(v: remote_connect_domain_event_register_any_args, w: bytearray) -> None:
-    w += _S_i.pack(v.eventID)
+    w += _P_i(v.eventID)
 
 
 def _d_remote_connect_domain_event_deregister_any_args(b: bytes, o: int, n: int) -> tuple[remote_connect_domain_event_deregister_any_args, int]:
-    f_eventID_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_connect_domain_event_deregister_any_args)
+    v.eventID, = _U_i(b, o)
     o += 4
-    return remote_connect_domain_event_deregister_any_args(f_eventID_1), o
+    return v, o
 
 
 def _e_remote_connect_domain_event_deregister_any_args(v: remote_connect_domain_event_deregister_any_args, w: bytearray) -> None:
-    w += _S_i.pack(v.eventID)
+    w += _P_i(v.eventID)
 
 
 def _d_remote_domain_managed_save_args(b: bytes, o: int, n: int) -> tuple[remote_domain_managed_save_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_managed_save_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_flags_7 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.flags = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_managed_save_args(f_dom_1, f_flags_7), o
+    return v, o
 
 
 def _e_remote_domain_managed_save_args(v: remote_domain_managed_save_args, w: bytearray) -> None:
@@ -1442,26 +1596,32 @@ def _e_remote_domain_managed_save_args(v: remote_domain_managed_save_args, w: by
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, v.flags)
+    w += _P_16siI(x4, x1.id, v.flags)
 
 
 def _d_remote_domain_has_managed_save_image_args(b: bytes, o: int, n: int) -> tuple[remote_domain_has_managed_save_image_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_has_managed_save_image_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_flags_7 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.flags = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_has_managed_save_image_args(f_dom_1, f_flags_7), o
+    return v, o
 
 
 def _e_remote_domain_has_managed_save_image_args(v: remote_domain_has_managed_save_image_args, w: bytearray) -> None:
@@ -1469,36 +1629,43 @@ def _e_remote_domain_has_managed_save_image_args(v: remote_domain_has_managed_sa
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, v.flags)
+    w += _P_16siI(x4, x1.id, v.flags)
 
 
 def _d_remote_domain_has_managed_save_image_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_has_managed_save_image_ret, int]:
-    f_result_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_domain_has_managed_save_image_ret)
+    v.result, = _U_i(b, o)
     o += 4
-    return remote_domain_has_managed_save_image_ret(f_result_1), o
+    return v, o
 
 
 def _e_remote_domain_has_managed_save_image_ret(v: remote_domain_has_managed_save_image_ret, w: bytearray) -> None:
-    w += _S_i.pack(v.result)
+    w += _P_i(v.result)
 
 
 def _d_remote_domain_managed_save_remove_args(b: bytes, o: int, n: int) -> tuple[remote_domain_managed_save_remove_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_managed_save_remove_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_flags_7 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.flags = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_managed_save_remove_args(f_dom_1, f_flags_7), o
+    return v, o
 
 
 def _e_remote_domain_managed_save_remove_args(v: remote_domain_managed_save_remove_args, w: bytearray) -> None:
@@ -1506,33 +1673,42 @@ def _e_remote_domain_managed_save_remove_args(v: remote_domain_managed_save_remo
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, v.flags)
+    w += _P_16siI(x4, x1.id, v.flags)
 
 
 def _d_remote_domain_snapshot_create_xml_args(b: bytes, o: int, n: int) -> tuple[remote_domain_snapshot_create_xml_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_snapshot_create_xml_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    e9 = o + n8
-    if e9 > n or n8 > 4194304: raise _Bad
-    f_xml_desc_7 = b[o:e9].decode()
-    o = e9 + (-n8 & 3)
-    if n8 & 3 and b[e9:o] != _ZPAD[o - e9]: raise _Bad
-    f_flags_10 = _S_I.unpack_from(b, o)[0]
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    v.xml_desc = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_domain_snapshot_create_xml_args(f_dom_1, f_xml_desc_7, f_flags_10), o
+    return v, o
 
 
 def _e_remote_domain_snapshot_create_xml_args(v: remote_domain_snapshot_create_xml_args, w: bytearray) -> None:
@@ -1540,7 +1716,7 @@ def _e_remote_domain_snapshot_create_xml_args(v: remote_domain_snapshot_create_x
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -1548,32 +1724,42 @@ def _e_remote_domain_snapshot_create_xml_args(v: remote_domain_snapshot_create_x
     s5 = v.xml_desc.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_domain_snapshot_create_xml_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_snapshot_create_xml_ret, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_snapshot_create_xml_ret)
+    x1 = _new(remote_nonnull_domain_snapshot)
+    v.snap = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    n7 = _S_I.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x4 = _new(remote_nonnull_domain)
+    x1.dom = x4
+    n5, = _U_I(b, o)
     o += 4
-    e8 = o + n7
-    if e8 > n or n7 > 4194304: raise _Bad
-    f_name_6 = b[o:e8].decode()
-    o = e8 + (-n7 & 3)
-    if n7 & 3 and b[e8:o] != _ZPAD[o - e8]: raise _Bad
-    f_uuid_9, f_id_10 = _S_16si.unpack_from(b, o)
+    e6 = o + n5
+    if e6 > n or big and n5 > 4194304: raise _Bad
+    x4.name = b[o:e6].decode()
+    if n5 & 3:
+        o = e6 + 4 - (n5 & 3)
+        if b[e6:o] != _ZPAD[o - e6]: raise _Bad
+    else:
+        o = e6
+    x4.uuid, x4.id = _U_16si(b, o)
     o += 20
-    f_dom_5 = remote_nonnull_domain(f_name_6, f_uuid_9, f_id_10)
-    f_snap_1 = remote_nonnull_domain_snapshot(f_name_2, f_dom_5)
-    return remote_domain_snapshot_create_xml_ret(f_snap_1), o
+    return v, o
 
 
 def _e_remote_domain_snapshot_create_xml_ret(v: remote_domain_snapshot_create_xml_ret, w: bytearray) -> None:
@@ -1581,41 +1767,51 @@ def _e_remote_domain_snapshot_create_xml_ret(v: remote_domain_snapshot_create_xm
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.dom
     s5 = x4.name.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_I.pack(n6)
+    w += _P_I(n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
     x7 = x4.uuid
     if len(x7) != 16: raise _Bad
-    w += _S_16si.pack(x7, x4.id)
+    w += _P_16si(x7, x4.id)
 
 
 def _d_remote_domain_snapshot_get_xml_desc_args(b: bytes, o: int, n: int) -> tuple[remote_domain_snapshot_get_xml_desc_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_snapshot_get_xml_desc_args)
+    x1 = _new(remote_nonnull_domain_snapshot)
+    v.snap = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    n7 = _S_I.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x4 = _new(remote_nonnull_domain)
+    x1.dom = x4
+    n5, = _U_I(b, o)
     o += 4
-    e8 = o + n7
-    if e8 > n or n7 > 4194304: raise _Bad
-    f_name_6 = b[o:e8].decode()
-    o = e8 + (-n7 & 3)
-    if n7 & 3 and b[e8:o] != _ZPAD[o - e8]: raise _Bad
-    f_uuid_9, f_id_10, f_flags_11 = _S_16siI.unpack_from(b, o)
+    e6 = o + n5
+    if e6 > n or big and n5 > 4194304: raise _Bad
+    x4.name = b[o:e6].decode()
+    if n5 & 3:
+        o = e6 + 4 - (n5 & 3)
+        if b[e6:o] != _ZPAD[o - e6]: raise _Bad
+    else:
+        o = e6
+    x4.uuid, x4.id, v.flags = _U_16siI(b, o)
     o += 24
-    f_dom_5 = remote_nonnull_domain(f_name_6, f_uuid_9, f_id_10)
-    f_snap_1 = remote_nonnull_domain_snapshot(f_name_2, f_dom_5)
-    return remote_domain_snapshot_get_xml_desc_args(f_snap_1, f_flags_11), o
+    return v, o
 
 
 def _e_remote_domain_snapshot_get_xml_desc_args(v: remote_domain_snapshot_get_xml_desc_args, w: bytearray) -> None:
@@ -1623,53 +1819,64 @@ def _e_remote_domain_snapshot_get_xml_desc_args(v: remote_domain_snapshot_get_xm
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.dom
     s5 = x4.name.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_I.pack(n6)
+    w += _P_I(n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
     x7 = x4.uuid
     if len(x7) != 16: raise _Bad
-    w += _S_16siI.pack(x7, x4.id, v.flags)
+    w += _P_16siI(x7, x4.id, v.flags)
 
 
 def _d_remote_domain_snapshot_get_xml_desc_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_snapshot_get_xml_desc_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_snapshot_get_xml_desc_ret)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_xml_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    return remote_domain_snapshot_get_xml_desc_ret(f_xml_1), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.xml = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_remote_domain_snapshot_get_xml_desc_ret(v: remote_domain_snapshot_get_xml_desc_ret, w: bytearray) -> None:
     s1 = v.xml.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_remote_domain_snapshot_num_args(b: bytes, o: int, n: int) -> tuple[remote_domain_snapshot_num_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_snapshot_num_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_flags_7 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.flags = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_snapshot_num_args(f_dom_1, f_flags_7), o
+    return v, o
 
 
 def _e_remote_domain_snapshot_num_args(v: remote_domain_snapshot_num_args, w: bytearray) -> None:
@@ -1677,36 +1884,43 @@ def _e_remote_domain_snapshot_num_args(v: remote_domain_snapshot_num_args, w: by
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, v.flags)
+    w += _P_16siI(x4, x1.id, v.flags)
 
 
 def _d_remote_domain_snapshot_num_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_snapshot_num_ret, int]:
-    f_num_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_domain_snapshot_num_ret)
+    v.num, = _U_i(b, o)
     o += 4
-    return remote_domain_snapshot_num_ret(f_num_1), o
+    return v, o
 
 
 def _e_remote_domain_snapshot_num_ret(v: remote_domain_snapshot_num_ret, w: bytearray) -> None:
-    w += _S_i.pack(v.num)
+    w += _P_i(v.num)
 
 
 def _d_remote_domain_snapshot_list_names_args(b: bytes, o: int, n: int) -> tuple[remote_domain_snapshot_list_names_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_snapshot_list_names_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_maxnames_7, f_flags_8 = _S_16siiI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.maxnames, v.flags = _U_16siiI(b, o)
     o += 28
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_snapshot_list_names_args(f_dom_1, f_maxnames_7, f_flags_8), o
+    return v, o
 
 
 def _e_remote_domain_snapshot_list_names_args(v: remote_domain_snapshot_list_names_args, w: bytearray) -> None:
@@ -1714,64 +1928,81 @@ def _e_remote_domain_snapshot_list_names_args(v: remote_domain_snapshot_list_nam
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siiI.pack(x4, x1.id, v.maxnames, v.flags)
+    w += _P_16siiI(x4, x1.id, v.maxnames, v.flags)
 
 
 def _d_remote_domain_snapshot_list_names_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_snapshot_list_names_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_snapshot_list_names_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 16384 or n2 * 4 > n - o: raise _Bad
-    f_names_1 = []
-    for _ in range(n2):
-        n4 = _S_I.unpack_from(b, o)[0]
+    if n1 > 16384 or n1 * 4 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.names = x3
+    L_U_I = _U_I
+    L_ZPAD = _ZPAD
+    for _ in range(n1):
+        n4, = L_U_I(b, o)
         o += 4
         e5 = o + n4
-        if e5 > n or n4 > 4194304: raise _Bad
-        it3 = b[o:e5].decode()
-        o = e5 + (-n4 & 3)
-        if n4 & 3 and b[e5:o] != _ZPAD[o - e5]: raise _Bad
-        f_names_1.append(it3)
-    return remote_domain_snapshot_list_names_ret(f_names_1), o
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        it2 = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != L_ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
+        x3.append(it2)
+    return v, o
 
 
 def _e_remote_domain_snapshot_list_names_ret(v: remote_domain_snapshot_list_names_ret, w: bytearray) -> None:
     x1 = v.names
     n2 = len(x1)
     if n2 > 16384: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
         s4 = it3.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
 
 
 def _d_remote_domain_snapshot_lookup_by_name_args(b: bytes, o: int, n: int) -> tuple[remote_domain_snapshot_lookup_by_name_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_snapshot_lookup_by_name_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    e9 = o + n8
-    if e9 > n or n8 > 4194304: raise _Bad
-    f_name_7 = b[o:e9].decode()
-    o = e9 + (-n8 & 3)
-    if n8 & 3 and b[e9:o] != _ZPAD[o - e9]: raise _Bad
-    f_flags_10 = _S_I.unpack_from(b, o)[0]
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    v.name = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_domain_snapshot_lookup_by_name_args(f_dom_1, f_name_7, f_flags_10), o
+    return v, o
 
 
 def _e_remote_domain_snapshot_lookup_by_name_args(v: remote_domain_snapshot_lookup_by_name_args, w: bytearray) -> None:
@@ -1779,7 +2010,7 @@ def _e_remote_domain_snapshot_lookup_by_name_args(v: remote_domain_snapshot_look
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -1787,32 +2018,42 @@ def _e_remote_domain_snapshot_lookup_by_name_args(v: remote_domain_snapshot_look
     s5 = v.name.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_domain_snapshot_lookup_by_name_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_snapshot_lookup_by_name_ret, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_snapshot_lookup_by_name_ret)
+    x1 = _new(remote_nonnull_domain_snapshot)
+    v.snap = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    n7 = _S_I.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x4 = _new(remote_nonnull_domain)
+    x1.dom = x4
+    n5, = _U_I(b, o)
     o += 4
-    e8 = o + n7
-    if e8 > n or n7 > 4194304: raise _Bad
-    f_name_6 = b[o:e8].decode()
-    o = e8 + (-n7 & 3)
-    if n7 & 3 and b[e8:o] != _ZPAD[o - e8]: raise _Bad
-    f_uuid_9, f_id_10 = _S_16si.unpack_from(b, o)
+    e6 = o + n5
+    if e6 > n or big and n5 > 4194304: raise _Bad
+    x4.name = b[o:e6].decode()
+    if n5 & 3:
+        o = e6 + 4 - (n5 & 3)
+        if b[e6:o] != _ZPAD[o - e6]: raise _Bad
+    else:
+        o = e6
+    x4.uuid, x4.id = _U_16si(b, o)
     o += 20
-    f_dom_5 = remote_nonnull_domain(f_name_6, f_uuid_9, f_id_10)
-    f_snap_1 = remote_nonnull_domain_snapshot(f_name_2, f_dom_5)
-    return remote_domain_snapshot_lookup_by_name_ret(f_snap_1), o
+    return v, o
 
 
 def _e_remote_domain_snapshot_lookup_by_name_ret(v: remote_domain_snapshot_lookup_by_name_ret, w: bytearray) -> None:
@@ -1820,33 +2061,39 @@ def _e_remote_domain_snapshot_lookup_by_name_ret(v: remote_domain_snapshot_looku
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.dom
     s5 = x4.name.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_I.pack(n6)
+    w += _P_I(n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
     x7 = x4.uuid
     if len(x7) != 16: raise _Bad
-    w += _S_16si.pack(x7, x4.id)
+    w += _P_16si(x7, x4.id)
 
 
 def _d_remote_domain_has_current_snapshot_args(b: bytes, o: int, n: int) -> tuple[remote_domain_has_current_snapshot_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_has_current_snapshot_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_flags_7 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.flags = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_has_current_snapshot_args(f_dom_1, f_flags_7), o
+    return v, o
 
 
 def _e_remote_domain_has_current_snapshot_args(v: remote_domain_has_current_snapshot_args, w: bytearray) -> None:
@@ -1854,36 +2101,43 @@ def _e_remote_domain_has_current_snapshot_args(v: remote_domain_has_current_snap
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, v.flags)
+    w += _P_16siI(x4, x1.id, v.flags)
 
 
 def _d_remote_domain_has_current_snapshot_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_has_current_snapshot_ret, int]:
-    f_result_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_domain_has_current_snapshot_ret)
+    v.result, = _U_i(b, o)
     o += 4
-    return remote_domain_has_current_snapshot_ret(f_result_1), o
+    return v, o
 
 
 def _e_remote_domain_has_current_snapshot_ret(v: remote_domain_has_current_snapshot_ret, w: bytearray) -> None:
-    w += _S_i.pack(v.result)
+    w += _P_i(v.result)
 
 
 def _d_remote_domain_snapshot_current_args(b: bytes, o: int, n: int) -> tuple[remote_domain_snapshot_current_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_snapshot_current_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_flags_7 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.flags = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_snapshot_current_args(f_dom_1, f_flags_7), o
+    return v, o
 
 
 def _e_remote_domain_snapshot_current_args(v: remote_domain_snapshot_current_args, w: bytearray) -> None:
@@ -1891,34 +2145,44 @@ def _e_remote_domain_snapshot_current_args(v: remote_domain_snapshot_current_arg
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, v.flags)
+    w += _P_16siI(x4, x1.id, v.flags)
 
 
 def _d_remote_domain_snapshot_current_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_snapshot_current_ret, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_snapshot_current_ret)
+    x1 = _new(remote_nonnull_domain_snapshot)
+    v.snap = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    n7 = _S_I.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x4 = _new(remote_nonnull_domain)
+    x1.dom = x4
+    n5, = _U_I(b, o)
     o += 4
-    e8 = o + n7
-    if e8 > n or n7 > 4194304: raise _Bad
-    f_name_6 = b[o:e8].decode()
-    o = e8 + (-n7 & 3)
-    if n7 & 3 and b[e8:o] != _ZPAD[o - e8]: raise _Bad
-    f_uuid_9, f_id_10 = _S_16si.unpack_from(b, o)
+    e6 = o + n5
+    if e6 > n or big and n5 > 4194304: raise _Bad
+    x4.name = b[o:e6].decode()
+    if n5 & 3:
+        o = e6 + 4 - (n5 & 3)
+        if b[e6:o] != _ZPAD[o - e6]: raise _Bad
+    else:
+        o = e6
+    x4.uuid, x4.id = _U_16si(b, o)
     o += 20
-    f_dom_5 = remote_nonnull_domain(f_name_6, f_uuid_9, f_id_10)
-    f_snap_1 = remote_nonnull_domain_snapshot(f_name_2, f_dom_5)
-    return remote_domain_snapshot_current_ret(f_snap_1), o
+    return v, o
 
 
 def _e_remote_domain_snapshot_current_ret(v: remote_domain_snapshot_current_ret, w: bytearray) -> None:
@@ -1926,19 +2190,19 @@ def _e_remote_domain_snapshot_current_ret(v: remote_domain_snapshot_current_ret,
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.dom
     s5 = x4.name.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_I.pack(n6)
+    w += _P_I(n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
     x7 = x4.uuid
     if len(x7) != 16: raise _Bad
-    w += _S_16si.pack(x7, x4.id)
+    w += _P_16si(x7, x4.id)
 
 
 _c_remote_domain_attach_device_flags_args = _Codec('remote_domain_attach_device_flags_args', _e_remote_domain_attach_device_flags_args, _d_remote_domain_attach_device_flags_args)

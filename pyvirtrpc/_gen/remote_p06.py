@@ -12,6 +12,8 @@ from struct import Struct as _Struct
 from struct import pack as _pack
 from struct import unpack_from as _unpack_from
 
+_new = object.__new__  # decoders fill __slots__ directly instead of calling __init__
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: it costs milliseconds at start-up
     from typing import Any, Optional, Union
@@ -27,13 +29,12 @@ from .._xdr import XdrStruct as _XdrStruct
 from .._xdr import XdrUnion as _XdrUnion
 from .._xdr import dec_chars as _dec_chars
 from .._xdr import enc_chars as _enc_chars
-from .._xdr import enum_member as _enum_member
-from .remote import _d_remote_typed_param_value
 from .remote import _e_remote_typed_param_value
 from .remote import remote_nonnull_domain
 from .remote import remote_nonnull_domain_snapshot
 from .remote import remote_nonnull_storage_vol
 from .remote import remote_typed_param
+from .remote import remote_typed_param_value
 
 __all__: list[str] = []  # import names explicitly
 
@@ -48,8 +49,38 @@ _S_QI = _Struct('>QI')
 _S_QQI = _Struct('>QQI')
 _S_QQQ = _Struct('>QQQ')
 _S_Qi = _Struct('>Qi')
+_S_d = _Struct('>d')
 _S_i = _Struct('>i')
 _S_ii = _Struct('>ii')
+_S_q = _Struct('>q')
+_P_16si = _S_16si.pack
+_P_16siI = _S_16siI.pack
+_P_16siII = _S_16siII.pack
+_P_16siQI = _S_16siQI.pack
+_P_16siiI = _S_16siiI.pack
+_P_I = _S_I.pack
+_P_Q = _S_Q.pack
+_P_QI = _S_QI.pack
+_P_QQI = _S_QQI.pack
+_P_QQQ = _S_QQQ.pack
+_P_Qi = _S_Qi.pack
+_P_i = _S_i.pack
+_P_ii = _S_ii.pack
+_U_16si = _S_16si.unpack_from
+_U_16siI = _S_16siI.unpack_from
+_U_16siII = _S_16siII.unpack_from
+_U_16siQI = _S_16siQI.unpack_from
+_U_16siiI = _S_16siiI.unpack_from
+_U_I = _S_I.unpack_from
+_U_Q = _S_Q.unpack_from
+_U_QI = _S_QI.unpack_from
+_U_QQI = _S_QQI.unpack_from
+_U_QQQ = _S_QQQ.unpack_from
+_U_Qi = _S_Qi.unpack_from
+_U_d = _S_d.unpack_from
+_U_i = _S_i.unpack_from
+_U_ii = _S_ii.unpack_from
+_U_q = _S_q.unpack_from
 
 
 class remote_connect_get_sysinfo_args(_XdrStruct):
@@ -1007,47 +1038,59 @@ class remote_domain_migrate_confirm3_args(_XdrStruct):
 # ------------------------------------------------------------------- codecs
 
 def _d_remote_connect_get_sysinfo_args(b: bytes, o: int, n: int) -> tuple[remote_connect_get_sysinfo_args, int]:
-    f_flags_1 = _S_I.unpack_from(b, o)[0]
+    v = _new(remote_connect_get_sysinfo_args)
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_connect_get_sysinfo_args(f_flags_1), o
+    return v, o
 
 
 def _e_remote_connect_get_sysinfo_args(v: remote_connect_get_sysinfo_args, w: bytearray) -> None:
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_connect_get_sysinfo_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_get_sysinfo_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_connect_get_sysinfo_ret)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_sysinfo_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    return remote_connect_get_sysinfo_ret(f_sysinfo_1), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.sysinfo = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_remote_connect_get_sysinfo_ret(v: remote_connect_get_sysinfo_ret, w: bytearray) -> None:
     s1 = v.sysinfo.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_remote_domain_get_scheduler_parameters_flags_args(b: bytes, o: int, n: int) -> tuple[remote_domain_get_scheduler_parameters_flags_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_get_scheduler_parameters_flags_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_nparams_7, f_flags_8 = _S_16siiI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.nparams, v.flags = _U_16siiI(b, o)
     o += 28
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_get_scheduler_parameters_flags_args(f_dom_1, f_nparams_7, f_flags_8), o
+    return v, o
 
 
 def _e_remote_domain_get_scheduler_parameters_flags_args(v: remote_domain_get_scheduler_parameters_flags_args, w: bytearray) -> None:
@@ -1055,75 +1098,179 @@ def _e_remote_domain_get_scheduler_parameters_flags_args(v: remote_domain_get_sc
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siiI.pack(x4, x1.id, v.nparams, v.flags)
+    w += _P_16siiI(x4, x1.id, v.nparams, v.flags)
 
 
 def _d_remote_domain_get_scheduler_parameters_flags_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_get_scheduler_parameters_flags_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_get_scheduler_parameters_flags_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 16 or n2 * 12 > n - o: raise _Bad
-    f_params_1 = []
-    for _ in range(n2):
-        n5 = _S_I.unpack_from(b, o)[0]
+    if n1 > 16 or n1 * 12 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.params = x3
+    L_U_I = _U_I
+    L_U_Q = _U_Q
+    L_U_d = _U_d
+    L_U_i = _U_i
+    L_U_q = _U_q
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_typed_param = remote_typed_param
+    L_remote_typed_param_value = remote_typed_param_value
+    for _ in range(n1):
+        it2 = L_new(L_remote_typed_param)
+        n4, = L_U_I(b, o)
         o += 4
-        e6 = o + n5
-        if e6 > n or n5 > 4194304: raise _Bad
-        f_field_4 = b[o:e6].decode()
-        o = e6 + (-n5 & 3)
-        if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-        f_value_7, o = _d_remote_typed_param_value(b, o, n)
-        it3 = remote_typed_param(f_field_4, f_value_7)
-        f_params_1.append(it3)
-    return remote_domain_get_scheduler_parameters_flags_ret(f_params_1), o
+        e5 = o + n4
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        it2.field = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != L_ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
+        x6 = L_new(L_remote_typed_param_value)
+        d7, = L_U_i(b, o)
+        o += 4
+        if d7 == 1:
+            x6.value, = L_U_i(b, o)
+            o += 4
+        elif d7 == 2:
+            x6.value, = L_U_I(b, o)
+            o += 4
+        elif d7 == 3:
+            x6.value, = L_U_q(b, o)
+            o += 8
+        elif d7 == 4:
+            x6.value, = L_U_Q(b, o)
+            o += 8
+        elif d7 == 5:
+            x6.value, = L_U_d(b, o)
+            o += 8
+        elif d7 == 6:
+            x6.value, = L_U_i(b, o)
+            o += 4
+        elif d7 == 7:
+            n8, = L_U_I(b, o)
+            o += 4
+            e9 = o + n8
+            if e9 > n or big and n8 > 4194304: raise _Bad
+            x6.value = b[o:e9].decode()
+            if n8 & 3:
+                o = e9 + 4 - (n8 & 3)
+                if b[e9:o] != L_ZPAD[o - e9]: raise _Bad
+            else:
+                o = e9
+        else:
+            raise _Bad
+        x6.type = d7
+        it2.value = x6
+        x3.append(it2)
+    return v, o
 
 
 def _e_remote_domain_get_scheduler_parameters_flags_ret(v: remote_domain_get_scheduler_parameters_flags_ret, w: bytearray) -> None:
     x1 = v.params
     n2 = len(x1)
     if n2 > 16: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
         s4 = it3.field.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
         _e_remote_typed_param_value(it3.value, w)
 
 
 def _d_remote_domain_set_scheduler_parameters_flags_args(b: bytes, o: int, n: int) -> tuple[remote_domain_set_scheduler_parameters_flags_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_set_scheduler_parameters_flags_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    if n8 > 16 or n8 * 12 > n - o: raise _Bad
-    f_params_7 = []
-    for _ in range(n8):
-        n11 = _S_I.unpack_from(b, o)[0]
+    if n4 > 16 or n4 * 12 > n - o: raise _Bad
+    x6: list[Any] = []
+    v.params = x6
+    L_U_I = _U_I
+    L_U_Q = _U_Q
+    L_U_d = _U_d
+    L_U_i = _U_i
+    L_U_q = _U_q
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_typed_param = remote_typed_param
+    L_remote_typed_param_value = remote_typed_param_value
+    for _ in range(n4):
+        it5 = L_new(L_remote_typed_param)
+        n7, = L_U_I(b, o)
         o += 4
-        e12 = o + n11
-        if e12 > n or n11 > 4194304: raise _Bad
-        f_field_10 = b[o:e12].decode()
-        o = e12 + (-n11 & 3)
-        if n11 & 3 and b[e12:o] != _ZPAD[o - e12]: raise _Bad
-        f_value_13, o = _d_remote_typed_param_value(b, o, n)
-        it9 = remote_typed_param(f_field_10, f_value_13)
-        f_params_7.append(it9)
-    f_flags_14 = _S_I.unpack_from(b, o)[0]
+        e8 = o + n7
+        if e8 > n or big and n7 > 4194304: raise _Bad
+        it5.field = b[o:e8].decode()
+        if n7 & 3:
+            o = e8 + 4 - (n7 & 3)
+            if b[e8:o] != L_ZPAD[o - e8]: raise _Bad
+        else:
+            o = e8
+        x9 = L_new(L_remote_typed_param_value)
+        d10, = L_U_i(b, o)
+        o += 4
+        if d10 == 1:
+            x9.value, = L_U_i(b, o)
+            o += 4
+        elif d10 == 2:
+            x9.value, = L_U_I(b, o)
+            o += 4
+        elif d10 == 3:
+            x9.value, = L_U_q(b, o)
+            o += 8
+        elif d10 == 4:
+            x9.value, = L_U_Q(b, o)
+            o += 8
+        elif d10 == 5:
+            x9.value, = L_U_d(b, o)
+            o += 8
+        elif d10 == 6:
+            x9.value, = L_U_i(b, o)
+            o += 4
+        elif d10 == 7:
+            n11, = L_U_I(b, o)
+            o += 4
+            e12 = o + n11
+            if e12 > n or big and n11 > 4194304: raise _Bad
+            x9.value = b[o:e12].decode()
+            if n11 & 3:
+                o = e12 + 4 - (n11 & 3)
+                if b[e12:o] != L_ZPAD[o - e12]: raise _Bad
+            else:
+                o = e12
+        else:
+            raise _Bad
+        x9.type = d10
+        it5.value = x9
+        x6.append(it5)
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_domain_set_scheduler_parameters_flags_args(f_dom_1, f_params_7, f_flags_14), o
+    return v, o
 
 
 def _e_remote_domain_set_scheduler_parameters_flags_args(v: remote_domain_set_scheduler_parameters_flags_args, w: bytearray) -> None:
@@ -1131,7 +1278,7 @@ def _e_remote_domain_set_scheduler_parameters_flags_args(v: remote_domain_set_sc
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -1139,45 +1286,99 @@ def _e_remote_domain_set_scheduler_parameters_flags_args(v: remote_domain_set_sc
     x5 = v.params
     n6 = len(x5)
     if n6 > 16: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     for it7 in x5:
         s8 = it7.field.encode('utf-8', 'surrogateescape')
         n9 = len(s8)
         if n9 > 4194304: raise _Bad
-        w += _S_I.pack(n9)
+        w += _P_I(n9)
         w += s8
         if n9 & 3: w += _ZPAD[-n9 & 3]
         _e_remote_typed_param_value(it7.value, w)
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_domain_set_blkio_parameters_args(b: bytes, o: int, n: int) -> tuple[remote_domain_set_blkio_parameters_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_set_blkio_parameters_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    if n8 > 16 or n8 * 12 > n - o: raise _Bad
-    f_params_7 = []
-    for _ in range(n8):
-        n11 = _S_I.unpack_from(b, o)[0]
+    if n4 > 16 or n4 * 12 > n - o: raise _Bad
+    x6: list[Any] = []
+    v.params = x6
+    L_U_I = _U_I
+    L_U_Q = _U_Q
+    L_U_d = _U_d
+    L_U_i = _U_i
+    L_U_q = _U_q
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_typed_param = remote_typed_param
+    L_remote_typed_param_value = remote_typed_param_value
+    for _ in range(n4):
+        it5 = L_new(L_remote_typed_param)
+        n7, = L_U_I(b, o)
         o += 4
-        e12 = o + n11
-        if e12 > n or n11 > 4194304: raise _Bad
-        f_field_10 = b[o:e12].decode()
-        o = e12 + (-n11 & 3)
-        if n11 & 3 and b[e12:o] != _ZPAD[o - e12]: raise _Bad
-        f_value_13, o = _d_remote_typed_param_value(b, o, n)
-        it9 = remote_typed_param(f_field_10, f_value_13)
-        f_params_7.append(it9)
-    f_flags_14 = _S_I.unpack_from(b, o)[0]
+        e8 = o + n7
+        if e8 > n or big and n7 > 4194304: raise _Bad
+        it5.field = b[o:e8].decode()
+        if n7 & 3:
+            o = e8 + 4 - (n7 & 3)
+            if b[e8:o] != L_ZPAD[o - e8]: raise _Bad
+        else:
+            o = e8
+        x9 = L_new(L_remote_typed_param_value)
+        d10, = L_U_i(b, o)
+        o += 4
+        if d10 == 1:
+            x9.value, = L_U_i(b, o)
+            o += 4
+        elif d10 == 2:
+            x9.value, = L_U_I(b, o)
+            o += 4
+        elif d10 == 3:
+            x9.value, = L_U_q(b, o)
+            o += 8
+        elif d10 == 4:
+            x9.value, = L_U_Q(b, o)
+            o += 8
+        elif d10 == 5:
+            x9.value, = L_U_d(b, o)
+            o += 8
+        elif d10 == 6:
+            x9.value, = L_U_i(b, o)
+            o += 4
+        elif d10 == 7:
+            n11, = L_U_I(b, o)
+            o += 4
+            e12 = o + n11
+            if e12 > n or big and n11 > 4194304: raise _Bad
+            x9.value = b[o:e12].decode()
+            if n11 & 3:
+                o = e12 + 4 - (n11 & 3)
+                if b[e12:o] != L_ZPAD[o - e12]: raise _Bad
+            else:
+                o = e12
+        else:
+            raise _Bad
+        x9.type = d10
+        it5.value = x9
+        x6.append(it5)
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_domain_set_blkio_parameters_args(f_dom_1, f_params_7, f_flags_14), o
+    return v, o
 
 
 def _e_remote_domain_set_blkio_parameters_args(v: remote_domain_set_blkio_parameters_args, w: bytearray) -> None:
@@ -1185,7 +1386,7 @@ def _e_remote_domain_set_blkio_parameters_args(v: remote_domain_set_blkio_parame
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -1193,30 +1394,36 @@ def _e_remote_domain_set_blkio_parameters_args(v: remote_domain_set_blkio_parame
     x5 = v.params
     n6 = len(x5)
     if n6 > 16: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     for it7 in x5:
         s8 = it7.field.encode('utf-8', 'surrogateescape')
         n9 = len(s8)
         if n9 > 4194304: raise _Bad
-        w += _S_I.pack(n9)
+        w += _P_I(n9)
         w += s8
         if n9 & 3: w += _ZPAD[-n9 & 3]
         _e_remote_typed_param_value(it7.value, w)
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_domain_get_blkio_parameters_args(b: bytes, o: int, n: int) -> tuple[remote_domain_get_blkio_parameters_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_get_blkio_parameters_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_nparams_7, f_flags_8 = _S_16siiI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.nparams, v.flags = _U_16siiI(b, o)
     o += 28
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_get_blkio_parameters_args(f_dom_1, f_nparams_7, f_flags_8), o
+    return v, o
 
 
 def _e_remote_domain_get_blkio_parameters_args(v: remote_domain_get_blkio_parameters_args, w: bytearray) -> None:
@@ -1224,78 +1431,182 @@ def _e_remote_domain_get_blkio_parameters_args(v: remote_domain_get_blkio_parame
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siiI.pack(x4, x1.id, v.nparams, v.flags)
+    w += _P_16siiI(x4, x1.id, v.nparams, v.flags)
 
 
 def _d_remote_domain_get_blkio_parameters_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_get_blkio_parameters_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_get_blkio_parameters_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 16 or n2 * 12 > n - o: raise _Bad
-    f_params_1 = []
-    for _ in range(n2):
-        n5 = _S_I.unpack_from(b, o)[0]
+    if n1 > 16 or n1 * 12 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.params = x3
+    L_U_I = _U_I
+    L_U_Q = _U_Q
+    L_U_d = _U_d
+    L_U_i = _U_i
+    L_U_q = _U_q
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_typed_param = remote_typed_param
+    L_remote_typed_param_value = remote_typed_param_value
+    for _ in range(n1):
+        it2 = L_new(L_remote_typed_param)
+        n4, = L_U_I(b, o)
         o += 4
-        e6 = o + n5
-        if e6 > n or n5 > 4194304: raise _Bad
-        f_field_4 = b[o:e6].decode()
-        o = e6 + (-n5 & 3)
-        if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-        f_value_7, o = _d_remote_typed_param_value(b, o, n)
-        it3 = remote_typed_param(f_field_4, f_value_7)
-        f_params_1.append(it3)
-    f_nparams_8 = _S_i.unpack_from(b, o)[0]
+        e5 = o + n4
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        it2.field = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != L_ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
+        x6 = L_new(L_remote_typed_param_value)
+        d7, = L_U_i(b, o)
+        o += 4
+        if d7 == 1:
+            x6.value, = L_U_i(b, o)
+            o += 4
+        elif d7 == 2:
+            x6.value, = L_U_I(b, o)
+            o += 4
+        elif d7 == 3:
+            x6.value, = L_U_q(b, o)
+            o += 8
+        elif d7 == 4:
+            x6.value, = L_U_Q(b, o)
+            o += 8
+        elif d7 == 5:
+            x6.value, = L_U_d(b, o)
+            o += 8
+        elif d7 == 6:
+            x6.value, = L_U_i(b, o)
+            o += 4
+        elif d7 == 7:
+            n8, = L_U_I(b, o)
+            o += 4
+            e9 = o + n8
+            if e9 > n or big and n8 > 4194304: raise _Bad
+            x6.value = b[o:e9].decode()
+            if n8 & 3:
+                o = e9 + 4 - (n8 & 3)
+                if b[e9:o] != L_ZPAD[o - e9]: raise _Bad
+            else:
+                o = e9
+        else:
+            raise _Bad
+        x6.type = d7
+        it2.value = x6
+        x3.append(it2)
+    v.nparams, = _U_i(b, o)
     o += 4
-    return remote_domain_get_blkio_parameters_ret(f_params_1, f_nparams_8), o
+    return v, o
 
 
 def _e_remote_domain_get_blkio_parameters_ret(v: remote_domain_get_blkio_parameters_ret, w: bytearray) -> None:
     x1 = v.params
     n2 = len(x1)
     if n2 > 16: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
         s4 = it3.field.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
         _e_remote_typed_param_value(it3.value, w)
-    w += _S_i.pack(v.nparams)
+    w += _P_i(v.nparams)
 
 
 def _d_remote_domain_set_memory_parameters_args(b: bytes, o: int, n: int) -> tuple[remote_domain_set_memory_parameters_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_set_memory_parameters_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    if n8 > 16 or n8 * 12 > n - o: raise _Bad
-    f_params_7 = []
-    for _ in range(n8):
-        n11 = _S_I.unpack_from(b, o)[0]
+    if n4 > 16 or n4 * 12 > n - o: raise _Bad
+    x6: list[Any] = []
+    v.params = x6
+    L_U_I = _U_I
+    L_U_Q = _U_Q
+    L_U_d = _U_d
+    L_U_i = _U_i
+    L_U_q = _U_q
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_typed_param = remote_typed_param
+    L_remote_typed_param_value = remote_typed_param_value
+    for _ in range(n4):
+        it5 = L_new(L_remote_typed_param)
+        n7, = L_U_I(b, o)
         o += 4
-        e12 = o + n11
-        if e12 > n or n11 > 4194304: raise _Bad
-        f_field_10 = b[o:e12].decode()
-        o = e12 + (-n11 & 3)
-        if n11 & 3 and b[e12:o] != _ZPAD[o - e12]: raise _Bad
-        f_value_13, o = _d_remote_typed_param_value(b, o, n)
-        it9 = remote_typed_param(f_field_10, f_value_13)
-        f_params_7.append(it9)
-    f_flags_14 = _S_I.unpack_from(b, o)[0]
+        e8 = o + n7
+        if e8 > n or big and n7 > 4194304: raise _Bad
+        it5.field = b[o:e8].decode()
+        if n7 & 3:
+            o = e8 + 4 - (n7 & 3)
+            if b[e8:o] != L_ZPAD[o - e8]: raise _Bad
+        else:
+            o = e8
+        x9 = L_new(L_remote_typed_param_value)
+        d10, = L_U_i(b, o)
+        o += 4
+        if d10 == 1:
+            x9.value, = L_U_i(b, o)
+            o += 4
+        elif d10 == 2:
+            x9.value, = L_U_I(b, o)
+            o += 4
+        elif d10 == 3:
+            x9.value, = L_U_q(b, o)
+            o += 8
+        elif d10 == 4:
+            x9.value, = L_U_Q(b, o)
+            o += 8
+        elif d10 == 5:
+            x9.value, = L_U_d(b, o)
+            o += 8
+        elif d10 == 6:
+            x9.value, = L_U_i(b, o)
+            o += 4
+        elif d10 == 7:
+            n11, = L_U_I(b, o)
+            o += 4
+            e12 = o + n11
+            if e12 > n or big and n11 > 4194304: raise _Bad
+            x9.value = b[o:e12].decode()
+            if n11 & 3:
+                o = e12 + 4 - (n11 & 3)
+                if b[e12:o] != L_ZPAD[o - e12]: raise _Bad
+            else:
+                o = e12
+        else:
+            raise _Bad
+        x9.type = d10
+        it5.value = x9
+        x6.append(it5)
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_domain_set_memory_parameters_args(f_dom_1, f_params_7, f_flags_14), o
+    return v, o
 
 
 def _e_remote_domain_set_memory_parameters_args(v: remote_domain_set_memory_parameters_args, w: bytearray) -> None:
@@ -1303,7 +1614,7 @@ def _e_remote_domain_set_memory_parameters_args(v: remote_domain_set_memory_para
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -1311,30 +1622,36 @@ def _e_remote_domain_set_memory_parameters_args(v: remote_domain_set_memory_para
     x5 = v.params
     n6 = len(x5)
     if n6 > 16: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     for it7 in x5:
         s8 = it7.field.encode('utf-8', 'surrogateescape')
         n9 = len(s8)
         if n9 > 4194304: raise _Bad
-        w += _S_I.pack(n9)
+        w += _P_I(n9)
         w += s8
         if n9 & 3: w += _ZPAD[-n9 & 3]
         _e_remote_typed_param_value(it7.value, w)
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_domain_get_memory_parameters_args(b: bytes, o: int, n: int) -> tuple[remote_domain_get_memory_parameters_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_get_memory_parameters_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_nparams_7, f_flags_8 = _S_16siiI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.nparams, v.flags = _U_16siiI(b, o)
     o += 28
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_get_memory_parameters_args(f_dom_1, f_nparams_7, f_flags_8), o
+    return v, o
 
 
 def _e_remote_domain_get_memory_parameters_args(v: remote_domain_get_memory_parameters_args, w: bytearray) -> None:
@@ -1342,70 +1659,129 @@ def _e_remote_domain_get_memory_parameters_args(v: remote_domain_get_memory_para
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siiI.pack(x4, x1.id, v.nparams, v.flags)
+    w += _P_16siiI(x4, x1.id, v.nparams, v.flags)
 
 
 def _d_remote_domain_get_memory_parameters_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_get_memory_parameters_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_get_memory_parameters_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 16 or n2 * 12 > n - o: raise _Bad
-    f_params_1 = []
-    for _ in range(n2):
-        n5 = _S_I.unpack_from(b, o)[0]
+    if n1 > 16 or n1 * 12 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.params = x3
+    L_U_I = _U_I
+    L_U_Q = _U_Q
+    L_U_d = _U_d
+    L_U_i = _U_i
+    L_U_q = _U_q
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_typed_param = remote_typed_param
+    L_remote_typed_param_value = remote_typed_param_value
+    for _ in range(n1):
+        it2 = L_new(L_remote_typed_param)
+        n4, = L_U_I(b, o)
         o += 4
-        e6 = o + n5
-        if e6 > n or n5 > 4194304: raise _Bad
-        f_field_4 = b[o:e6].decode()
-        o = e6 + (-n5 & 3)
-        if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-        f_value_7, o = _d_remote_typed_param_value(b, o, n)
-        it3 = remote_typed_param(f_field_4, f_value_7)
-        f_params_1.append(it3)
-    f_nparams_8 = _S_i.unpack_from(b, o)[0]
+        e5 = o + n4
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        it2.field = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != L_ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
+        x6 = L_new(L_remote_typed_param_value)
+        d7, = L_U_i(b, o)
+        o += 4
+        if d7 == 1:
+            x6.value, = L_U_i(b, o)
+            o += 4
+        elif d7 == 2:
+            x6.value, = L_U_I(b, o)
+            o += 4
+        elif d7 == 3:
+            x6.value, = L_U_q(b, o)
+            o += 8
+        elif d7 == 4:
+            x6.value, = L_U_Q(b, o)
+            o += 8
+        elif d7 == 5:
+            x6.value, = L_U_d(b, o)
+            o += 8
+        elif d7 == 6:
+            x6.value, = L_U_i(b, o)
+            o += 4
+        elif d7 == 7:
+            n8, = L_U_I(b, o)
+            o += 4
+            e9 = o + n8
+            if e9 > n or big and n8 > 4194304: raise _Bad
+            x6.value = b[o:e9].decode()
+            if n8 & 3:
+                o = e9 + 4 - (n8 & 3)
+                if b[e9:o] != L_ZPAD[o - e9]: raise _Bad
+            else:
+                o = e9
+        else:
+            raise _Bad
+        x6.type = d7
+        it2.value = x6
+        x3.append(it2)
+    v.nparams, = _U_i(b, o)
     o += 4
-    return remote_domain_get_memory_parameters_ret(f_params_1, f_nparams_8), o
+    return v, o
 
 
 def _e_remote_domain_get_memory_parameters_ret(v: remote_domain_get_memory_parameters_ret, w: bytearray) -> None:
     x1 = v.params
     n2 = len(x1)
     if n2 > 16: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
         s4 = it3.field.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
         _e_remote_typed_param_value(it3.value, w)
-    w += _S_i.pack(v.nparams)
+    w += _P_i(v.nparams)
 
 
 def _d_remote_domain_get_block_info_args(b: bytes, o: int, n: int) -> tuple[remote_domain_get_block_info_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_get_block_info_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    e9 = o + n8
-    if e9 > n or n8 > 4194304: raise _Bad
-    f_path_7 = b[o:e9].decode()
-    o = e9 + (-n8 & 3)
-    if n8 & 3 and b[e9:o] != _ZPAD[o - e9]: raise _Bad
-    f_flags_10 = _S_I.unpack_from(b, o)[0]
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    v.path = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_domain_get_block_info_args(f_dom_1, f_path_7, f_flags_10), o
+    return v, o
 
 
 def _e_remote_domain_get_block_info_args(v: remote_domain_get_block_info_args, w: bytearray) -> None:
@@ -1413,7 +1789,7 @@ def _e_remote_domain_get_block_info_args(v: remote_domain_get_block_info_args, w
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -1421,34 +1797,41 @@ def _e_remote_domain_get_block_info_args(v: remote_domain_get_block_info_args, w
     s5 = v.path.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_domain_get_block_info_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_get_block_info_ret, int]:
-    f_allocation_1, f_capacity_2, f_physical_3 = _S_QQQ.unpack_from(b, o)
+    v = _new(remote_domain_get_block_info_ret)
+    v.allocation, v.capacity, v.physical = _U_QQQ(b, o)
     o += 24
-    return remote_domain_get_block_info_ret(f_allocation_1, f_capacity_2, f_physical_3), o
+    return v, o
 
 
 def _e_remote_domain_get_block_info_ret(v: remote_domain_get_block_info_ret, w: bytearray) -> None:
-    w += _S_QQQ.pack(v.allocation, v.capacity, v.physical)
+    w += _P_QQQ(v.allocation, v.capacity, v.physical)
 
 
 def _d_remote_domain_set_memory_flags_args(b: bytes, o: int, n: int) -> tuple[remote_domain_set_memory_flags_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_set_memory_flags_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_memory_7, f_flags_8 = _S_16siQI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.memory, v.flags = _U_16siQI(b, o)
     o += 32
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_set_memory_flags_args(f_dom_1, f_memory_7, f_flags_8), o
+    return v, o
 
 
 def _e_remote_domain_set_memory_flags_args(v: remote_domain_set_memory_flags_args, w: bytearray) -> None:
@@ -1456,26 +1839,32 @@ def _e_remote_domain_set_memory_flags_args(v: remote_domain_set_memory_flags_arg
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siQI.pack(x4, x1.id, v.memory, v.flags)
+    w += _P_16siQI(x4, x1.id, v.memory, v.flags)
 
 
 def _d_remote_domain_screenshot_args(b: bytes, o: int, n: int) -> tuple[remote_domain_screenshot_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_screenshot_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_screen_7, f_flags_8 = _S_16siII.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.screen, v.flags = _U_16siII(b, o)
     o += 28
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_screenshot_args(f_dom_1, f_screen_7, f_flags_8), o
+    return v, o
 
 
 def _e_remote_domain_screenshot_args(v: remote_domain_screenshot_args, w: bytearray) -> None:
@@ -1483,30 +1872,35 @@ def _e_remote_domain_screenshot_args(v: remote_domain_screenshot_args, w: bytear
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siII.pack(x4, x1.id, v.screen, v.flags)
+    w += _P_16siII(x4, x1.id, v.screen, v.flags)
 
 
 def _d_remote_domain_screenshot_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_screenshot_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_screenshot_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 == 0:
-        f_mime_1 = None
-    elif n2 == 1:
-        n3 = _S_I.unpack_from(b, o)[0]
+    if n1 == 0:
+        v.mime = None
+    elif n1 == 1:
+        n2, = _U_I(b, o)
         o += 4
-        e4 = o + n3
-        if e4 > n or n3 > 4194304: raise _Bad
-        f_mime_1 = b[o:e4].decode()
-        o = e4 + (-n3 & 3)
-        if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
+        e3 = o + n2
+        if e3 > n or big and n2 > 4194304: raise _Bad
+        v.mime = b[o:e3].decode()
+        if n2 & 3:
+            o = e3 + 4 - (n2 & 3)
+            if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+        else:
+            o = e3
     else:
         raise _Bad
-    return remote_domain_screenshot_ret(f_mime_1), o
+    return v, o
 
 
 def _e_remote_domain_screenshot_ret(v: remote_domain_screenshot_ret, w: bytearray) -> None:
@@ -1518,23 +1912,29 @@ def _e_remote_domain_screenshot_ret(v: remote_domain_screenshot_ret, w: bytearra
         s2 = x1.encode('utf-8', 'surrogateescape')
         n3 = len(s2)
         if n3 > 4194304: raise _Bad
-        w += _S_I.pack(n3)
+        w += _P_I(n3)
         w += s2
         if n3 & 3: w += _ZPAD[-n3 & 3]
 
 
 def _d_remote_domain_create_with_flags_args(b: bytes, o: int, n: int) -> tuple[remote_domain_create_with_flags_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_create_with_flags_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_flags_7 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.flags = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_create_with_flags_args(f_dom_1, f_flags_7), o
+    return v, o
 
 
 def _e_remote_domain_create_with_flags_args(v: remote_domain_create_with_flags_args, w: bytearray) -> None:
@@ -1542,26 +1942,32 @@ def _e_remote_domain_create_with_flags_args(v: remote_domain_create_with_flags_a
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, v.flags)
+    w += _P_16siI(x4, x1.id, v.flags)
 
 
 def _d_remote_domain_create_with_flags_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_create_with_flags_ret, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_create_with_flags_ret)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6 = _S_16si.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id = _U_16si(b, o)
     o += 20
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_create_with_flags_ret(f_dom_1), o
+    return v, o
 
 
 def _e_remote_domain_create_with_flags_ret(v: remote_domain_create_with_flags_ret, w: bytearray) -> None:
@@ -1569,26 +1975,32 @@ def _e_remote_domain_create_with_flags_ret(v: remote_domain_create_with_flags_re
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16si.pack(x4, x1.id)
+    w += _P_16si(x4, x1.id)
 
 
 def _d_remote_domain_inject_nmi_args(b: bytes, o: int, n: int) -> tuple[remote_domain_inject_nmi_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_inject_nmi_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_flags_7 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.flags = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_inject_nmi_args(f_dom_1, f_flags_7), o
+    return v, o
 
 
 def _e_remote_domain_inject_nmi_args(v: remote_domain_inject_nmi_args, w: bytearray) -> None:
@@ -1596,26 +2008,32 @@ def _e_remote_domain_inject_nmi_args(v: remote_domain_inject_nmi_args, w: bytear
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, v.flags)
+    w += _P_16siI(x4, x1.id, v.flags)
 
 
 def _d_remote_domain_set_vcpus_flags_args(b: bytes, o: int, n: int) -> tuple[remote_domain_set_vcpus_flags_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_set_vcpus_flags_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_nvcpus_7, f_flags_8 = _S_16siII.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.nvcpus, v.flags = _U_16siII(b, o)
     o += 28
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_set_vcpus_flags_args(f_dom_1, f_nvcpus_7, f_flags_8), o
+    return v, o
 
 
 def _e_remote_domain_set_vcpus_flags_args(v: remote_domain_set_vcpus_flags_args, w: bytearray) -> None:
@@ -1623,26 +2041,32 @@ def _e_remote_domain_set_vcpus_flags_args(v: remote_domain_set_vcpus_flags_args,
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siII.pack(x4, x1.id, v.nvcpus, v.flags)
+    w += _P_16siII(x4, x1.id, v.nvcpus, v.flags)
 
 
 def _d_remote_domain_get_vcpus_flags_args(b: bytes, o: int, n: int) -> tuple[remote_domain_get_vcpus_flags_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_get_vcpus_flags_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_flags_7 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.flags = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_get_vcpus_flags_args(f_dom_1, f_flags_7), o
+    return v, o
 
 
 def _e_remote_domain_get_vcpus_flags_args(v: remote_domain_get_vcpus_flags_args, w: bytearray) -> None:
@@ -1650,66 +2074,76 @@ def _e_remote_domain_get_vcpus_flags_args(v: remote_domain_get_vcpus_flags_args,
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, v.flags)
+    w += _P_16siI(x4, x1.id, v.flags)
 
 
 def _d_remote_domain_get_vcpus_flags_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_get_vcpus_flags_ret, int]:
-    f_num_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_domain_get_vcpus_flags_ret)
+    v.num, = _U_i(b, o)
     o += 4
-    return remote_domain_get_vcpus_flags_ret(f_num_1), o
+    return v, o
 
 
 def _e_remote_domain_get_vcpus_flags_ret(v: remote_domain_get_vcpus_flags_ret, w: bytearray) -> None:
-    w += _S_i.pack(v.num)
+    w += _P_i(v.num)
 
 
 def _d_remote_interface_change_begin_args(b: bytes, o: int, n: int) -> tuple[remote_interface_change_begin_args, int]:
-    f_flags_1 = _S_I.unpack_from(b, o)[0]
+    v = _new(remote_interface_change_begin_args)
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_interface_change_begin_args(f_flags_1), o
+    return v, o
 
 
 def _e_remote_interface_change_begin_args(v: remote_interface_change_begin_args, w: bytearray) -> None:
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_interface_change_commit_args(b: bytes, o: int, n: int) -> tuple[remote_interface_change_commit_args, int]:
-    f_flags_1 = _S_I.unpack_from(b, o)[0]
+    v = _new(remote_interface_change_commit_args)
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_interface_change_commit_args(f_flags_1), o
+    return v, o
 
 
 def _e_remote_interface_change_commit_args(v: remote_interface_change_commit_args, w: bytearray) -> None:
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_interface_change_rollback_args(b: bytes, o: int, n: int) -> tuple[remote_interface_change_rollback_args, int]:
-    f_flags_1 = _S_I.unpack_from(b, o)[0]
+    v = _new(remote_interface_change_rollback_args)
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_interface_change_rollback_args(f_flags_1), o
+    return v, o
 
 
 def _e_remote_interface_change_rollback_args(v: remote_interface_change_rollback_args, w: bytearray) -> None:
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_domain_is_updated_args(b: bytes, o: int, n: int) -> tuple[remote_domain_is_updated_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_is_updated_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6 = _S_16si.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id = _U_16si(b, o)
     o += 20
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_is_updated_args(f_dom_1), o
+    return v, o
 
 
 def _e_remote_domain_is_updated_args(v: remote_domain_is_updated_args, w: bytearray) -> None:
@@ -1717,36 +2151,43 @@ def _e_remote_domain_is_updated_args(v: remote_domain_is_updated_args, w: bytear
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16si.pack(x4, x1.id)
+    w += _P_16si(x4, x1.id)
 
 
 def _d_remote_domain_is_updated_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_is_updated_ret, int]:
-    f_updated_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_domain_is_updated_ret)
+    v.updated, = _U_i(b, o)
     o += 4
-    return remote_domain_is_updated_ret(f_updated_1), o
+    return v, o
 
 
 def _e_remote_domain_is_updated_ret(v: remote_domain_is_updated_ret, w: bytearray) -> None:
-    w += _S_i.pack(v.updated)
+    w += _P_i(v.updated)
 
 
 def _d_remote_domain_migrate_set_max_speed_args(b: bytes, o: int, n: int) -> tuple[remote_domain_migrate_set_max_speed_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_migrate_set_max_speed_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_bandwidth_7, f_flags_8 = _S_16siQI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.bandwidth, v.flags = _U_16siQI(b, o)
     o += 32
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_migrate_set_max_speed_args(f_dom_1, f_bandwidth_7, f_flags_8), o
+    return v, o
 
 
 def _e_remote_domain_migrate_set_max_speed_args(v: remote_domain_migrate_set_max_speed_args, w: bytearray) -> None:
@@ -1754,34 +2195,44 @@ def _e_remote_domain_migrate_set_max_speed_args(v: remote_domain_migrate_set_max
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siQI.pack(x4, x1.id, v.bandwidth, v.flags)
+    w += _P_16siQI(x4, x1.id, v.bandwidth, v.flags)
 
 
 def _d_remote_domain_revert_to_snapshot_args(b: bytes, o: int, n: int) -> tuple[remote_domain_revert_to_snapshot_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_revert_to_snapshot_args)
+    x1 = _new(remote_nonnull_domain_snapshot)
+    v.snap = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    n7 = _S_I.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x4 = _new(remote_nonnull_domain)
+    x1.dom = x4
+    n5, = _U_I(b, o)
     o += 4
-    e8 = o + n7
-    if e8 > n or n7 > 4194304: raise _Bad
-    f_name_6 = b[o:e8].decode()
-    o = e8 + (-n7 & 3)
-    if n7 & 3 and b[e8:o] != _ZPAD[o - e8]: raise _Bad
-    f_uuid_9, f_id_10, f_flags_11 = _S_16siI.unpack_from(b, o)
+    e6 = o + n5
+    if e6 > n or big and n5 > 4194304: raise _Bad
+    x4.name = b[o:e6].decode()
+    if n5 & 3:
+        o = e6 + 4 - (n5 & 3)
+        if b[e6:o] != _ZPAD[o - e6]: raise _Bad
+    else:
+        o = e6
+    x4.uuid, x4.id, v.flags = _U_16siI(b, o)
     o += 24
-    f_dom_5 = remote_nonnull_domain(f_name_6, f_uuid_9, f_id_10)
-    f_snap_1 = remote_nonnull_domain_snapshot(f_name_2, f_dom_5)
-    return remote_domain_revert_to_snapshot_args(f_snap_1, f_flags_11), o
+    return v, o
 
 
 def _e_remote_domain_revert_to_snapshot_args(v: remote_domain_revert_to_snapshot_args, w: bytearray) -> None:
@@ -1789,41 +2240,51 @@ def _e_remote_domain_revert_to_snapshot_args(v: remote_domain_revert_to_snapshot
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.dom
     s5 = x4.name.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_I.pack(n6)
+    w += _P_I(n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
     x7 = x4.uuid
     if len(x7) != 16: raise _Bad
-    w += _S_16siI.pack(x7, x4.id, v.flags)
+    w += _P_16siI(x7, x4.id, v.flags)
 
 
 def _d_remote_domain_snapshot_delete_args(b: bytes, o: int, n: int) -> tuple[remote_domain_snapshot_delete_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_snapshot_delete_args)
+    x1 = _new(remote_nonnull_domain_snapshot)
+    v.snap = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    n7 = _S_I.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x4 = _new(remote_nonnull_domain)
+    x1.dom = x4
+    n5, = _U_I(b, o)
     o += 4
-    e8 = o + n7
-    if e8 > n or n7 > 4194304: raise _Bad
-    f_name_6 = b[o:e8].decode()
-    o = e8 + (-n7 & 3)
-    if n7 & 3 and b[e8:o] != _ZPAD[o - e8]: raise _Bad
-    f_uuid_9, f_id_10, f_flags_11 = _S_16siI.unpack_from(b, o)
+    e6 = o + n5
+    if e6 > n or big and n5 > 4194304: raise _Bad
+    x4.name = b[o:e6].decode()
+    if n5 & 3:
+        o = e6 + 4 - (n5 & 3)
+        if b[e6:o] != _ZPAD[o - e6]: raise _Bad
+    else:
+        o = e6
+    x4.uuid, x4.id, v.flags = _U_16siI(b, o)
     o += 24
-    f_dom_5 = remote_nonnull_domain(f_name_6, f_uuid_9, f_id_10)
-    f_snap_1 = remote_nonnull_domain_snapshot(f_name_2, f_dom_5)
-    return remote_domain_snapshot_delete_args(f_snap_1, f_flags_11), o
+    return v, o
 
 
 def _e_remote_domain_snapshot_delete_args(v: remote_domain_snapshot_delete_args, w: bytearray) -> None:
@@ -1831,47 +2292,56 @@ def _e_remote_domain_snapshot_delete_args(v: remote_domain_snapshot_delete_args,
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.dom
     s5 = x4.name.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_I.pack(n6)
+    w += _P_I(n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
     x7 = x4.uuid
     if len(x7) != 16: raise _Bad
-    w += _S_16siI.pack(x7, x4.id, v.flags)
+    w += _P_16siI(x7, x4.id, v.flags)
 
 
 def _d_remote_domain_open_console_args(b: bytes, o: int, n: int) -> tuple[remote_domain_open_console_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_open_console_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    if n8 == 0:
-        f_dev_name_7 = None
-    elif n8 == 1:
-        n9 = _S_I.unpack_from(b, o)[0]
+    if n4 == 0:
+        v.dev_name = None
+    elif n4 == 1:
+        n5, = _U_I(b, o)
         o += 4
-        e10 = o + n9
-        if e10 > n or n9 > 4194304: raise _Bad
-        f_dev_name_7 = b[o:e10].decode()
-        o = e10 + (-n9 & 3)
-        if n9 & 3 and b[e10:o] != _ZPAD[o - e10]: raise _Bad
+        e6 = o + n5
+        if e6 > n or big and n5 > 4194304: raise _Bad
+        v.dev_name = b[o:e6].decode()
+        if n5 & 3:
+            o = e6 + 4 - (n5 & 3)
+            if b[e6:o] != _ZPAD[o - e6]: raise _Bad
+        else:
+            o = e6
     else:
         raise _Bad
-    f_flags_11 = _S_I.unpack_from(b, o)[0]
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_domain_open_console_args(f_dom_1, f_dev_name_7, f_flags_11), o
+    return v, o
 
 
 def _e_remote_domain_open_console_args(v: remote_domain_open_console_args, w: bytearray) -> None:
@@ -1879,13 +2349,13 @@ def _e_remote_domain_open_console_args(v: remote_domain_open_console_args, w: by
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
     x5 = v.dev_name
-    w += _S_16si.pack(x4, x1.id)
+    w += _P_16si(x4, x1.id)
     if x5 is None:
         w += _FLAG0
     else:
@@ -1893,38 +2363,50 @@ def _e_remote_domain_open_console_args(v: remote_domain_open_console_args, w: by
         s6 = x5.encode('utf-8', 'surrogateescape')
         n7 = len(s6)
         if n7 > 4194304: raise _Bad
-        w += _S_I.pack(n7)
+        w += _P_I(n7)
         w += s6
         if n7 & 3: w += _ZPAD[-n7 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_storage_vol_upload_args(b: bytes, o: int, n: int) -> tuple[remote_storage_vol_upload_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_storage_vol_upload_args)
+    x1 = _new(remote_nonnull_storage_vol)
+    v.vol = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_pool_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    n6 = _S_I.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.pool = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    n4, = _U_I(b, o)
+    o += 4
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    x1.name = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    n6, = _U_I(b, o)
     o += 4
     e7 = o + n6
-    if e7 > n or n6 > 4194304: raise _Bad
-    f_name_5 = b[o:e7].decode()
-    o = e7 + (-n6 & 3)
-    if n6 & 3 and b[e7:o] != _ZPAD[o - e7]: raise _Bad
-    n9 = _S_I.unpack_from(b, o)[0]
-    o += 4
-    e10 = o + n9
-    if e10 > n or n9 > 4194304: raise _Bad
-    f_key_8 = b[o:e10].decode()
-    o = e10 + (-n9 & 3)
-    if n9 & 3 and b[e10:o] != _ZPAD[o - e10]: raise _Bad
-    f_offset_11, f_length_12, f_flags_13 = _S_QQI.unpack_from(b, o)
+    if e7 > n or big and n6 > 4194304: raise _Bad
+    x1.key = b[o:e7].decode()
+    if n6 & 3:
+        o = e7 + 4 - (n6 & 3)
+        if b[e7:o] != _ZPAD[o - e7]: raise _Bad
+    else:
+        o = e7
+    v.offset, v.length, v.flags = _U_QQI(b, o)
     o += 20
-    f_vol_1 = remote_nonnull_storage_vol(f_pool_2, f_name_5, f_key_8)
-    return remote_storage_vol_upload_args(f_vol_1, f_offset_11, f_length_12, f_flags_13), o
+    return v, o
 
 
 def _e_remote_storage_vol_upload_args(v: remote_storage_vol_upload_args, w: bytearray) -> None:
@@ -1932,50 +2414,62 @@ def _e_remote_storage_vol_upload_args(v: remote_storage_vol_upload_args, w: byte
     s2 = x1.pool.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     s4 = x1.name.encode('utf-8', 'surrogateescape')
     n5 = len(s4)
     if n5 > 4194304: raise _Bad
-    w += _S_I.pack(n5)
+    w += _P_I(n5)
     w += s4
     if n5 & 3: w += _ZPAD[-n5 & 3]
     s6 = x1.key.encode('utf-8', 'surrogateescape')
     n7 = len(s6)
     if n7 > 4194304: raise _Bad
-    w += _S_I.pack(n7)
+    w += _P_I(n7)
     w += s6
     if n7 & 3: w += _ZPAD[-n7 & 3]
-    w += _S_QQI.pack(v.offset, v.length, v.flags)
+    w += _P_QQI(v.offset, v.length, v.flags)
 
 
 def _d_remote_storage_vol_download_args(b: bytes, o: int, n: int) -> tuple[remote_storage_vol_download_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_storage_vol_download_args)
+    x1 = _new(remote_nonnull_storage_vol)
+    v.vol = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_pool_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    n6 = _S_I.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.pool = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    n4, = _U_I(b, o)
+    o += 4
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    x1.name = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    n6, = _U_I(b, o)
     o += 4
     e7 = o + n6
-    if e7 > n or n6 > 4194304: raise _Bad
-    f_name_5 = b[o:e7].decode()
-    o = e7 + (-n6 & 3)
-    if n6 & 3 and b[e7:o] != _ZPAD[o - e7]: raise _Bad
-    n9 = _S_I.unpack_from(b, o)[0]
-    o += 4
-    e10 = o + n9
-    if e10 > n or n9 > 4194304: raise _Bad
-    f_key_8 = b[o:e10].decode()
-    o = e10 + (-n9 & 3)
-    if n9 & 3 and b[e10:o] != _ZPAD[o - e10]: raise _Bad
-    f_offset_11, f_length_12, f_flags_13 = _S_QQI.unpack_from(b, o)
+    if e7 > n or big and n6 > 4194304: raise _Bad
+    x1.key = b[o:e7].decode()
+    if n6 & 3:
+        o = e7 + 4 - (n6 & 3)
+        if b[e7:o] != _ZPAD[o - e7]: raise _Bad
+    else:
+        o = e7
+    v.offset, v.length, v.flags = _U_QQI(b, o)
     o += 20
-    f_vol_1 = remote_nonnull_storage_vol(f_pool_2, f_name_5, f_key_8)
-    return remote_storage_vol_download_args(f_vol_1, f_offset_11, f_length_12, f_flags_13), o
+    return v, o
 
 
 def _e_remote_storage_vol_download_args(v: remote_storage_vol_download_args, w: bytearray) -> None:
@@ -1983,36 +2477,42 @@ def _e_remote_storage_vol_download_args(v: remote_storage_vol_download_args, w: 
     s2 = x1.pool.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     s4 = x1.name.encode('utf-8', 'surrogateescape')
     n5 = len(s4)
     if n5 > 4194304: raise _Bad
-    w += _S_I.pack(n5)
+    w += _P_I(n5)
     w += s4
     if n5 & 3: w += _ZPAD[-n5 & 3]
     s6 = x1.key.encode('utf-8', 'surrogateescape')
     n7 = len(s6)
     if n7 > 4194304: raise _Bad
-    w += _S_I.pack(n7)
+    w += _P_I(n7)
     w += s6
     if n7 & 3: w += _ZPAD[-n7 & 3]
-    w += _S_QQI.pack(v.offset, v.length, v.flags)
+    w += _P_QQI(v.offset, v.length, v.flags)
 
 
 def _d_remote_domain_get_state_args(b: bytes, o: int, n: int) -> tuple[remote_domain_get_state_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_get_state_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_flags_7 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.flags = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_get_state_args(f_dom_1, f_flags_7), o
+    return v, o
 
 
 def _e_remote_domain_get_state_args(v: remote_domain_get_state_args, w: bytearray) -> None:
@@ -2020,64 +2520,77 @@ def _e_remote_domain_get_state_args(v: remote_domain_get_state_args, w: bytearra
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, v.flags)
+    w += _P_16siI(x4, x1.id, v.flags)
 
 
 def _d_remote_domain_get_state_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_get_state_ret, int]:
-    f_state_1, f_reason_2 = _S_ii.unpack_from(b, o)
+    v = _new(remote_domain_get_state_ret)
+    v.state, v.reason = _U_ii(b, o)
     o += 8
-    return remote_domain_get_state_ret(f_state_1, f_reason_2), o
+    return v, o
 
 
 def _e_remote_domain_get_state_ret(v: remote_domain_get_state_ret, w: bytearray) -> None:
-    w += _S_ii.pack(v.state, v.reason)
+    w += _P_ii(v.state, v.reason)
 
 
 def _d_remote_domain_migrate_begin3_args(b: bytes, o: int, n: int) -> tuple[remote_domain_migrate_begin3_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_migrate_begin3_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    if n8 == 0:
-        f_xmlin_7 = None
-    elif n8 == 1:
-        n9 = _S_I.unpack_from(b, o)[0]
+    if n4 == 0:
+        v.xmlin = None
+    elif n4 == 1:
+        n5, = _U_I(b, o)
         o += 4
-        e10 = o + n9
-        if e10 > n or n9 > 4194304: raise _Bad
-        f_xmlin_7 = b[o:e10].decode()
-        o = e10 + (-n9 & 3)
-        if n9 & 3 and b[e10:o] != _ZPAD[o - e10]: raise _Bad
+        e6 = o + n5
+        if e6 > n or big and n5 > 4194304: raise _Bad
+        v.xmlin = b[o:e6].decode()
+        if n5 & 3:
+            o = e6 + 4 - (n5 & 3)
+            if b[e6:o] != _ZPAD[o - e6]: raise _Bad
+        else:
+            o = e6
     else:
         raise _Bad
-    f_flags_11, n13 = _S_QI.unpack_from(b, o)
+    v.flags, n7 = _U_QI(b, o)
     o += 12
-    if n13 == 0:
-        f_dname_12 = None
-    elif n13 == 1:
-        n14 = _S_I.unpack_from(b, o)[0]
+    if n7 == 0:
+        v.dname = None
+    elif n7 == 1:
+        n8, = _U_I(b, o)
         o += 4
-        e15 = o + n14
-        if e15 > n or n14 > 4194304: raise _Bad
-        f_dname_12 = b[o:e15].decode()
-        o = e15 + (-n14 & 3)
-        if n14 & 3 and b[e15:o] != _ZPAD[o - e15]: raise _Bad
+        e9 = o + n8
+        if e9 > n or big and n8 > 4194304: raise _Bad
+        v.dname = b[o:e9].decode()
+        if n8 & 3:
+            o = e9 + 4 - (n8 & 3)
+            if b[e9:o] != _ZPAD[o - e9]: raise _Bad
+        else:
+            o = e9
     else:
         raise _Bad
-    f_bandwidth_16 = _S_Q.unpack_from(b, o)[0]
+    v.bandwidth, = _U_Q(b, o)
     o += 8
-    return remote_domain_migrate_begin3_args(f_dom_1, f_xmlin_7, f_flags_11, f_dname_12, f_bandwidth_16), o
+    return v, o
 
 
 def _e_remote_domain_migrate_begin3_args(v: remote_domain_migrate_begin3_args, w: bytearray) -> None:
@@ -2085,13 +2598,13 @@ def _e_remote_domain_migrate_begin3_args(v: remote_domain_migrate_begin3_args, w
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
     x5 = v.xmlin
-    w += _S_16si.pack(x4, x1.id)
+    w += _P_16si(x4, x1.id)
     if x5 is None:
         w += _FLAG0
     else:
@@ -2099,11 +2612,11 @@ def _e_remote_domain_migrate_begin3_args(v: remote_domain_migrate_begin3_args, w
         s6 = x5.encode('utf-8', 'surrogateescape')
         n7 = len(s6)
         if n7 > 4194304: raise _Bad
-        w += _S_I.pack(n7)
+        w += _P_I(n7)
         w += s6
         if n7 & 3: w += _ZPAD[-n7 & 3]
     x8 = v.dname
-    w += _S_Q.pack(v.flags)
+    w += _P_Q(v.flags)
     if x8 is None:
         w += _FLAG0
     else:
@@ -2111,96 +2624,118 @@ def _e_remote_domain_migrate_begin3_args(v: remote_domain_migrate_begin3_args, w
         s9 = x8.encode('utf-8', 'surrogateescape')
         n10 = len(s9)
         if n10 > 4194304: raise _Bad
-        w += _S_I.pack(n10)
+        w += _P_I(n10)
         w += s9
         if n10 & 3: w += _ZPAD[-n10 & 3]
-    w += _S_Q.pack(v.bandwidth)
+    w += _P_Q(v.bandwidth)
 
 
 def _d_remote_domain_migrate_begin3_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_migrate_begin3_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_migrate_begin3_ret)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_cookie_out_1 = b[o:e3]
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    n5 = _S_I.unpack_from(b, o)[0]
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.cookie_out = b[o:e2]
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    n3, = _U_I(b, o)
     o += 4
-    e6 = o + n5
-    if e6 > n or n5 > 4194304: raise _Bad
-    f_xml_4 = b[o:e6].decode()
-    o = e6 + (-n5 & 3)
-    if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-    return remote_domain_migrate_begin3_ret(f_cookie_out_1, f_xml_4), o
+    e4 = o + n3
+    if e4 > n or big and n3 > 4194304: raise _Bad
+    v.xml = b[o:e4].decode()
+    if n3 & 3:
+        o = e4 + 4 - (n3 & 3)
+        if b[e4:o] != _ZPAD[o - e4]: raise _Bad
+    else:
+        o = e4
+    return v, o
 
 
 def _e_remote_domain_migrate_begin3_ret(v: remote_domain_migrate_begin3_ret, w: bytearray) -> None:
     s1 = v.cookie_out
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
     s3 = v.xml.encode('utf-8', 'surrogateescape')
     n4 = len(s3)
     if n4 > 4194304: raise _Bad
-    w += _S_I.pack(n4)
+    w += _P_I(n4)
     w += s3
     if n4 & 3: w += _ZPAD[-n4 & 3]
 
 
 def _d_remote_domain_migrate_prepare3_args(b: bytes, o: int, n: int) -> tuple[remote_domain_migrate_prepare3_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_migrate_prepare3_args)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_cookie_in_1 = b[o:e3]
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    n5 = _S_I.unpack_from(b, o)[0]
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.cookie_in = b[o:e2]
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    n3, = _U_I(b, o)
     o += 4
-    if n5 == 0:
-        f_uri_in_4 = None
-    elif n5 == 1:
-        n6 = _S_I.unpack_from(b, o)[0]
+    if n3 == 0:
+        v.uri_in = None
+    elif n3 == 1:
+        n4, = _U_I(b, o)
         o += 4
-        e7 = o + n6
-        if e7 > n or n6 > 4194304: raise _Bad
-        f_uri_in_4 = b[o:e7].decode()
-        o = e7 + (-n6 & 3)
-        if n6 & 3 and b[e7:o] != _ZPAD[o - e7]: raise _Bad
+        e5 = o + n4
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        v.uri_in = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
     else:
         raise _Bad
-    f_flags_8, n10 = _S_QI.unpack_from(b, o)
+    v.flags, n6 = _U_QI(b, o)
     o += 12
-    if n10 == 0:
-        f_dname_9 = None
-    elif n10 == 1:
-        n11 = _S_I.unpack_from(b, o)[0]
+    if n6 == 0:
+        v.dname = None
+    elif n6 == 1:
+        n7, = _U_I(b, o)
         o += 4
-        e12 = o + n11
-        if e12 > n or n11 > 4194304: raise _Bad
-        f_dname_9 = b[o:e12].decode()
-        o = e12 + (-n11 & 3)
-        if n11 & 3 and b[e12:o] != _ZPAD[o - e12]: raise _Bad
+        e8 = o + n7
+        if e8 > n or big and n7 > 4194304: raise _Bad
+        v.dname = b[o:e8].decode()
+        if n7 & 3:
+            o = e8 + 4 - (n7 & 3)
+            if b[e8:o] != _ZPAD[o - e8]: raise _Bad
+        else:
+            o = e8
     else:
         raise _Bad
-    f_bandwidth_13, n15 = _S_QI.unpack_from(b, o)
+    v.bandwidth, n9 = _U_QI(b, o)
     o += 12
-    e16 = o + n15
-    if e16 > n or n15 > 4194304: raise _Bad
-    f_dom_xml_14 = b[o:e16].decode()
-    o = e16 + (-n15 & 3)
-    if n15 & 3 and b[e16:o] != _ZPAD[o - e16]: raise _Bad
-    return remote_domain_migrate_prepare3_args(f_cookie_in_1, f_uri_in_4, f_flags_8, f_dname_9, f_bandwidth_13, f_dom_xml_14), o
+    e10 = o + n9
+    if e10 > n or big and n9 > 4194304: raise _Bad
+    v.dom_xml = b[o:e10].decode()
+    if n9 & 3:
+        o = e10 + 4 - (n9 & 3)
+        if b[e10:o] != _ZPAD[o - e10]: raise _Bad
+    else:
+        o = e10
+    return v, o
 
 
 def _e_remote_domain_migrate_prepare3_args(v: remote_domain_migrate_prepare3_args, w: bytearray) -> None:
     s1 = v.cookie_in
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
     x3 = v.uri_in
@@ -2211,11 +2746,11 @@ def _e_remote_domain_migrate_prepare3_args(v: remote_domain_migrate_prepare3_arg
         s4 = x3.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
     x6 = v.dname
-    w += _S_Q.pack(v.flags)
+    w += _P_Q(v.flags)
     if x6 is None:
         w += _FLAG0
     else:
@@ -2223,47 +2758,55 @@ def _e_remote_domain_migrate_prepare3_args(v: remote_domain_migrate_prepare3_arg
         s7 = x6.encode('utf-8', 'surrogateescape')
         n8 = len(s7)
         if n8 > 4194304: raise _Bad
-        w += _S_I.pack(n8)
+        w += _P_I(n8)
         w += s7
         if n8 & 3: w += _ZPAD[-n8 & 3]
     s9 = v.dom_xml.encode('utf-8', 'surrogateescape')
     n10 = len(s9)
     if n10 > 4194304: raise _Bad
-    w += _S_QI.pack(v.bandwidth, n10)
+    w += _P_QI(v.bandwidth, n10)
     w += s9
     if n10 & 3: w += _ZPAD[-n10 & 3]
 
 
 def _d_remote_domain_migrate_prepare3_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_migrate_prepare3_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_migrate_prepare3_ret)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_cookie_out_1 = b[o:e3]
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    n5 = _S_I.unpack_from(b, o)[0]
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.cookie_out = b[o:e2]
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    n3, = _U_I(b, o)
     o += 4
-    if n5 == 0:
-        f_uri_out_4 = None
-    elif n5 == 1:
-        n6 = _S_I.unpack_from(b, o)[0]
+    if n3 == 0:
+        v.uri_out = None
+    elif n3 == 1:
+        n4, = _U_I(b, o)
         o += 4
-        e7 = o + n6
-        if e7 > n or n6 > 4194304: raise _Bad
-        f_uri_out_4 = b[o:e7].decode()
-        o = e7 + (-n6 & 3)
-        if n6 & 3 and b[e7:o] != _ZPAD[o - e7]: raise _Bad
+        e5 = o + n4
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        v.uri_out = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
     else:
         raise _Bad
-    return remote_domain_migrate_prepare3_ret(f_cookie_out_1, f_uri_out_4), o
+    return v, o
 
 
 def _e_remote_domain_migrate_prepare3_ret(v: remote_domain_migrate_prepare3_ret, w: bytearray) -> None:
     s1 = v.cookie_out
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
     x3 = v.uri_out
@@ -2274,52 +2817,63 @@ def _e_remote_domain_migrate_prepare3_ret(v: remote_domain_migrate_prepare3_ret,
         s4 = x3.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
 
 
 def _d_remote_domain_migrate_prepare_tunnel3_args(b: bytes, o: int, n: int) -> tuple[remote_domain_migrate_prepare_tunnel3_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_migrate_prepare_tunnel3_args)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_cookie_in_1 = b[o:e3]
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    f_flags_4, n6 = _S_QI.unpack_from(b, o)
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.cookie_in = b[o:e2]
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    v.flags, n3 = _U_QI(b, o)
     o += 12
-    if n6 == 0:
-        f_dname_5 = None
-    elif n6 == 1:
-        n7 = _S_I.unpack_from(b, o)[0]
+    if n3 == 0:
+        v.dname = None
+    elif n3 == 1:
+        n4, = _U_I(b, o)
         o += 4
-        e8 = o + n7
-        if e8 > n or n7 > 4194304: raise _Bad
-        f_dname_5 = b[o:e8].decode()
-        o = e8 + (-n7 & 3)
-        if n7 & 3 and b[e8:o] != _ZPAD[o - e8]: raise _Bad
+        e5 = o + n4
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        v.dname = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
     else:
         raise _Bad
-    f_bandwidth_9, n11 = _S_QI.unpack_from(b, o)
+    v.bandwidth, n6 = _U_QI(b, o)
     o += 12
-    e12 = o + n11
-    if e12 > n or n11 > 4194304: raise _Bad
-    f_dom_xml_10 = b[o:e12].decode()
-    o = e12 + (-n11 & 3)
-    if n11 & 3 and b[e12:o] != _ZPAD[o - e12]: raise _Bad
-    return remote_domain_migrate_prepare_tunnel3_args(f_cookie_in_1, f_flags_4, f_dname_5, f_bandwidth_9, f_dom_xml_10), o
+    e7 = o + n6
+    if e7 > n or big and n6 > 4194304: raise _Bad
+    v.dom_xml = b[o:e7].decode()
+    if n6 & 3:
+        o = e7 + 4 - (n6 & 3)
+        if b[e7:o] != _ZPAD[o - e7]: raise _Bad
+    else:
+        o = e7
+    return v, o
 
 
 def _e_remote_domain_migrate_prepare_tunnel3_args(v: remote_domain_migrate_prepare_tunnel3_args, w: bytearray) -> None:
     s1 = v.cookie_in
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
     x3 = v.dname
-    w += _S_Q.pack(v.flags)
+    w += _P_Q(v.flags)
     if x3 is None:
         w += _FLAG0
     else:
@@ -2327,112 +2881,138 @@ def _e_remote_domain_migrate_prepare_tunnel3_args(v: remote_domain_migrate_prepa
         s4 = x3.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
     s6 = v.dom_xml.encode('utf-8', 'surrogateescape')
     n7 = len(s6)
     if n7 > 4194304: raise _Bad
-    w += _S_QI.pack(v.bandwidth, n7)
+    w += _P_QI(v.bandwidth, n7)
     w += s6
     if n7 & 3: w += _ZPAD[-n7 & 3]
 
 
 def _d_remote_domain_migrate_prepare_tunnel3_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_migrate_prepare_tunnel3_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_migrate_prepare_tunnel3_ret)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_cookie_out_1 = b[o:e3]
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    return remote_domain_migrate_prepare_tunnel3_ret(f_cookie_out_1), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.cookie_out = b[o:e2]
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_remote_domain_migrate_prepare_tunnel3_ret(v: remote_domain_migrate_prepare_tunnel3_ret, w: bytearray) -> None:
     s1 = v.cookie_out
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_remote_domain_migrate_perform3_args(b: bytes, o: int, n: int) -> tuple[remote_domain_migrate_perform3_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_migrate_perform3_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    if n8 == 0:
-        f_xmlin_7 = None
-    elif n8 == 1:
-        n9 = _S_I.unpack_from(b, o)[0]
+    if n4 == 0:
+        v.xmlin = None
+    elif n4 == 1:
+        n5, = _U_I(b, o)
         o += 4
-        e10 = o + n9
-        if e10 > n or n9 > 4194304: raise _Bad
-        f_xmlin_7 = b[o:e10].decode()
-        o = e10 + (-n9 & 3)
-        if n9 & 3 and b[e10:o] != _ZPAD[o - e10]: raise _Bad
+        e6 = o + n5
+        if e6 > n or big and n5 > 4194304: raise _Bad
+        v.xmlin = b[o:e6].decode()
+        if n5 & 3:
+            o = e6 + 4 - (n5 & 3)
+            if b[e6:o] != _ZPAD[o - e6]: raise _Bad
+        else:
+            o = e6
     else:
         raise _Bad
-    n12 = _S_I.unpack_from(b, o)[0]
+    n7, = _U_I(b, o)
     o += 4
-    e13 = o + n12
-    if e13 > n or n12 > 4194304: raise _Bad
-    f_cookie_in_11 = b[o:e13]
-    o = e13 + (-n12 & 3)
-    if n12 & 3 and b[e13:o] != _ZPAD[o - e13]: raise _Bad
-    n15 = _S_I.unpack_from(b, o)[0]
+    e8 = o + n7
+    if e8 > n or big and n7 > 4194304: raise _Bad
+    v.cookie_in = b[o:e8]
+    if n7 & 3:
+        o = e8 + 4 - (n7 & 3)
+        if b[e8:o] != _ZPAD[o - e8]: raise _Bad
+    else:
+        o = e8
+    n9, = _U_I(b, o)
     o += 4
+    if n9 == 0:
+        v.dconnuri = None
+    elif n9 == 1:
+        n10, = _U_I(b, o)
+        o += 4
+        e11 = o + n10
+        if e11 > n or big and n10 > 4194304: raise _Bad
+        v.dconnuri = b[o:e11].decode()
+        if n10 & 3:
+            o = e11 + 4 - (n10 & 3)
+            if b[e11:o] != _ZPAD[o - e11]: raise _Bad
+        else:
+            o = e11
+    else:
+        raise _Bad
+    n12, = _U_I(b, o)
+    o += 4
+    if n12 == 0:
+        v.uri = None
+    elif n12 == 1:
+        n13, = _U_I(b, o)
+        o += 4
+        e14 = o + n13
+        if e14 > n or big and n13 > 4194304: raise _Bad
+        v.uri = b[o:e14].decode()
+        if n13 & 3:
+            o = e14 + 4 - (n13 & 3)
+            if b[e14:o] != _ZPAD[o - e14]: raise _Bad
+        else:
+            o = e14
+    else:
+        raise _Bad
+    v.flags, n15 = _U_QI(b, o)
+    o += 12
     if n15 == 0:
-        f_dconnuri_14 = None
+        v.dname = None
     elif n15 == 1:
-        n16 = _S_I.unpack_from(b, o)[0]
+        n16, = _U_I(b, o)
         o += 4
         e17 = o + n16
-        if e17 > n or n16 > 4194304: raise _Bad
-        f_dconnuri_14 = b[o:e17].decode()
-        o = e17 + (-n16 & 3)
-        if n16 & 3 and b[e17:o] != _ZPAD[o - e17]: raise _Bad
+        if e17 > n or big and n16 > 4194304: raise _Bad
+        v.dname = b[o:e17].decode()
+        if n16 & 3:
+            o = e17 + 4 - (n16 & 3)
+            if b[e17:o] != _ZPAD[o - e17]: raise _Bad
+        else:
+            o = e17
     else:
         raise _Bad
-    n19 = _S_I.unpack_from(b, o)[0]
-    o += 4
-    if n19 == 0:
-        f_uri_18 = None
-    elif n19 == 1:
-        n20 = _S_I.unpack_from(b, o)[0]
-        o += 4
-        e21 = o + n20
-        if e21 > n or n20 > 4194304: raise _Bad
-        f_uri_18 = b[o:e21].decode()
-        o = e21 + (-n20 & 3)
-        if n20 & 3 and b[e21:o] != _ZPAD[o - e21]: raise _Bad
-    else:
-        raise _Bad
-    f_flags_22, n24 = _S_QI.unpack_from(b, o)
-    o += 12
-    if n24 == 0:
-        f_dname_23 = None
-    elif n24 == 1:
-        n25 = _S_I.unpack_from(b, o)[0]
-        o += 4
-        e26 = o + n25
-        if e26 > n or n25 > 4194304: raise _Bad
-        f_dname_23 = b[o:e26].decode()
-        o = e26 + (-n25 & 3)
-        if n25 & 3 and b[e26:o] != _ZPAD[o - e26]: raise _Bad
-    else:
-        raise _Bad
-    f_bandwidth_27 = _S_Q.unpack_from(b, o)[0]
+    v.bandwidth, = _U_Q(b, o)
     o += 8
-    return remote_domain_migrate_perform3_args(f_dom_1, f_xmlin_7, f_cookie_in_11, f_dconnuri_14, f_uri_18, f_flags_22, f_dname_23, f_bandwidth_27), o
+    return v, o
 
 
 def _e_remote_domain_migrate_perform3_args(v: remote_domain_migrate_perform3_args, w: bytearray) -> None:
@@ -2440,13 +3020,13 @@ def _e_remote_domain_migrate_perform3_args(v: remote_domain_migrate_perform3_arg
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
     x5 = v.xmlin
-    w += _S_16si.pack(x4, x1.id)
+    w += _P_16si(x4, x1.id)
     if x5 is None:
         w += _FLAG0
     else:
@@ -2454,13 +3034,13 @@ def _e_remote_domain_migrate_perform3_args(v: remote_domain_migrate_perform3_arg
         s6 = x5.encode('utf-8', 'surrogateescape')
         n7 = len(s6)
         if n7 > 4194304: raise _Bad
-        w += _S_I.pack(n7)
+        w += _P_I(n7)
         w += s6
         if n7 & 3: w += _ZPAD[-n7 & 3]
     s8 = v.cookie_in
     n9 = len(s8)
     if n9 > 4194304: raise _Bad
-    w += _S_I.pack(n9)
+    w += _P_I(n9)
     w += s8
     if n9 & 3: w += _ZPAD[-n9 & 3]
     x10 = v.dconnuri
@@ -2471,7 +3051,7 @@ def _e_remote_domain_migrate_perform3_args(v: remote_domain_migrate_perform3_arg
         s11 = x10.encode('utf-8', 'surrogateescape')
         n12 = len(s11)
         if n12 > 4194304: raise _Bad
-        w += _S_I.pack(n12)
+        w += _P_I(n12)
         w += s11
         if n12 & 3: w += _ZPAD[-n12 & 3]
     x13 = v.uri
@@ -2482,11 +3062,11 @@ def _e_remote_domain_migrate_perform3_args(v: remote_domain_migrate_perform3_arg
         s14 = x13.encode('utf-8', 'surrogateescape')
         n15 = len(s14)
         if n15 > 4194304: raise _Bad
-        w += _S_I.pack(n15)
+        w += _P_I(n15)
         w += s14
         if n15 & 3: w += _ZPAD[-n15 & 3]
     x16 = v.dname
-    w += _S_Q.pack(v.flags)
+    w += _P_Q(v.flags)
     if x16 is None:
         w += _FLAG0
     else:
@@ -2494,91 +3074,110 @@ def _e_remote_domain_migrate_perform3_args(v: remote_domain_migrate_perform3_arg
         s17 = x16.encode('utf-8', 'surrogateescape')
         n18 = len(s17)
         if n18 > 4194304: raise _Bad
-        w += _S_I.pack(n18)
+        w += _P_I(n18)
         w += s17
         if n18 & 3: w += _ZPAD[-n18 & 3]
-    w += _S_Q.pack(v.bandwidth)
+    w += _P_Q(v.bandwidth)
 
 
 def _d_remote_domain_migrate_perform3_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_migrate_perform3_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_migrate_perform3_ret)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_cookie_out_1 = b[o:e3]
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    return remote_domain_migrate_perform3_ret(f_cookie_out_1), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.cookie_out = b[o:e2]
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_remote_domain_migrate_perform3_ret(v: remote_domain_migrate_perform3_ret, w: bytearray) -> None:
     s1 = v.cookie_out
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_remote_domain_migrate_finish3_args(b: bytes, o: int, n: int) -> tuple[remote_domain_migrate_finish3_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_migrate_finish3_args)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_dname_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    n5 = _S_I.unpack_from(b, o)[0]
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.dname = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    n3, = _U_I(b, o)
     o += 4
-    e6 = o + n5
-    if e6 > n or n5 > 4194304: raise _Bad
-    f_cookie_in_4 = b[o:e6]
-    o = e6 + (-n5 & 3)
-    if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-    n8 = _S_I.unpack_from(b, o)[0]
+    e4 = o + n3
+    if e4 > n or big and n3 > 4194304: raise _Bad
+    v.cookie_in = b[o:e4]
+    if n3 & 3:
+        o = e4 + 4 - (n3 & 3)
+        if b[e4:o] != _ZPAD[o - e4]: raise _Bad
+    else:
+        o = e4
+    n5, = _U_I(b, o)
+    o += 4
+    if n5 == 0:
+        v.dconnuri = None
+    elif n5 == 1:
+        n6, = _U_I(b, o)
+        o += 4
+        e7 = o + n6
+        if e7 > n or big and n6 > 4194304: raise _Bad
+        v.dconnuri = b[o:e7].decode()
+        if n6 & 3:
+            o = e7 + 4 - (n6 & 3)
+            if b[e7:o] != _ZPAD[o - e7]: raise _Bad
+        else:
+            o = e7
+    else:
+        raise _Bad
+    n8, = _U_I(b, o)
     o += 4
     if n8 == 0:
-        f_dconnuri_7 = None
+        v.uri = None
     elif n8 == 1:
-        n9 = _S_I.unpack_from(b, o)[0]
+        n9, = _U_I(b, o)
         o += 4
         e10 = o + n9
-        if e10 > n or n9 > 4194304: raise _Bad
-        f_dconnuri_7 = b[o:e10].decode()
-        o = e10 + (-n9 & 3)
-        if n9 & 3 and b[e10:o] != _ZPAD[o - e10]: raise _Bad
+        if e10 > n or big and n9 > 4194304: raise _Bad
+        v.uri = b[o:e10].decode()
+        if n9 & 3:
+            o = e10 + 4 - (n9 & 3)
+            if b[e10:o] != _ZPAD[o - e10]: raise _Bad
+        else:
+            o = e10
     else:
         raise _Bad
-    n12 = _S_I.unpack_from(b, o)[0]
-    o += 4
-    if n12 == 0:
-        f_uri_11 = None
-    elif n12 == 1:
-        n13 = _S_I.unpack_from(b, o)[0]
-        o += 4
-        e14 = o + n13
-        if e14 > n or n13 > 4194304: raise _Bad
-        f_uri_11 = b[o:e14].decode()
-        o = e14 + (-n13 & 3)
-        if n13 & 3 and b[e14:o] != _ZPAD[o - e14]: raise _Bad
-    else:
-        raise _Bad
-    f_flags_15, f_cancelled_16 = _S_Qi.unpack_from(b, o)
+    v.flags, v.cancelled = _U_Qi(b, o)
     o += 12
-    return remote_domain_migrate_finish3_args(f_dname_1, f_cookie_in_4, f_dconnuri_7, f_uri_11, f_flags_15, f_cancelled_16), o
+    return v, o
 
 
 def _e_remote_domain_migrate_finish3_args(v: remote_domain_migrate_finish3_args, w: bytearray) -> None:
     s1 = v.dname.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
     s3 = v.cookie_in
     n4 = len(s3)
     if n4 > 4194304: raise _Bad
-    w += _S_I.pack(n4)
+    w += _P_I(n4)
     w += s3
     if n4 & 3: w += _ZPAD[-n4 & 3]
     x5 = v.dconnuri
@@ -2589,7 +3188,7 @@ def _e_remote_domain_migrate_finish3_args(v: remote_domain_migrate_finish3_args,
         s6 = x5.encode('utf-8', 'surrogateescape')
         n7 = len(s6)
         if n7 > 4194304: raise _Bad
-        w += _S_I.pack(n7)
+        w += _P_I(n7)
         w += s6
         if n7 & 3: w += _ZPAD[-n7 & 3]
     x8 = v.uri
@@ -2600,29 +3199,38 @@ def _e_remote_domain_migrate_finish3_args(v: remote_domain_migrate_finish3_args,
         s9 = x8.encode('utf-8', 'surrogateescape')
         n10 = len(s9)
         if n10 > 4194304: raise _Bad
-        w += _S_I.pack(n10)
+        w += _P_I(n10)
         w += s9
         if n10 & 3: w += _ZPAD[-n10 & 3]
-    w += _S_Qi.pack(v.flags, v.cancelled)
+    w += _P_Qi(v.flags, v.cancelled)
 
 
 def _d_remote_domain_migrate_finish3_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_migrate_finish3_ret, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_migrate_finish3_ret)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    e9 = o + n8
-    if e9 > n or n8 > 4194304: raise _Bad
-    f_cookie_out_7 = b[o:e9]
-    o = e9 + (-n8 & 3)
-    if n8 & 3 and b[e9:o] != _ZPAD[o - e9]: raise _Bad
-    return remote_domain_migrate_finish3_ret(f_dom_1, f_cookie_out_7), o
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    v.cookie_out = b[o:e5]
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    return v, o
 
 
 def _e_remote_domain_migrate_finish3_ret(v: remote_domain_migrate_finish3_ret, w: bytearray) -> None:
@@ -2630,7 +3238,7 @@ def _e_remote_domain_migrate_finish3_ret(v: remote_domain_migrate_finish3_ret, w
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -2638,30 +3246,39 @@ def _e_remote_domain_migrate_finish3_ret(v: remote_domain_migrate_finish3_ret, w
     s5 = v.cookie_out
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
 
 
 def _d_remote_domain_migrate_confirm3_args(b: bytes, o: int, n: int) -> tuple[remote_domain_migrate_confirm3_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_migrate_confirm3_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    e9 = o + n8
-    if e9 > n or n8 > 4194304: raise _Bad
-    f_cookie_in_7 = b[o:e9]
-    o = e9 + (-n8 & 3)
-    if n8 & 3 and b[e9:o] != _ZPAD[o - e9]: raise _Bad
-    f_flags_10, f_cancelled_11 = _S_Qi.unpack_from(b, o)
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    v.cookie_in = b[o:e5]
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    v.flags, v.cancelled = _U_Qi(b, o)
     o += 12
-    return remote_domain_migrate_confirm3_args(f_dom_1, f_cookie_in_7, f_flags_10, f_cancelled_11), o
+    return v, o
 
 
 def _e_remote_domain_migrate_confirm3_args(v: remote_domain_migrate_confirm3_args, w: bytearray) -> None:
@@ -2669,7 +3286,7 @@ def _e_remote_domain_migrate_confirm3_args(v: remote_domain_migrate_confirm3_arg
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -2677,10 +3294,10 @@ def _e_remote_domain_migrate_confirm3_args(v: remote_domain_migrate_confirm3_arg
     s5 = v.cookie_in
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
-    w += _S_Qi.pack(v.flags, v.cancelled)
+    w += _P_Qi(v.flags, v.cancelled)
 
 
 _c_remote_connect_get_sysinfo_args = _Codec('remote_connect_get_sysinfo_args', _e_remote_connect_get_sysinfo_args, _d_remote_connect_get_sysinfo_args)

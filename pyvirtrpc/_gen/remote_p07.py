@@ -12,6 +12,8 @@ from struct import Struct as _Struct
 from struct import pack as _pack
 from struct import unpack_from as _unpack_from
 
+_new = object.__new__  # decoders fill __slots__ directly instead of calling __init__
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: it costs milliseconds at start-up
     from typing import Any, Optional, Union
@@ -27,12 +29,11 @@ from .._xdr import XdrStruct as _XdrStruct
 from .._xdr import XdrUnion as _XdrUnion
 from .._xdr import dec_chars as _dec_chars
 from .._xdr import enc_chars as _enc_chars
-from .._xdr import enum_member as _enum_member
-from .remote import _d_remote_typed_param_value
 from .remote import _e_remote_typed_param_value
 from .remote import remote_nonnull_domain
 from .remote import remote_nonnull_domain_snapshot
 from .remote import remote_typed_param
+from .remote import remote_typed_param_value
 
 __all__: list[str] = []  # import names explicitly
 
@@ -47,10 +48,44 @@ _S_IIQ = _Struct('>IIQ')
 _S_IQI = _Struct('>IQI')
 _S_Q = _Struct('>Q')
 _S_QI = _Struct('>QI')
+_S_d = _Struct('>d')
 _S_i = _Struct('>i')
 _S_iI = _Struct('>iI')
 _S_iiI = _Struct('>iiI')
 _S_iiQQQ = _Struct('>iiQQQ')
+_S_q = _Struct('>q')
+_P_16si = _S_16si.pack
+_P_16siI = _S_16siI.pack
+_P_16siII = _S_16siII.pack
+_P_16siIII = _S_16siIII.pack
+_P_16siiI = _S_16siiI.pack
+_P_16siiiI = _S_16siiiI.pack
+_P_I = _S_I.pack
+_P_IIQ = _S_IIQ.pack
+_P_IQI = _S_IQI.pack
+_P_Q = _S_Q.pack
+_P_QI = _S_QI.pack
+_P_i = _S_i.pack
+_P_iI = _S_iI.pack
+_P_iiI = _S_iiI.pack
+_P_iiQQQ = _S_iiQQQ.pack
+_U_16si = _S_16si.unpack_from
+_U_16siI = _S_16siI.unpack_from
+_U_16siII = _S_16siII.unpack_from
+_U_16siIII = _S_16siIII.unpack_from
+_U_16siiI = _S_16siiI.unpack_from
+_U_16siiiI = _S_16siiiI.unpack_from
+_U_I = _S_I.unpack_from
+_U_IIQ = _S_IIQ.unpack_from
+_U_IQI = _S_IQI.unpack_from
+_U_Q = _S_Q.unpack_from
+_U_QI = _S_QI.unpack_from
+_U_d = _S_d.unpack_from
+_U_i = _S_i.unpack_from
+_U_iI = _S_iI.unpack_from
+_U_iiI = _S_iiI.unpack_from
+_U_iiQQQ = _S_iiQQQ.unpack_from
+_U_q = _S_q.unpack_from
 
 
 class remote_node_get_cpu_stats(_XdrStruct):
@@ -985,166 +1020,209 @@ class remote_node_suspend_for_duration_args(_XdrStruct):
 # ------------------------------------------------------------------- codecs
 
 def _d_remote_node_get_cpu_stats(b: bytes, o: int, n: int) -> tuple[remote_node_get_cpu_stats, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_node_get_cpu_stats)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_field_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    f_value_4 = _S_Q.unpack_from(b, o)[0]
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.field = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    v.value, = _U_Q(b, o)
     o += 8
-    return remote_node_get_cpu_stats(f_field_1, f_value_4), o
+    return v, o
 
 
 def _e_remote_node_get_cpu_stats(v: remote_node_get_cpu_stats, w: bytearray) -> None:
     s1 = v.field.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
-    w += _S_Q.pack(v.value)
+    w += _P_Q(v.value)
 
 
 def _d_remote_node_get_memory_stats(b: bytes, o: int, n: int) -> tuple[remote_node_get_memory_stats, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_node_get_memory_stats)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_field_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    f_value_4 = _S_Q.unpack_from(b, o)[0]
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.field = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    v.value, = _U_Q(b, o)
     o += 8
-    return remote_node_get_memory_stats(f_field_1, f_value_4), o
+    return v, o
 
 
 def _e_remote_node_get_memory_stats(v: remote_node_get_memory_stats, w: bytearray) -> None:
     s1 = v.field.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
-    w += _S_Q.pack(v.value)
+    w += _P_Q(v.value)
 
 
 def _d_remote_node_get_cpu_stats_args(b: bytes, o: int, n: int) -> tuple[remote_node_get_cpu_stats_args, int]:
-    f_cpuNum_1, f_nparams_2, f_flags_3 = _S_iiI.unpack_from(b, o)
+    v = _new(remote_node_get_cpu_stats_args)
+    v.cpuNum, v.nparams, v.flags = _U_iiI(b, o)
     o += 12
-    return remote_node_get_cpu_stats_args(f_cpuNum_1, f_nparams_2, f_flags_3), o
+    return v, o
 
 
 def _e_remote_node_get_cpu_stats_args(v: remote_node_get_cpu_stats_args, w: bytearray) -> None:
-    w += _S_iiI.pack(v.cpuNum, v.nparams, v.flags)
+    w += _P_iiI(v.cpuNum, v.nparams, v.flags)
 
 
 def _d_remote_node_get_cpu_stats_ret(b: bytes, o: int, n: int) -> tuple[remote_node_get_cpu_stats_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_node_get_cpu_stats_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 16 or n2 * 12 > n - o: raise _Bad
-    f_params_1 = []
-    for _ in range(n2):
-        n5 = _S_I.unpack_from(b, o)[0]
+    if n1 > 16 or n1 * 12 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.params = x3
+    L_U_I = _U_I
+    L_U_Q = _U_Q
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_node_get_cpu_stats = remote_node_get_cpu_stats
+    for _ in range(n1):
+        it2 = L_new(L_remote_node_get_cpu_stats)
+        n4, = L_U_I(b, o)
         o += 4
-        e6 = o + n5
-        if e6 > n or n5 > 4194304: raise _Bad
-        f_field_4 = b[o:e6].decode()
-        o = e6 + (-n5 & 3)
-        if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-        f_value_7 = _S_Q.unpack_from(b, o)[0]
+        e5 = o + n4
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        it2.field = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != L_ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
+        it2.value, = L_U_Q(b, o)
         o += 8
-        it3 = remote_node_get_cpu_stats(f_field_4, f_value_7)
-        f_params_1.append(it3)
-    f_nparams_8 = _S_i.unpack_from(b, o)[0]
+        x3.append(it2)
+    v.nparams, = _U_i(b, o)
     o += 4
-    return remote_node_get_cpu_stats_ret(f_params_1, f_nparams_8), o
+    return v, o
 
 
 def _e_remote_node_get_cpu_stats_ret(v: remote_node_get_cpu_stats_ret, w: bytearray) -> None:
     x1 = v.params
     n2 = len(x1)
     if n2 > 16: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
         s4 = it3.field.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
-        w += _S_Q.pack(it3.value)
-    w += _S_i.pack(v.nparams)
+        w += _P_Q(it3.value)
+    w += _P_i(v.nparams)
 
 
 def _d_remote_node_get_memory_stats_args(b: bytes, o: int, n: int) -> tuple[remote_node_get_memory_stats_args, int]:
-    f_nparams_1, f_cellNum_2, f_flags_3 = _S_iiI.unpack_from(b, o)
+    v = _new(remote_node_get_memory_stats_args)
+    v.nparams, v.cellNum, v.flags = _U_iiI(b, o)
     o += 12
-    return remote_node_get_memory_stats_args(f_nparams_1, f_cellNum_2, f_flags_3), o
+    return v, o
 
 
 def _e_remote_node_get_memory_stats_args(v: remote_node_get_memory_stats_args, w: bytearray) -> None:
-    w += _S_iiI.pack(v.nparams, v.cellNum, v.flags)
+    w += _P_iiI(v.nparams, v.cellNum, v.flags)
 
 
 def _d_remote_node_get_memory_stats_ret(b: bytes, o: int, n: int) -> tuple[remote_node_get_memory_stats_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_node_get_memory_stats_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 16 or n2 * 12 > n - o: raise _Bad
-    f_params_1 = []
-    for _ in range(n2):
-        n5 = _S_I.unpack_from(b, o)[0]
+    if n1 > 16 or n1 * 12 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.params = x3
+    L_U_I = _U_I
+    L_U_Q = _U_Q
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_node_get_memory_stats = remote_node_get_memory_stats
+    for _ in range(n1):
+        it2 = L_new(L_remote_node_get_memory_stats)
+        n4, = L_U_I(b, o)
         o += 4
-        e6 = o + n5
-        if e6 > n or n5 > 4194304: raise _Bad
-        f_field_4 = b[o:e6].decode()
-        o = e6 + (-n5 & 3)
-        if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-        f_value_7 = _S_Q.unpack_from(b, o)[0]
+        e5 = o + n4
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        it2.field = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != L_ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
+        it2.value, = L_U_Q(b, o)
         o += 8
-        it3 = remote_node_get_memory_stats(f_field_4, f_value_7)
-        f_params_1.append(it3)
-    f_nparams_8 = _S_i.unpack_from(b, o)[0]
+        x3.append(it2)
+    v.nparams, = _U_i(b, o)
     o += 4
-    return remote_node_get_memory_stats_ret(f_params_1, f_nparams_8), o
+    return v, o
 
 
 def _e_remote_node_get_memory_stats_ret(v: remote_node_get_memory_stats_ret, w: bytearray) -> None:
     x1 = v.params
     n2 = len(x1)
     if n2 > 16: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
         s4 = it3.field.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
-        w += _S_Q.pack(it3.value)
-    w += _S_i.pack(v.nparams)
+        w += _P_Q(it3.value)
+    w += _P_i(v.nparams)
 
 
 def _d_remote_domain_block_resize_args(b: bytes, o: int, n: int) -> tuple[remote_domain_block_resize_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_block_resize_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    e9 = o + n8
-    if e9 > n or n8 > 4194304: raise _Bad
-    f_disk_7 = b[o:e9].decode()
-    o = e9 + (-n8 & 3)
-    if n8 & 3 and b[e9:o] != _ZPAD[o - e9]: raise _Bad
-    f_size_10, f_flags_11 = _S_QI.unpack_from(b, o)
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    v.disk = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    v.size, v.flags = _U_QI(b, o)
     o += 12
-    return remote_domain_block_resize_args(f_dom_1, f_disk_7, f_size_10, f_flags_11), o
+    return v, o
 
 
 def _e_remote_domain_block_resize_args(v: remote_domain_block_resize_args, w: bytearray) -> None:
@@ -1152,7 +1230,7 @@ def _e_remote_domain_block_resize_args(v: remote_domain_block_resize_args, w: by
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -1160,39 +1238,93 @@ def _e_remote_domain_block_resize_args(v: remote_domain_block_resize_args, w: by
     s5 = v.disk.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
-    w += _S_QI.pack(v.size, v.flags)
+    w += _P_QI(v.size, v.flags)
 
 
 def _d_remote_domain_set_numa_parameters_args(b: bytes, o: int, n: int) -> tuple[remote_domain_set_numa_parameters_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_set_numa_parameters_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    if n8 > 16 or n8 * 12 > n - o: raise _Bad
-    f_params_7 = []
-    for _ in range(n8):
-        n11 = _S_I.unpack_from(b, o)[0]
+    if n4 > 16 or n4 * 12 > n - o: raise _Bad
+    x6: list[Any] = []
+    v.params = x6
+    L_U_I = _U_I
+    L_U_Q = _U_Q
+    L_U_d = _U_d
+    L_U_i = _U_i
+    L_U_q = _U_q
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_typed_param = remote_typed_param
+    L_remote_typed_param_value = remote_typed_param_value
+    for _ in range(n4):
+        it5 = L_new(L_remote_typed_param)
+        n7, = L_U_I(b, o)
         o += 4
-        e12 = o + n11
-        if e12 > n or n11 > 4194304: raise _Bad
-        f_field_10 = b[o:e12].decode()
-        o = e12 + (-n11 & 3)
-        if n11 & 3 and b[e12:o] != _ZPAD[o - e12]: raise _Bad
-        f_value_13, o = _d_remote_typed_param_value(b, o, n)
-        it9 = remote_typed_param(f_field_10, f_value_13)
-        f_params_7.append(it9)
-    f_flags_14 = _S_I.unpack_from(b, o)[0]
+        e8 = o + n7
+        if e8 > n or big and n7 > 4194304: raise _Bad
+        it5.field = b[o:e8].decode()
+        if n7 & 3:
+            o = e8 + 4 - (n7 & 3)
+            if b[e8:o] != L_ZPAD[o - e8]: raise _Bad
+        else:
+            o = e8
+        x9 = L_new(L_remote_typed_param_value)
+        d10, = L_U_i(b, o)
+        o += 4
+        if d10 == 1:
+            x9.value, = L_U_i(b, o)
+            o += 4
+        elif d10 == 2:
+            x9.value, = L_U_I(b, o)
+            o += 4
+        elif d10 == 3:
+            x9.value, = L_U_q(b, o)
+            o += 8
+        elif d10 == 4:
+            x9.value, = L_U_Q(b, o)
+            o += 8
+        elif d10 == 5:
+            x9.value, = L_U_d(b, o)
+            o += 8
+        elif d10 == 6:
+            x9.value, = L_U_i(b, o)
+            o += 4
+        elif d10 == 7:
+            n11, = L_U_I(b, o)
+            o += 4
+            e12 = o + n11
+            if e12 > n or big and n11 > 4194304: raise _Bad
+            x9.value = b[o:e12].decode()
+            if n11 & 3:
+                o = e12 + 4 - (n11 & 3)
+                if b[e12:o] != L_ZPAD[o - e12]: raise _Bad
+            else:
+                o = e12
+        else:
+            raise _Bad
+        x9.type = d10
+        it5.value = x9
+        x6.append(it5)
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_domain_set_numa_parameters_args(f_dom_1, f_params_7, f_flags_14), o
+    return v, o
 
 
 def _e_remote_domain_set_numa_parameters_args(v: remote_domain_set_numa_parameters_args, w: bytearray) -> None:
@@ -1200,7 +1332,7 @@ def _e_remote_domain_set_numa_parameters_args(v: remote_domain_set_numa_paramete
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -1208,30 +1340,36 @@ def _e_remote_domain_set_numa_parameters_args(v: remote_domain_set_numa_paramete
     x5 = v.params
     n6 = len(x5)
     if n6 > 16: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     for it7 in x5:
         s8 = it7.field.encode('utf-8', 'surrogateescape')
         n9 = len(s8)
         if n9 > 4194304: raise _Bad
-        w += _S_I.pack(n9)
+        w += _P_I(n9)
         w += s8
         if n9 & 3: w += _ZPAD[-n9 & 3]
         _e_remote_typed_param_value(it7.value, w)
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_domain_get_numa_parameters_args(b: bytes, o: int, n: int) -> tuple[remote_domain_get_numa_parameters_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_get_numa_parameters_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_nparams_7, f_flags_8 = _S_16siiI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.nparams, v.flags = _U_16siiI(b, o)
     o += 28
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_get_numa_parameters_args(f_dom_1, f_nparams_7, f_flags_8), o
+    return v, o
 
 
 def _e_remote_domain_get_numa_parameters_args(v: remote_domain_get_numa_parameters_args, w: bytearray) -> None:
@@ -1239,70 +1377,129 @@ def _e_remote_domain_get_numa_parameters_args(v: remote_domain_get_numa_paramete
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siiI.pack(x4, x1.id, v.nparams, v.flags)
+    w += _P_16siiI(x4, x1.id, v.nparams, v.flags)
 
 
 def _d_remote_domain_get_numa_parameters_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_get_numa_parameters_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_get_numa_parameters_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 16 or n2 * 12 > n - o: raise _Bad
-    f_params_1 = []
-    for _ in range(n2):
-        n5 = _S_I.unpack_from(b, o)[0]
+    if n1 > 16 or n1 * 12 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.params = x3
+    L_U_I = _U_I
+    L_U_Q = _U_Q
+    L_U_d = _U_d
+    L_U_i = _U_i
+    L_U_q = _U_q
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_typed_param = remote_typed_param
+    L_remote_typed_param_value = remote_typed_param_value
+    for _ in range(n1):
+        it2 = L_new(L_remote_typed_param)
+        n4, = L_U_I(b, o)
         o += 4
-        e6 = o + n5
-        if e6 > n or n5 > 4194304: raise _Bad
-        f_field_4 = b[o:e6].decode()
-        o = e6 + (-n5 & 3)
-        if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-        f_value_7, o = _d_remote_typed_param_value(b, o, n)
-        it3 = remote_typed_param(f_field_4, f_value_7)
-        f_params_1.append(it3)
-    f_nparams_8 = _S_i.unpack_from(b, o)[0]
+        e5 = o + n4
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        it2.field = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != L_ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
+        x6 = L_new(L_remote_typed_param_value)
+        d7, = L_U_i(b, o)
+        o += 4
+        if d7 == 1:
+            x6.value, = L_U_i(b, o)
+            o += 4
+        elif d7 == 2:
+            x6.value, = L_U_I(b, o)
+            o += 4
+        elif d7 == 3:
+            x6.value, = L_U_q(b, o)
+            o += 8
+        elif d7 == 4:
+            x6.value, = L_U_Q(b, o)
+            o += 8
+        elif d7 == 5:
+            x6.value, = L_U_d(b, o)
+            o += 8
+        elif d7 == 6:
+            x6.value, = L_U_i(b, o)
+            o += 4
+        elif d7 == 7:
+            n8, = L_U_I(b, o)
+            o += 4
+            e9 = o + n8
+            if e9 > n or big and n8 > 4194304: raise _Bad
+            x6.value = b[o:e9].decode()
+            if n8 & 3:
+                o = e9 + 4 - (n8 & 3)
+                if b[e9:o] != L_ZPAD[o - e9]: raise _Bad
+            else:
+                o = e9
+        else:
+            raise _Bad
+        x6.type = d7
+        it2.value = x6
+        x3.append(it2)
+    v.nparams, = _U_i(b, o)
     o += 4
-    return remote_domain_get_numa_parameters_ret(f_params_1, f_nparams_8), o
+    return v, o
 
 
 def _e_remote_domain_get_numa_parameters_ret(v: remote_domain_get_numa_parameters_ret, w: bytearray) -> None:
     x1 = v.params
     n2 = len(x1)
     if n2 > 16: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
         s4 = it3.field.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
         _e_remote_typed_param_value(it3.value, w)
-    w += _S_i.pack(v.nparams)
+    w += _P_i(v.nparams)
 
 
 def _d_remote_domain_block_stats_flags_args(b: bytes, o: int, n: int) -> tuple[remote_domain_block_stats_flags_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_block_stats_flags_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    e9 = o + n8
-    if e9 > n or n8 > 4194304: raise _Bad
-    f_path_7 = b[o:e9].decode()
-    o = e9 + (-n8 & 3)
-    if n8 & 3 and b[e9:o] != _ZPAD[o - e9]: raise _Bad
-    f_nparams_10, f_flags_11 = _S_iI.unpack_from(b, o)
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    v.path = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    v.nparams, v.flags = _U_iI(b, o)
     o += 8
-    return remote_domain_block_stats_flags_args(f_dom_1, f_path_7, f_nparams_10, f_flags_11), o
+    return v, o
 
 
 def _e_remote_domain_block_stats_flags_args(v: remote_domain_block_stats_flags_args, w: bytearray) -> None:
@@ -1310,7 +1507,7 @@ def _e_remote_domain_block_stats_flags_args(v: remote_domain_block_stats_flags_a
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -1318,61 +1515,117 @@ def _e_remote_domain_block_stats_flags_args(v: remote_domain_block_stats_flags_a
     s5 = v.path.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
-    w += _S_iI.pack(v.nparams, v.flags)
+    w += _P_iI(v.nparams, v.flags)
 
 
 def _d_remote_domain_block_stats_flags_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_block_stats_flags_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_block_stats_flags_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 16 or n2 * 12 > n - o: raise _Bad
-    f_params_1 = []
-    for _ in range(n2):
-        n5 = _S_I.unpack_from(b, o)[0]
+    if n1 > 16 or n1 * 12 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.params = x3
+    L_U_I = _U_I
+    L_U_Q = _U_Q
+    L_U_d = _U_d
+    L_U_i = _U_i
+    L_U_q = _U_q
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_typed_param = remote_typed_param
+    L_remote_typed_param_value = remote_typed_param_value
+    for _ in range(n1):
+        it2 = L_new(L_remote_typed_param)
+        n4, = L_U_I(b, o)
         o += 4
-        e6 = o + n5
-        if e6 > n or n5 > 4194304: raise _Bad
-        f_field_4 = b[o:e6].decode()
-        o = e6 + (-n5 & 3)
-        if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-        f_value_7, o = _d_remote_typed_param_value(b, o, n)
-        it3 = remote_typed_param(f_field_4, f_value_7)
-        f_params_1.append(it3)
-    f_nparams_8 = _S_i.unpack_from(b, o)[0]
+        e5 = o + n4
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        it2.field = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != L_ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
+        x6 = L_new(L_remote_typed_param_value)
+        d7, = L_U_i(b, o)
+        o += 4
+        if d7 == 1:
+            x6.value, = L_U_i(b, o)
+            o += 4
+        elif d7 == 2:
+            x6.value, = L_U_I(b, o)
+            o += 4
+        elif d7 == 3:
+            x6.value, = L_U_q(b, o)
+            o += 8
+        elif d7 == 4:
+            x6.value, = L_U_Q(b, o)
+            o += 8
+        elif d7 == 5:
+            x6.value, = L_U_d(b, o)
+            o += 8
+        elif d7 == 6:
+            x6.value, = L_U_i(b, o)
+            o += 4
+        elif d7 == 7:
+            n8, = L_U_I(b, o)
+            o += 4
+            e9 = o + n8
+            if e9 > n or big and n8 > 4194304: raise _Bad
+            x6.value = b[o:e9].decode()
+            if n8 & 3:
+                o = e9 + 4 - (n8 & 3)
+                if b[e9:o] != L_ZPAD[o - e9]: raise _Bad
+            else:
+                o = e9
+        else:
+            raise _Bad
+        x6.type = d7
+        it2.value = x6
+        x3.append(it2)
+    v.nparams, = _U_i(b, o)
     o += 4
-    return remote_domain_block_stats_flags_ret(f_params_1, f_nparams_8), o
+    return v, o
 
 
 def _e_remote_domain_block_stats_flags_ret(v: remote_domain_block_stats_flags_ret, w: bytearray) -> None:
     x1 = v.params
     n2 = len(x1)
     if n2 > 16: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
         s4 = it3.field.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
         _e_remote_typed_param_value(it3.value, w)
-    w += _S_i.pack(v.nparams)
+    w += _P_i(v.nparams)
 
 
 def _d_remote_domain_reset_args(b: bytes, o: int, n: int) -> tuple[remote_domain_reset_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_reset_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_flags_7 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.flags = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_reset_args(f_dom_1, f_flags_7), o
+    return v, o
 
 
 def _e_remote_domain_reset_args(v: remote_domain_reset_args, w: bytearray) -> None:
@@ -1380,26 +1633,32 @@ def _e_remote_domain_reset_args(v: remote_domain_reset_args, w: bytearray) -> No
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, v.flags)
+    w += _P_16siI(x4, x1.id, v.flags)
 
 
 def _d_remote_domain_destroy_flags_args(b: bytes, o: int, n: int) -> tuple[remote_domain_destroy_flags_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_destroy_flags_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_flags_7 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.flags = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_destroy_flags_args(f_dom_1, f_flags_7), o
+    return v, o
 
 
 def _e_remote_domain_destroy_flags_args(v: remote_domain_destroy_flags_args, w: bytearray) -> None:
@@ -1407,47 +1666,59 @@ def _e_remote_domain_destroy_flags_args(v: remote_domain_destroy_flags_args, w: 
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, v.flags)
+    w += _P_16siI(x4, x1.id, v.flags)
 
 
 def _d_remote_domain_save_flags_args(b: bytes, o: int, n: int) -> tuple[remote_domain_save_flags_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_save_flags_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    e9 = o + n8
-    if e9 > n or n8 > 4194304: raise _Bad
-    f_to_7 = b[o:e9].decode()
-    o = e9 + (-n8 & 3)
-    if n8 & 3 and b[e9:o] != _ZPAD[o - e9]: raise _Bad
-    n11 = _S_I.unpack_from(b, o)[0]
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    v.to = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    n6, = _U_I(b, o)
     o += 4
-    if n11 == 0:
-        f_dxml_10 = None
-    elif n11 == 1:
-        n12 = _S_I.unpack_from(b, o)[0]
+    if n6 == 0:
+        v.dxml = None
+    elif n6 == 1:
+        n7, = _U_I(b, o)
         o += 4
-        e13 = o + n12
-        if e13 > n or n12 > 4194304: raise _Bad
-        f_dxml_10 = b[o:e13].decode()
-        o = e13 + (-n12 & 3)
-        if n12 & 3 and b[e13:o] != _ZPAD[o - e13]: raise _Bad
+        e8 = o + n7
+        if e8 > n or big and n7 > 4194304: raise _Bad
+        v.dxml = b[o:e8].decode()
+        if n7 & 3:
+            o = e8 + 4 - (n7 & 3)
+            if b[e8:o] != _ZPAD[o - e8]: raise _Bad
+        else:
+            o = e8
     else:
         raise _Bad
-    f_flags_14 = _S_I.unpack_from(b, o)[0]
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_domain_save_flags_args(f_dom_1, f_to_7, f_dxml_10, f_flags_14), o
+    return v, o
 
 
 def _e_remote_domain_save_flags_args(v: remote_domain_save_flags_args, w: bytearray) -> None:
@@ -1455,7 +1726,7 @@ def _e_remote_domain_save_flags_args(v: remote_domain_save_flags_args, w: bytear
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -1463,7 +1734,7 @@ def _e_remote_domain_save_flags_args(v: remote_domain_save_flags_args, w: bytear
     s5 = v.to.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
     x7 = v.dxml
@@ -1474,44 +1745,52 @@ def _e_remote_domain_save_flags_args(v: remote_domain_save_flags_args, w: bytear
         s8 = x7.encode('utf-8', 'surrogateescape')
         n9 = len(s8)
         if n9 > 4194304: raise _Bad
-        w += _S_I.pack(n9)
+        w += _P_I(n9)
         w += s8
         if n9 & 3: w += _ZPAD[-n9 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_domain_restore_flags_args(b: bytes, o: int, n: int) -> tuple[remote_domain_restore_flags_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_restore_flags_args)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_from_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    n5 = _S_I.unpack_from(b, o)[0]
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.from_ = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    n3, = _U_I(b, o)
     o += 4
-    if n5 == 0:
-        f_dxml_4 = None
-    elif n5 == 1:
-        n6 = _S_I.unpack_from(b, o)[0]
+    if n3 == 0:
+        v.dxml = None
+    elif n3 == 1:
+        n4, = _U_I(b, o)
         o += 4
-        e7 = o + n6
-        if e7 > n or n6 > 4194304: raise _Bad
-        f_dxml_4 = b[o:e7].decode()
-        o = e7 + (-n6 & 3)
-        if n6 & 3 and b[e7:o] != _ZPAD[o - e7]: raise _Bad
+        e5 = o + n4
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        v.dxml = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
     else:
         raise _Bad
-    f_flags_8 = _S_I.unpack_from(b, o)[0]
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_domain_restore_flags_args(f_from_1, f_dxml_4, f_flags_8), o
+    return v, o
 
 
 def _e_remote_domain_restore_flags_args(v: remote_domain_restore_flags_args, w: bytearray) -> None:
     s1 = v.from_.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
     x3 = v.dxml
@@ -1522,103 +1801,127 @@ def _e_remote_domain_restore_flags_args(v: remote_domain_restore_flags_args, w: 
         s4 = x3.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_domain_save_image_get_xml_desc_args(b: bytes, o: int, n: int) -> tuple[remote_domain_save_image_get_xml_desc_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_save_image_get_xml_desc_args)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_file_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    f_flags_4 = _S_I.unpack_from(b, o)[0]
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.file = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_domain_save_image_get_xml_desc_args(f_file_1, f_flags_4), o
+    return v, o
 
 
 def _e_remote_domain_save_image_get_xml_desc_args(v: remote_domain_save_image_get_xml_desc_args, w: bytearray) -> None:
     s1 = v.file.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_domain_save_image_get_xml_desc_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_save_image_get_xml_desc_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_save_image_get_xml_desc_ret)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_xml_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    return remote_domain_save_image_get_xml_desc_ret(f_xml_1), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.xml = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_remote_domain_save_image_get_xml_desc_ret(v: remote_domain_save_image_get_xml_desc_ret, w: bytearray) -> None:
     s1 = v.xml.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_remote_domain_save_image_define_xml_args(b: bytes, o: int, n: int) -> tuple[remote_domain_save_image_define_xml_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_save_image_define_xml_args)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_file_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    n5 = _S_I.unpack_from(b, o)[0]
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.file = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    n3, = _U_I(b, o)
     o += 4
-    e6 = o + n5
-    if e6 > n or n5 > 4194304: raise _Bad
-    f_dxml_4 = b[o:e6].decode()
-    o = e6 + (-n5 & 3)
-    if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-    f_flags_7 = _S_I.unpack_from(b, o)[0]
+    e4 = o + n3
+    if e4 > n or big and n3 > 4194304: raise _Bad
+    v.dxml = b[o:e4].decode()
+    if n3 & 3:
+        o = e4 + 4 - (n3 & 3)
+        if b[e4:o] != _ZPAD[o - e4]: raise _Bad
+    else:
+        o = e4
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_domain_save_image_define_xml_args(f_file_1, f_dxml_4, f_flags_7), o
+    return v, o
 
 
 def _e_remote_domain_save_image_define_xml_args(v: remote_domain_save_image_define_xml_args, w: bytearray) -> None:
     s1 = v.file.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
     s3 = v.dxml.encode('utf-8', 'surrogateescape')
     n4 = len(s3)
     if n4 > 4194304: raise _Bad
-    w += _S_I.pack(n4)
+    w += _P_I(n4)
     w += s3
     if n4 & 3: w += _ZPAD[-n4 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_domain_undefine_flags_args(b: bytes, o: int, n: int) -> tuple[remote_domain_undefine_flags_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_undefine_flags_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_flags_7 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.flags = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_undefine_flags_args(f_dom_1, f_flags_7), o
+    return v, o
 
 
 def _e_remote_domain_undefine_flags_args(v: remote_domain_undefine_flags_args, w: bytearray) -> None:
@@ -1626,31 +1929,37 @@ def _e_remote_domain_undefine_flags_args(v: remote_domain_undefine_flags_args, w
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, v.flags)
+    w += _P_16siI(x4, x1.id, v.flags)
 
 
 def _d_remote_domain_send_key_args(b: bytes, o: int, n: int) -> tuple[remote_domain_send_key_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_send_key_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_codeset_7, f_holdtime_8, n10 = _S_16siIII.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.codeset, v.holdtime, n4 = _U_16siIII(b, o)
     o += 32
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    if n10 > 16 or n10 * 4 > n - o: raise _Bad
-    f_keycodes_9 = list(_unpack_from('>%dI' % n10, b, o))
-    o += 4 * n10
-    f_flags_11 = _S_I.unpack_from(b, o)[0]
+    if n4 > 16 or n4 * 4 > n - o: raise _Bad
+    v.keycodes = list(_unpack_from('>%dI' % n4, b, o))
+    o += 4 * n4
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_domain_send_key_args(f_dom_1, f_codeset_7, f_holdtime_8, f_keycodes_9, f_flags_11), o
+    return v, o
 
 
 def _e_remote_domain_send_key_args(v: remote_domain_send_key_args, w: bytearray) -> None:
@@ -1658,7 +1967,7 @@ def _e_remote_domain_send_key_args(v: remote_domain_send_key_args, w: bytearray)
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -1666,30 +1975,39 @@ def _e_remote_domain_send_key_args(v: remote_domain_send_key_args, w: bytearray)
     x5 = v.keycodes
     n6 = len(x5)
     if n6 > 16: raise _Bad
-    w += _S_16siIII.pack(x4, x1.id, v.codeset, v.holdtime, n6)
+    w += _P_16siIII(x4, x1.id, v.codeset, v.holdtime, n6)
     w += _pack('>%dI' % len(x5), *x5)
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_domain_pin_vcpu_flags_args(b: bytes, o: int, n: int) -> tuple[remote_domain_pin_vcpu_flags_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_pin_vcpu_flags_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_vcpu_7, n9 = _S_16siII.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.vcpu, n4 = _U_16siII(b, o)
     o += 28
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    e10 = o + n9
-    if e10 > n or n9 > 2048: raise _Bad
-    f_cpumap_8 = b[o:e10]
-    o = e10 + (-n9 & 3)
-    if n9 & 3 and b[e10:o] != _ZPAD[o - e10]: raise _Bad
-    f_flags_11 = _S_I.unpack_from(b, o)[0]
+    e5 = o + n4
+    if e5 > n or n4 > 2048: raise _Bad
+    v.cpumap = b[o:e5]
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_domain_pin_vcpu_flags_args(f_dom_1, f_vcpu_7, f_cpumap_8, f_flags_11), o
+    return v, o
 
 
 def _e_remote_domain_pin_vcpu_flags_args(v: remote_domain_pin_vcpu_flags_args, w: bytearray) -> None:
@@ -1697,7 +2015,7 @@ def _e_remote_domain_pin_vcpu_flags_args(v: remote_domain_pin_vcpu_flags_args, w
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -1705,24 +2023,30 @@ def _e_remote_domain_pin_vcpu_flags_args(v: remote_domain_pin_vcpu_flags_args, w
     s5 = v.cpumap
     n6 = len(s5)
     if n6 > 2048: raise _Bad
-    w += _S_16siII.pack(x4, x1.id, v.vcpu, n6)
+    w += _P_16siII(x4, x1.id, v.vcpu, n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_domain_get_vcpu_pin_info_args(b: bytes, o: int, n: int) -> tuple[remote_domain_get_vcpu_pin_info_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_get_vcpu_pin_info_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_ncpumaps_7, f_maplen_8, f_flags_9 = _S_16siiiI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.ncpumaps, v.maplen, v.flags = _U_16siiiI(b, o)
     o += 32
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_get_vcpu_pin_info_args(f_dom_1, f_ncpumaps_7, f_maplen_8, f_flags_9), o
+    return v, o
 
 
 def _e_remote_domain_get_vcpu_pin_info_args(v: remote_domain_get_vcpu_pin_info_args, w: bytearray) -> None:
@@ -1730,56 +2054,70 @@ def _e_remote_domain_get_vcpu_pin_info_args(v: remote_domain_get_vcpu_pin_info_a
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siiiI.pack(x4, x1.id, v.ncpumaps, v.maplen, v.flags)
+    w += _P_16siiiI(x4, x1.id, v.ncpumaps, v.maplen, v.flags)
 
 
 def _d_remote_domain_get_vcpu_pin_info_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_get_vcpu_pin_info_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_get_vcpu_pin_info_ret)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 8388608: raise _Bad
-    f_cpumaps_1 = b[o:e3]
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    f_num_4 = _S_i.unpack_from(b, o)[0]
+    e2 = o + n1
+    if e2 > n or big and n1 > 8388608: raise _Bad
+    v.cpumaps = b[o:e2]
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    v.num, = _U_i(b, o)
     o += 4
-    return remote_domain_get_vcpu_pin_info_ret(f_cpumaps_1, f_num_4), o
+    return v, o
 
 
 def _e_remote_domain_get_vcpu_pin_info_ret(v: remote_domain_get_vcpu_pin_info_ret, w: bytearray) -> None:
     s1 = v.cpumaps
     n2 = len(s1)
     if n2 > 8388608: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
-    w += _S_i.pack(v.num)
+    w += _P_i(v.num)
 
 
 def _d_remote_domain_block_job_abort_args(b: bytes, o: int, n: int) -> tuple[remote_domain_block_job_abort_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_block_job_abort_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    e9 = o + n8
-    if e9 > n or n8 > 4194304: raise _Bad
-    f_path_7 = b[o:e9].decode()
-    o = e9 + (-n8 & 3)
-    if n8 & 3 and b[e9:o] != _ZPAD[o - e9]: raise _Bad
-    f_flags_10 = _S_I.unpack_from(b, o)[0]
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    v.path = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_domain_block_job_abort_args(f_dom_1, f_path_7, f_flags_10), o
+    return v, o
 
 
 def _e_remote_domain_block_job_abort_args(v: remote_domain_block_job_abort_args, w: bytearray) -> None:
@@ -1787,7 +2125,7 @@ def _e_remote_domain_block_job_abort_args(v: remote_domain_block_job_abort_args,
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -1795,31 +2133,40 @@ def _e_remote_domain_block_job_abort_args(v: remote_domain_block_job_abort_args,
     s5 = v.path.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_domain_get_block_job_info_args(b: bytes, o: int, n: int) -> tuple[remote_domain_get_block_job_info_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_get_block_job_info_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    e9 = o + n8
-    if e9 > n or n8 > 4194304: raise _Bad
-    f_path_7 = b[o:e9].decode()
-    o = e9 + (-n8 & 3)
-    if n8 & 3 and b[e9:o] != _ZPAD[o - e9]: raise _Bad
-    f_flags_10 = _S_I.unpack_from(b, o)[0]
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    v.path = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_domain_get_block_job_info_args(f_dom_1, f_path_7, f_flags_10), o
+    return v, o
 
 
 def _e_remote_domain_get_block_job_info_args(v: remote_domain_get_block_job_info_args, w: bytearray) -> None:
@@ -1827,7 +2174,7 @@ def _e_remote_domain_get_block_job_info_args(v: remote_domain_get_block_job_info
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -1835,41 +2182,51 @@ def _e_remote_domain_get_block_job_info_args(v: remote_domain_get_block_job_info
     s5 = v.path.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_domain_get_block_job_info_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_get_block_job_info_ret, int]:
-    f_found_1, f_type_2, f_bandwidth_3, f_cur_4, f_end_5 = _S_iiQQQ.unpack_from(b, o)
+    v = _new(remote_domain_get_block_job_info_ret)
+    v.found, v.type, v.bandwidth, v.cur, v.end = _U_iiQQQ(b, o)
     o += 32
-    return remote_domain_get_block_job_info_ret(f_found_1, f_type_2, f_bandwidth_3, f_cur_4, f_end_5), o
+    return v, o
 
 
 def _e_remote_domain_get_block_job_info_ret(v: remote_domain_get_block_job_info_ret, w: bytearray) -> None:
-    w += _S_iiQQQ.pack(v.found, v.type, v.bandwidth, v.cur, v.end)
+    w += _P_iiQQQ(v.found, v.type, v.bandwidth, v.cur, v.end)
 
 
 def _d_remote_domain_block_job_set_speed_args(b: bytes, o: int, n: int) -> tuple[remote_domain_block_job_set_speed_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_block_job_set_speed_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    e9 = o + n8
-    if e9 > n or n8 > 4194304: raise _Bad
-    f_path_7 = b[o:e9].decode()
-    o = e9 + (-n8 & 3)
-    if n8 & 3 and b[e9:o] != _ZPAD[o - e9]: raise _Bad
-    f_bandwidth_10, f_flags_11 = _S_QI.unpack_from(b, o)
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    v.path = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    v.bandwidth, v.flags = _U_QI(b, o)
     o += 12
-    return remote_domain_block_job_set_speed_args(f_dom_1, f_path_7, f_bandwidth_10, f_flags_11), o
+    return v, o
 
 
 def _e_remote_domain_block_job_set_speed_args(v: remote_domain_block_job_set_speed_args, w: bytearray) -> None:
@@ -1877,7 +2234,7 @@ def _e_remote_domain_block_job_set_speed_args(v: remote_domain_block_job_set_spe
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -1885,31 +2242,40 @@ def _e_remote_domain_block_job_set_speed_args(v: remote_domain_block_job_set_spe
     s5 = v.path.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
-    w += _S_QI.pack(v.bandwidth, v.flags)
+    w += _P_QI(v.bandwidth, v.flags)
 
 
 def _d_remote_domain_block_pull_args(b: bytes, o: int, n: int) -> tuple[remote_domain_block_pull_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_block_pull_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    e9 = o + n8
-    if e9 > n or n8 > 4194304: raise _Bad
-    f_path_7 = b[o:e9].decode()
-    o = e9 + (-n8 & 3)
-    if n8 & 3 and b[e9:o] != _ZPAD[o - e9]: raise _Bad
-    f_bandwidth_10, f_flags_11 = _S_QI.unpack_from(b, o)
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    v.path = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    v.bandwidth, v.flags = _U_QI(b, o)
     o += 12
-    return remote_domain_block_pull_args(f_dom_1, f_path_7, f_bandwidth_10, f_flags_11), o
+    return v, o
 
 
 def _e_remote_domain_block_pull_args(v: remote_domain_block_pull_args, w: bytearray) -> None:
@@ -1917,7 +2283,7 @@ def _e_remote_domain_block_pull_args(v: remote_domain_block_pull_args, w: bytear
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -1925,46 +2291,103 @@ def _e_remote_domain_block_pull_args(v: remote_domain_block_pull_args, w: bytear
     s5 = v.path.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
-    w += _S_QI.pack(v.bandwidth, v.flags)
+    w += _P_QI(v.bandwidth, v.flags)
 
 
 def _d_remote_domain_set_block_io_tune_args(b: bytes, o: int, n: int) -> tuple[remote_domain_set_block_io_tune_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_set_block_io_tune_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    e9 = o + n8
-    if e9 > n or n8 > 4194304: raise _Bad
-    f_disk_7 = b[o:e9].decode()
-    o = e9 + (-n8 & 3)
-    if n8 & 3 and b[e9:o] != _ZPAD[o - e9]: raise _Bad
-    n11 = _S_I.unpack_from(b, o)[0]
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    v.disk = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    n6, = _U_I(b, o)
     o += 4
-    if n11 > 32 or n11 * 12 > n - o: raise _Bad
-    f_params_10 = []
-    for _ in range(n11):
-        n14 = _S_I.unpack_from(b, o)[0]
+    if n6 > 32 or n6 * 12 > n - o: raise _Bad
+    x8: list[Any] = []
+    v.params = x8
+    L_U_I = _U_I
+    L_U_Q = _U_Q
+    L_U_d = _U_d
+    L_U_i = _U_i
+    L_U_q = _U_q
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_typed_param = remote_typed_param
+    L_remote_typed_param_value = remote_typed_param_value
+    for _ in range(n6):
+        it7 = L_new(L_remote_typed_param)
+        n9, = L_U_I(b, o)
         o += 4
-        e15 = o + n14
-        if e15 > n or n14 > 4194304: raise _Bad
-        f_field_13 = b[o:e15].decode()
-        o = e15 + (-n14 & 3)
-        if n14 & 3 and b[e15:o] != _ZPAD[o - e15]: raise _Bad
-        f_value_16, o = _d_remote_typed_param_value(b, o, n)
-        it12 = remote_typed_param(f_field_13, f_value_16)
-        f_params_10.append(it12)
-    f_flags_17 = _S_I.unpack_from(b, o)[0]
+        e10 = o + n9
+        if e10 > n or big and n9 > 4194304: raise _Bad
+        it7.field = b[o:e10].decode()
+        if n9 & 3:
+            o = e10 + 4 - (n9 & 3)
+            if b[e10:o] != L_ZPAD[o - e10]: raise _Bad
+        else:
+            o = e10
+        x11 = L_new(L_remote_typed_param_value)
+        d12, = L_U_i(b, o)
+        o += 4
+        if d12 == 1:
+            x11.value, = L_U_i(b, o)
+            o += 4
+        elif d12 == 2:
+            x11.value, = L_U_I(b, o)
+            o += 4
+        elif d12 == 3:
+            x11.value, = L_U_q(b, o)
+            o += 8
+        elif d12 == 4:
+            x11.value, = L_U_Q(b, o)
+            o += 8
+        elif d12 == 5:
+            x11.value, = L_U_d(b, o)
+            o += 8
+        elif d12 == 6:
+            x11.value, = L_U_i(b, o)
+            o += 4
+        elif d12 == 7:
+            n13, = L_U_I(b, o)
+            o += 4
+            e14 = o + n13
+            if e14 > n or big and n13 > 4194304: raise _Bad
+            x11.value = b[o:e14].decode()
+            if n13 & 3:
+                o = e14 + 4 - (n13 & 3)
+                if b[e14:o] != L_ZPAD[o - e14]: raise _Bad
+            else:
+                o = e14
+        else:
+            raise _Bad
+        x11.type = d12
+        it7.value = x11
+        x8.append(it7)
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_domain_set_block_io_tune_args(f_dom_1, f_disk_7, f_params_10, f_flags_17), o
+    return v, o
 
 
 def _e_remote_domain_set_block_io_tune_args(v: remote_domain_set_block_io_tune_args, w: bytearray) -> None:
@@ -1972,7 +2395,7 @@ def _e_remote_domain_set_block_io_tune_args(v: remote_domain_set_block_io_tune_a
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -1980,50 +2403,59 @@ def _e_remote_domain_set_block_io_tune_args(v: remote_domain_set_block_io_tune_a
     s5 = v.disk.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
     x7 = v.params
     n8 = len(x7)
     if n8 > 32: raise _Bad
-    w += _S_I.pack(n8)
+    w += _P_I(n8)
     for it9 in x7:
         s10 = it9.field.encode('utf-8', 'surrogateescape')
         n11 = len(s10)
         if n11 > 4194304: raise _Bad
-        w += _S_I.pack(n11)
+        w += _P_I(n11)
         w += s10
         if n11 & 3: w += _ZPAD[-n11 & 3]
         _e_remote_typed_param_value(it9.value, w)
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_domain_get_block_io_tune_args(b: bytes, o: int, n: int) -> tuple[remote_domain_get_block_io_tune_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_get_block_io_tune_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    if n8 == 0:
-        f_disk_7 = None
-    elif n8 == 1:
-        n9 = _S_I.unpack_from(b, o)[0]
+    if n4 == 0:
+        v.disk = None
+    elif n4 == 1:
+        n5, = _U_I(b, o)
         o += 4
-        e10 = o + n9
-        if e10 > n or n9 > 4194304: raise _Bad
-        f_disk_7 = b[o:e10].decode()
-        o = e10 + (-n9 & 3)
-        if n9 & 3 and b[e10:o] != _ZPAD[o - e10]: raise _Bad
+        e6 = o + n5
+        if e6 > n or big and n5 > 4194304: raise _Bad
+        v.disk = b[o:e6].decode()
+        if n5 & 3:
+            o = e6 + 4 - (n5 & 3)
+            if b[e6:o] != _ZPAD[o - e6]: raise _Bad
+        else:
+            o = e6
     else:
         raise _Bad
-    f_nparams_11, f_flags_12 = _S_iI.unpack_from(b, o)
+    v.nparams, v.flags = _U_iI(b, o)
     o += 8
-    return remote_domain_get_block_io_tune_args(f_dom_1, f_disk_7, f_nparams_11, f_flags_12), o
+    return v, o
 
 
 def _e_remote_domain_get_block_io_tune_args(v: remote_domain_get_block_io_tune_args, w: bytearray) -> None:
@@ -2031,13 +2463,13 @@ def _e_remote_domain_get_block_io_tune_args(v: remote_domain_get_block_io_tune_a
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
     x5 = v.disk
-    w += _S_16si.pack(x4, x1.id)
+    w += _P_16si(x4, x1.id)
     if x5 is None:
         w += _FLAG0
     else:
@@ -2045,61 +2477,117 @@ def _e_remote_domain_get_block_io_tune_args(v: remote_domain_get_block_io_tune_a
         s6 = x5.encode('utf-8', 'surrogateescape')
         n7 = len(s6)
         if n7 > 4194304: raise _Bad
-        w += _S_I.pack(n7)
+        w += _P_I(n7)
         w += s6
         if n7 & 3: w += _ZPAD[-n7 & 3]
-    w += _S_iI.pack(v.nparams, v.flags)
+    w += _P_iI(v.nparams, v.flags)
 
 
 def _d_remote_domain_get_block_io_tune_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_get_block_io_tune_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_get_block_io_tune_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 32 or n2 * 12 > n - o: raise _Bad
-    f_params_1 = []
-    for _ in range(n2):
-        n5 = _S_I.unpack_from(b, o)[0]
+    if n1 > 32 or n1 * 12 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.params = x3
+    L_U_I = _U_I
+    L_U_Q = _U_Q
+    L_U_d = _U_d
+    L_U_i = _U_i
+    L_U_q = _U_q
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_typed_param = remote_typed_param
+    L_remote_typed_param_value = remote_typed_param_value
+    for _ in range(n1):
+        it2 = L_new(L_remote_typed_param)
+        n4, = L_U_I(b, o)
         o += 4
-        e6 = o + n5
-        if e6 > n or n5 > 4194304: raise _Bad
-        f_field_4 = b[o:e6].decode()
-        o = e6 + (-n5 & 3)
-        if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-        f_value_7, o = _d_remote_typed_param_value(b, o, n)
-        it3 = remote_typed_param(f_field_4, f_value_7)
-        f_params_1.append(it3)
-    f_nparams_8 = _S_i.unpack_from(b, o)[0]
+        e5 = o + n4
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        it2.field = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != L_ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
+        x6 = L_new(L_remote_typed_param_value)
+        d7, = L_U_i(b, o)
+        o += 4
+        if d7 == 1:
+            x6.value, = L_U_i(b, o)
+            o += 4
+        elif d7 == 2:
+            x6.value, = L_U_I(b, o)
+            o += 4
+        elif d7 == 3:
+            x6.value, = L_U_q(b, o)
+            o += 8
+        elif d7 == 4:
+            x6.value, = L_U_Q(b, o)
+            o += 8
+        elif d7 == 5:
+            x6.value, = L_U_d(b, o)
+            o += 8
+        elif d7 == 6:
+            x6.value, = L_U_i(b, o)
+            o += 4
+        elif d7 == 7:
+            n8, = L_U_I(b, o)
+            o += 4
+            e9 = o + n8
+            if e9 > n or big and n8 > 4194304: raise _Bad
+            x6.value = b[o:e9].decode()
+            if n8 & 3:
+                o = e9 + 4 - (n8 & 3)
+                if b[e9:o] != L_ZPAD[o - e9]: raise _Bad
+            else:
+                o = e9
+        else:
+            raise _Bad
+        x6.type = d7
+        it2.value = x6
+        x3.append(it2)
+    v.nparams, = _U_i(b, o)
     o += 4
-    return remote_domain_get_block_io_tune_ret(f_params_1, f_nparams_8), o
+    return v, o
 
 
 def _e_remote_domain_get_block_io_tune_ret(v: remote_domain_get_block_io_tune_ret, w: bytearray) -> None:
     x1 = v.params
     n2 = len(x1)
     if n2 > 32: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
         s4 = it3.field.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
         _e_remote_typed_param_value(it3.value, w)
-    w += _S_i.pack(v.nparams)
+    w += _P_i(v.nparams)
 
 
 def _d_remote_domain_migrate_get_max_speed_args(b: bytes, o: int, n: int) -> tuple[remote_domain_migrate_get_max_speed_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_migrate_get_max_speed_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_flags_7 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.flags = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_migrate_get_max_speed_args(f_dom_1, f_flags_7), o
+    return v, o
 
 
 def _e_remote_domain_migrate_get_max_speed_args(v: remote_domain_migrate_get_max_speed_args, w: bytearray) -> None:
@@ -2107,44 +2595,55 @@ def _e_remote_domain_migrate_get_max_speed_args(v: remote_domain_migrate_get_max
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, v.flags)
+    w += _P_16siI(x4, x1.id, v.flags)
 
 
 def _d_remote_domain_migrate_get_max_speed_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_migrate_get_max_speed_ret, int]:
-    f_bandwidth_1 = _S_Q.unpack_from(b, o)[0]
+    v = _new(remote_domain_migrate_get_max_speed_ret)
+    v.bandwidth, = _U_Q(b, o)
     o += 8
-    return remote_domain_migrate_get_max_speed_ret(f_bandwidth_1), o
+    return v, o
 
 
 def _e_remote_domain_migrate_get_max_speed_ret(v: remote_domain_migrate_get_max_speed_ret, w: bytearray) -> None:
-    w += _S_Q.pack(v.bandwidth)
+    w += _P_Q(v.bandwidth)
 
 
 def _d_remote_domain_snapshot_num_children_args(b: bytes, o: int, n: int) -> tuple[remote_domain_snapshot_num_children_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_snapshot_num_children_args)
+    x1 = _new(remote_nonnull_domain_snapshot)
+    v.snap = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    n7 = _S_I.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x4 = _new(remote_nonnull_domain)
+    x1.dom = x4
+    n5, = _U_I(b, o)
     o += 4
-    e8 = o + n7
-    if e8 > n or n7 > 4194304: raise _Bad
-    f_name_6 = b[o:e8].decode()
-    o = e8 + (-n7 & 3)
-    if n7 & 3 and b[e8:o] != _ZPAD[o - e8]: raise _Bad
-    f_uuid_9, f_id_10, f_flags_11 = _S_16siI.unpack_from(b, o)
+    e6 = o + n5
+    if e6 > n or big and n5 > 4194304: raise _Bad
+    x4.name = b[o:e6].decode()
+    if n5 & 3:
+        o = e6 + 4 - (n5 & 3)
+        if b[e6:o] != _ZPAD[o - e6]: raise _Bad
+    else:
+        o = e6
+    x4.uuid, x4.id, v.flags = _U_16siI(b, o)
     o += 24
-    f_dom_5 = remote_nonnull_domain(f_name_6, f_uuid_9, f_id_10)
-    f_snap_1 = remote_nonnull_domain_snapshot(f_name_2, f_dom_5)
-    return remote_domain_snapshot_num_children_args(f_snap_1, f_flags_11), o
+    return v, o
 
 
 def _e_remote_domain_snapshot_num_children_args(v: remote_domain_snapshot_num_children_args, w: bytearray) -> None:
@@ -2152,51 +2651,62 @@ def _e_remote_domain_snapshot_num_children_args(v: remote_domain_snapshot_num_ch
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.dom
     s5 = x4.name.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_I.pack(n6)
+    w += _P_I(n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
     x7 = x4.uuid
     if len(x7) != 16: raise _Bad
-    w += _S_16siI.pack(x7, x4.id, v.flags)
+    w += _P_16siI(x7, x4.id, v.flags)
 
 
 def _d_remote_domain_snapshot_num_children_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_snapshot_num_children_ret, int]:
-    f_num_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_domain_snapshot_num_children_ret)
+    v.num, = _U_i(b, o)
     o += 4
-    return remote_domain_snapshot_num_children_ret(f_num_1), o
+    return v, o
 
 
 def _e_remote_domain_snapshot_num_children_ret(v: remote_domain_snapshot_num_children_ret, w: bytearray) -> None:
-    w += _S_i.pack(v.num)
+    w += _P_i(v.num)
 
 
 def _d_remote_domain_snapshot_list_children_names_args(b: bytes, o: int, n: int) -> tuple[remote_domain_snapshot_list_children_names_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_snapshot_list_children_names_args)
+    x1 = _new(remote_nonnull_domain_snapshot)
+    v.snap = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    n7 = _S_I.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x4 = _new(remote_nonnull_domain)
+    x1.dom = x4
+    n5, = _U_I(b, o)
     o += 4
-    e8 = o + n7
-    if e8 > n or n7 > 4194304: raise _Bad
-    f_name_6 = b[o:e8].decode()
-    o = e8 + (-n7 & 3)
-    if n7 & 3 and b[e8:o] != _ZPAD[o - e8]: raise _Bad
-    f_uuid_9, f_id_10, f_maxnames_11, f_flags_12 = _S_16siiI.unpack_from(b, o)
+    e6 = o + n5
+    if e6 > n or big and n5 > 4194304: raise _Bad
+    x4.name = b[o:e6].decode()
+    if n5 & 3:
+        o = e6 + 4 - (n5 & 3)
+        if b[e6:o] != _ZPAD[o - e6]: raise _Bad
+    else:
+        o = e6
+    x4.uuid, x4.id, v.maxnames, v.flags = _U_16siiI(b, o)
     o += 28
-    f_dom_5 = remote_nonnull_domain(f_name_6, f_uuid_9, f_id_10)
-    f_snap_1 = remote_nonnull_domain_snapshot(f_name_2, f_dom_5)
-    return remote_domain_snapshot_list_children_names_args(f_snap_1, f_maxnames_11, f_flags_12), o
+    return v, o
 
 
 def _e_remote_domain_snapshot_list_children_names_args(v: remote_domain_snapshot_list_children_names_args, w: bytearray) -> None:
@@ -2204,72 +2714,90 @@ def _e_remote_domain_snapshot_list_children_names_args(v: remote_domain_snapshot
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.dom
     s5 = x4.name.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_I.pack(n6)
+    w += _P_I(n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
     x7 = x4.uuid
     if len(x7) != 16: raise _Bad
-    w += _S_16siiI.pack(x7, x4.id, v.maxnames, v.flags)
+    w += _P_16siiI(x7, x4.id, v.maxnames, v.flags)
 
 
 def _d_remote_domain_snapshot_list_children_names_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_snapshot_list_children_names_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_snapshot_list_children_names_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 16384 or n2 * 4 > n - o: raise _Bad
-    f_names_1 = []
-    for _ in range(n2):
-        n4 = _S_I.unpack_from(b, o)[0]
+    if n1 > 16384 or n1 * 4 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.names = x3
+    L_U_I = _U_I
+    L_ZPAD = _ZPAD
+    for _ in range(n1):
+        n4, = L_U_I(b, o)
         o += 4
         e5 = o + n4
-        if e5 > n or n4 > 4194304: raise _Bad
-        it3 = b[o:e5].decode()
-        o = e5 + (-n4 & 3)
-        if n4 & 3 and b[e5:o] != _ZPAD[o - e5]: raise _Bad
-        f_names_1.append(it3)
-    return remote_domain_snapshot_list_children_names_ret(f_names_1), o
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        it2 = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != L_ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
+        x3.append(it2)
+    return v, o
 
 
 def _e_remote_domain_snapshot_list_children_names_ret(v: remote_domain_snapshot_list_children_names_ret, w: bytearray) -> None:
     x1 = v.names
     n2 = len(x1)
     if n2 > 16384: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
         s4 = it3.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
 
 
 def _d_remote_domain_snapshot_get_parent_args(b: bytes, o: int, n: int) -> tuple[remote_domain_snapshot_get_parent_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_snapshot_get_parent_args)
+    x1 = _new(remote_nonnull_domain_snapshot)
+    v.snap = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    n7 = _S_I.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x4 = _new(remote_nonnull_domain)
+    x1.dom = x4
+    n5, = _U_I(b, o)
     o += 4
-    e8 = o + n7
-    if e8 > n or n7 > 4194304: raise _Bad
-    f_name_6 = b[o:e8].decode()
-    o = e8 + (-n7 & 3)
-    if n7 & 3 and b[e8:o] != _ZPAD[o - e8]: raise _Bad
-    f_uuid_9, f_id_10, f_flags_11 = _S_16siI.unpack_from(b, o)
+    e6 = o + n5
+    if e6 > n or big and n5 > 4194304: raise _Bad
+    x4.name = b[o:e6].decode()
+    if n5 & 3:
+        o = e6 + 4 - (n5 & 3)
+        if b[e6:o] != _ZPAD[o - e6]: raise _Bad
+    else:
+        o = e6
+    x4.uuid, x4.id, v.flags = _U_16siI(b, o)
     o += 24
-    f_dom_5 = remote_nonnull_domain(f_name_6, f_uuid_9, f_id_10)
-    f_snap_1 = remote_nonnull_domain_snapshot(f_name_2, f_dom_5)
-    return remote_domain_snapshot_get_parent_args(f_snap_1, f_flags_11), o
+    return v, o
 
 
 def _e_remote_domain_snapshot_get_parent_args(v: remote_domain_snapshot_get_parent_args, w: bytearray) -> None:
@@ -2277,41 +2805,51 @@ def _e_remote_domain_snapshot_get_parent_args(v: remote_domain_snapshot_get_pare
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.dom
     s5 = x4.name.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_I.pack(n6)
+    w += _P_I(n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
     x7 = x4.uuid
     if len(x7) != 16: raise _Bad
-    w += _S_16siI.pack(x7, x4.id, v.flags)
+    w += _P_16siI(x7, x4.id, v.flags)
 
 
 def _d_remote_domain_snapshot_get_parent_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_snapshot_get_parent_ret, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_snapshot_get_parent_ret)
+    x1 = _new(remote_nonnull_domain_snapshot)
+    v.snap = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    n7 = _S_I.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x4 = _new(remote_nonnull_domain)
+    x1.dom = x4
+    n5, = _U_I(b, o)
     o += 4
-    e8 = o + n7
-    if e8 > n or n7 > 4194304: raise _Bad
-    f_name_6 = b[o:e8].decode()
-    o = e8 + (-n7 & 3)
-    if n7 & 3 and b[e8:o] != _ZPAD[o - e8]: raise _Bad
-    f_uuid_9, f_id_10 = _S_16si.unpack_from(b, o)
+    e6 = o + n5
+    if e6 > n or big and n5 > 4194304: raise _Bad
+    x4.name = b[o:e6].decode()
+    if n5 & 3:
+        o = e6 + 4 - (n5 & 3)
+        if b[e6:o] != _ZPAD[o - e6]: raise _Bad
+    else:
+        o = e6
+    x4.uuid, x4.id = _U_16si(b, o)
     o += 20
-    f_dom_5 = remote_nonnull_domain(f_name_6, f_uuid_9, f_id_10)
-    f_snap_1 = remote_nonnull_domain_snapshot(f_name_2, f_dom_5)
-    return remote_domain_snapshot_get_parent_ret(f_snap_1), o
+    return v, o
 
 
 def _e_remote_domain_snapshot_get_parent_ret(v: remote_domain_snapshot_get_parent_ret, w: bytearray) -> None:
@@ -2319,33 +2857,39 @@ def _e_remote_domain_snapshot_get_parent_ret(v: remote_domain_snapshot_get_paren
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.dom
     s5 = x4.name.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_I.pack(n6)
+    w += _P_I(n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
     x7 = x4.uuid
     if len(x7) != 16: raise _Bad
-    w += _S_16si.pack(x7, x4.id)
+    w += _P_16si(x7, x4.id)
 
 
 def _d_remote_domain_get_control_info_args(b: bytes, o: int, n: int) -> tuple[remote_domain_get_control_info_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_get_control_info_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_flags_7 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.flags = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_get_control_info_args(f_dom_1, f_flags_7), o
+    return v, o
 
 
 def _e_remote_domain_get_control_info_args(v: remote_domain_get_control_info_args, w: bytearray) -> None:
@@ -2353,36 +2897,43 @@ def _e_remote_domain_get_control_info_args(v: remote_domain_get_control_info_arg
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, v.flags)
+    w += _P_16siI(x4, x1.id, v.flags)
 
 
 def _d_remote_domain_get_control_info_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_get_control_info_ret, int]:
-    f_state_1, f_details_2, f_stateTime_3 = _S_IIQ.unpack_from(b, o)
+    v = _new(remote_domain_get_control_info_ret)
+    v.state, v.details, v.stateTime = _U_IIQ(b, o)
     o += 16
-    return remote_domain_get_control_info_ret(f_state_1, f_details_2, f_stateTime_3), o
+    return v, o
 
 
 def _e_remote_domain_get_control_info_ret(v: remote_domain_get_control_info_ret, w: bytearray) -> None:
-    w += _S_IIQ.pack(v.state, v.details, v.stateTime)
+    w += _P_IIQ(v.state, v.details, v.stateTime)
 
 
 def _d_remote_domain_open_graphics_args(b: bytes, o: int, n: int) -> tuple[remote_domain_open_graphics_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_open_graphics_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_idx_7, f_flags_8 = _S_16siII.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.idx, v.flags = _U_16siII(b, o)
     o += 28
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_open_graphics_args(f_dom_1, f_idx_7, f_flags_8), o
+    return v, o
 
 
 def _e_remote_domain_open_graphics_args(v: remote_domain_open_graphics_args, w: bytearray) -> None:
@@ -2390,22 +2941,23 @@ def _e_remote_domain_open_graphics_args(v: remote_domain_open_graphics_args, w: 
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siII.pack(x4, x1.id, v.idx, v.flags)
+    w += _P_16siII(x4, x1.id, v.idx, v.flags)
 
 
 def _d_remote_node_suspend_for_duration_args(b: bytes, o: int, n: int) -> tuple[remote_node_suspend_for_duration_args, int]:
-    f_target_1, f_duration_2, f_flags_3 = _S_IQI.unpack_from(b, o)
+    v = _new(remote_node_suspend_for_duration_args)
+    v.target, v.duration, v.flags = _U_IQI(b, o)
     o += 16
-    return remote_node_suspend_for_duration_args(f_target_1, f_duration_2, f_flags_3), o
+    return v, o
 
 
 def _e_remote_node_suspend_for_duration_args(v: remote_node_suspend_for_duration_args, w: bytearray) -> None:
-    w += _S_IQI.pack(v.target, v.duration, v.flags)
+    w += _P_IQI(v.target, v.duration, v.flags)
 
 
 _c_remote_node_get_cpu_stats = _Codec('remote_node_get_cpu_stats', _e_remote_node_get_cpu_stats, _d_remote_node_get_cpu_stats)

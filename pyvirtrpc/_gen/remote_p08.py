@@ -12,6 +12,8 @@ from struct import Struct as _Struct
 from struct import pack as _pack
 from struct import unpack_from as _unpack_from
 
+_new = object.__new__  # decoders fill __slots__ directly instead of calling __init__
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: it costs milliseconds at start-up
     from typing import Any, Optional, Union
@@ -27,10 +29,6 @@ from .._xdr import XdrStruct as _XdrStruct
 from .._xdr import XdrUnion as _XdrUnion
 from .._xdr import dec_chars as _dec_chars
 from .._xdr import enc_chars as _enc_chars
-from .._xdr import enum_member as _enum_member
-from .remote import _d_remote_nonnull_domain
-from .remote import _d_remote_typed_param_value
-from .remote import _e_remote_nonnull_domain
 from .remote import _e_remote_typed_param_value
 from .remote import remote_domain_get_security_label_ret
 from .remote import remote_nonnull_domain
@@ -43,6 +41,7 @@ from .remote import remote_nonnull_secret
 from .remote import remote_nonnull_storage_pool
 from .remote import remote_nonnull_storage_vol
 from .remote import remote_typed_param
+from .remote import remote_typed_param_value
 
 __all__: list[str] = []  # import names explicitly
 
@@ -56,9 +55,40 @@ _S_16sii = _Struct('>16sii')
 _S_16siiI = _Struct('>16siiI')
 _S_I = _Struct('>I')
 _S_II = _Struct('>II')
+_S_Q = _Struct('>Q')
 _S_QI = _Struct('>QI')
+_S_d = _Struct('>d')
 _S_i = _Struct('>i')
 _S_iI = _Struct('>iI')
+_S_q = _Struct('>q')
+_P_16s = _S_16s.pack
+_P_16si = _S_16si.pack
+_P_16siI = _S_16siI.pack
+_P_16siII = _S_16siII.pack
+_P_16siIQI = _S_16siIQI.pack
+_P_16siIiII = _S_16siIiII.pack
+_P_16sii = _S_16sii.pack
+_P_16siiI = _S_16siiI.pack
+_P_I = _S_I.pack
+_P_II = _S_II.pack
+_P_QI = _S_QI.pack
+_P_i = _S_i.pack
+_P_iI = _S_iI.pack
+_U_16s = _S_16s.unpack_from
+_U_16si = _S_16si.unpack_from
+_U_16siI = _S_16siI.unpack_from
+_U_16siII = _S_16siII.unpack_from
+_U_16siIQI = _S_16siIQI.unpack_from
+_U_16siIiII = _S_16siIiII.unpack_from
+_U_16siiI = _S_16siiI.unpack_from
+_U_I = _S_I.unpack_from
+_U_II = _S_II.unpack_from
+_U_Q = _S_Q.unpack_from
+_U_QI = _S_QI.unpack_from
+_U_d = _S_d.unpack_from
+_U_i = _S_i.unpack_from
+_U_iI = _S_iI.unpack_from
+_U_q = _S_q.unpack_from
 
 
 class remote_domain_disk_error(_XdrStruct):
@@ -1039,62 +1069,124 @@ class remote_connect_list_all_secrets_ret(_XdrStruct):
 # ------------------------------------------------------------------- codecs
 
 def _d_remote_domain_disk_error(b: bytes, o: int, n: int) -> tuple[remote_domain_disk_error, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_disk_error)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_disk_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    f_error_4 = _S_i.unpack_from(b, o)[0]
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.disk = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    v.error, = _U_i(b, o)
     o += 4
-    return remote_domain_disk_error(f_disk_1, f_error_4), o
+    return v, o
 
 
 def _e_remote_domain_disk_error(v: remote_domain_disk_error, w: bytearray) -> None:
     s1 = v.disk.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
-    w += _S_i.pack(v.error)
+    w += _P_i(v.error)
 
 
 def _d_remote_domain_set_interface_parameters_args(b: bytes, o: int, n: int) -> tuple[remote_domain_set_interface_parameters_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_set_interface_parameters_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    e9 = o + n8
-    if e9 > n or n8 > 4194304: raise _Bad
-    f_device_7 = b[o:e9].decode()
-    o = e9 + (-n8 & 3)
-    if n8 & 3 and b[e9:o] != _ZPAD[o - e9]: raise _Bad
-    n11 = _S_I.unpack_from(b, o)[0]
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    v.device = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    n6, = _U_I(b, o)
     o += 4
-    if n11 > 16 or n11 * 12 > n - o: raise _Bad
-    f_params_10 = []
-    for _ in range(n11):
-        n14 = _S_I.unpack_from(b, o)[0]
+    if n6 > 16 or n6 * 12 > n - o: raise _Bad
+    x8: list[Any] = []
+    v.params = x8
+    L_U_I = _U_I
+    L_U_Q = _U_Q
+    L_U_d = _U_d
+    L_U_i = _U_i
+    L_U_q = _U_q
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_typed_param = remote_typed_param
+    L_remote_typed_param_value = remote_typed_param_value
+    for _ in range(n6):
+        it7 = L_new(L_remote_typed_param)
+        n9, = L_U_I(b, o)
         o += 4
-        e15 = o + n14
-        if e15 > n or n14 > 4194304: raise _Bad
-        f_field_13 = b[o:e15].decode()
-        o = e15 + (-n14 & 3)
-        if n14 & 3 and b[e15:o] != _ZPAD[o - e15]: raise _Bad
-        f_value_16, o = _d_remote_typed_param_value(b, o, n)
-        it12 = remote_typed_param(f_field_13, f_value_16)
-        f_params_10.append(it12)
-    f_flags_17 = _S_I.unpack_from(b, o)[0]
+        e10 = o + n9
+        if e10 > n or big and n9 > 4194304: raise _Bad
+        it7.field = b[o:e10].decode()
+        if n9 & 3:
+            o = e10 + 4 - (n9 & 3)
+            if b[e10:o] != L_ZPAD[o - e10]: raise _Bad
+        else:
+            o = e10
+        x11 = L_new(L_remote_typed_param_value)
+        d12, = L_U_i(b, o)
+        o += 4
+        if d12 == 1:
+            x11.value, = L_U_i(b, o)
+            o += 4
+        elif d12 == 2:
+            x11.value, = L_U_I(b, o)
+            o += 4
+        elif d12 == 3:
+            x11.value, = L_U_q(b, o)
+            o += 8
+        elif d12 == 4:
+            x11.value, = L_U_Q(b, o)
+            o += 8
+        elif d12 == 5:
+            x11.value, = L_U_d(b, o)
+            o += 8
+        elif d12 == 6:
+            x11.value, = L_U_i(b, o)
+            o += 4
+        elif d12 == 7:
+            n13, = L_U_I(b, o)
+            o += 4
+            e14 = o + n13
+            if e14 > n or big and n13 > 4194304: raise _Bad
+            x11.value = b[o:e14].decode()
+            if n13 & 3:
+                o = e14 + 4 - (n13 & 3)
+                if b[e14:o] != L_ZPAD[o - e14]: raise _Bad
+            else:
+                o = e14
+        else:
+            raise _Bad
+        x11.type = d12
+        it7.value = x11
+        x8.append(it7)
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_domain_set_interface_parameters_args(f_dom_1, f_device_7, f_params_10, f_flags_17), o
+    return v, o
 
 
 def _e_remote_domain_set_interface_parameters_args(v: remote_domain_set_interface_parameters_args, w: bytearray) -> None:
@@ -1102,7 +1194,7 @@ def _e_remote_domain_set_interface_parameters_args(v: remote_domain_set_interfac
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -1110,43 +1202,52 @@ def _e_remote_domain_set_interface_parameters_args(v: remote_domain_set_interfac
     s5 = v.device.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
     x7 = v.params
     n8 = len(x7)
     if n8 > 16: raise _Bad
-    w += _S_I.pack(n8)
+    w += _P_I(n8)
     for it9 in x7:
         s10 = it9.field.encode('utf-8', 'surrogateescape')
         n11 = len(s10)
         if n11 > 4194304: raise _Bad
-        w += _S_I.pack(n11)
+        w += _P_I(n11)
         w += s10
         if n11 & 3: w += _ZPAD[-n11 & 3]
         _e_remote_typed_param_value(it9.value, w)
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_domain_get_interface_parameters_args(b: bytes, o: int, n: int) -> tuple[remote_domain_get_interface_parameters_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_get_interface_parameters_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    e9 = o + n8
-    if e9 > n or n8 > 4194304: raise _Bad
-    f_device_7 = b[o:e9].decode()
-    o = e9 + (-n8 & 3)
-    if n8 & 3 and b[e9:o] != _ZPAD[o - e9]: raise _Bad
-    f_nparams_10, f_flags_11 = _S_iI.unpack_from(b, o)
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    v.device = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    v.nparams, v.flags = _U_iI(b, o)
     o += 8
-    return remote_domain_get_interface_parameters_args(f_dom_1, f_device_7, f_nparams_10, f_flags_11), o
+    return v, o
 
 
 def _e_remote_domain_get_interface_parameters_args(v: remote_domain_get_interface_parameters_args, w: bytearray) -> None:
@@ -1154,7 +1255,7 @@ def _e_remote_domain_get_interface_parameters_args(v: remote_domain_get_interfac
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -1162,61 +1263,117 @@ def _e_remote_domain_get_interface_parameters_args(v: remote_domain_get_interfac
     s5 = v.device.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
-    w += _S_iI.pack(v.nparams, v.flags)
+    w += _P_iI(v.nparams, v.flags)
 
 
 def _d_remote_domain_get_interface_parameters_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_get_interface_parameters_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_get_interface_parameters_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 16 or n2 * 12 > n - o: raise _Bad
-    f_params_1 = []
-    for _ in range(n2):
-        n5 = _S_I.unpack_from(b, o)[0]
+    if n1 > 16 or n1 * 12 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.params = x3
+    L_U_I = _U_I
+    L_U_Q = _U_Q
+    L_U_d = _U_d
+    L_U_i = _U_i
+    L_U_q = _U_q
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_typed_param = remote_typed_param
+    L_remote_typed_param_value = remote_typed_param_value
+    for _ in range(n1):
+        it2 = L_new(L_remote_typed_param)
+        n4, = L_U_I(b, o)
         o += 4
-        e6 = o + n5
-        if e6 > n or n5 > 4194304: raise _Bad
-        f_field_4 = b[o:e6].decode()
-        o = e6 + (-n5 & 3)
-        if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-        f_value_7, o = _d_remote_typed_param_value(b, o, n)
-        it3 = remote_typed_param(f_field_4, f_value_7)
-        f_params_1.append(it3)
-    f_nparams_8 = _S_i.unpack_from(b, o)[0]
+        e5 = o + n4
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        it2.field = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != L_ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
+        x6 = L_new(L_remote_typed_param_value)
+        d7, = L_U_i(b, o)
+        o += 4
+        if d7 == 1:
+            x6.value, = L_U_i(b, o)
+            o += 4
+        elif d7 == 2:
+            x6.value, = L_U_I(b, o)
+            o += 4
+        elif d7 == 3:
+            x6.value, = L_U_q(b, o)
+            o += 8
+        elif d7 == 4:
+            x6.value, = L_U_Q(b, o)
+            o += 8
+        elif d7 == 5:
+            x6.value, = L_U_d(b, o)
+            o += 8
+        elif d7 == 6:
+            x6.value, = L_U_i(b, o)
+            o += 4
+        elif d7 == 7:
+            n8, = L_U_I(b, o)
+            o += 4
+            e9 = o + n8
+            if e9 > n or big and n8 > 4194304: raise _Bad
+            x6.value = b[o:e9].decode()
+            if n8 & 3:
+                o = e9 + 4 - (n8 & 3)
+                if b[e9:o] != L_ZPAD[o - e9]: raise _Bad
+            else:
+                o = e9
+        else:
+            raise _Bad
+        x6.type = d7
+        it2.value = x6
+        x3.append(it2)
+    v.nparams, = _U_i(b, o)
     o += 4
-    return remote_domain_get_interface_parameters_ret(f_params_1, f_nparams_8), o
+    return v, o
 
 
 def _e_remote_domain_get_interface_parameters_ret(v: remote_domain_get_interface_parameters_ret, w: bytearray) -> None:
     x1 = v.params
     n2 = len(x1)
     if n2 > 16: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
         s4 = it3.field.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
         _e_remote_typed_param_value(it3.value, w)
-    w += _S_i.pack(v.nparams)
+    w += _P_i(v.nparams)
 
 
 def _d_remote_domain_pm_suspend_for_duration_args(b: bytes, o: int, n: int) -> tuple[remote_domain_pm_suspend_for_duration_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_pm_suspend_for_duration_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_target_7, f_duration_8, f_flags_9 = _S_16siIQI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.target, v.duration, v.flags = _U_16siIQI(b, o)
     o += 36
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_pm_suspend_for_duration_args(f_dom_1, f_target_7, f_duration_8, f_flags_9), o
+    return v, o
 
 
 def _e_remote_domain_pm_suspend_for_duration_args(v: remote_domain_pm_suspend_for_duration_args, w: bytearray) -> None:
@@ -1224,26 +1381,32 @@ def _e_remote_domain_pm_suspend_for_duration_args(v: remote_domain_pm_suspend_fo
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siIQI.pack(x4, x1.id, v.target, v.duration, v.flags)
+    w += _P_16siIQI(x4, x1.id, v.target, v.duration, v.flags)
 
 
 def _d_remote_domain_pm_wakeup_args(b: bytes, o: int, n: int) -> tuple[remote_domain_pm_wakeup_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_pm_wakeup_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_flags_7 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.flags = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_pm_wakeup_args(f_dom_1, f_flags_7), o
+    return v, o
 
 
 def _e_remote_domain_pm_wakeup_args(v: remote_domain_pm_wakeup_args, w: bytearray) -> None:
@@ -1251,33 +1414,42 @@ def _e_remote_domain_pm_wakeup_args(v: remote_domain_pm_wakeup_args, w: bytearra
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, v.flags)
+    w += _P_16siI(x4, x1.id, v.flags)
 
 
 def _d_remote_domain_pin_emulator_args(b: bytes, o: int, n: int) -> tuple[remote_domain_pin_emulator_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_pin_emulator_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    e9 = o + n8
-    if e9 > n or n8 > 2048: raise _Bad
-    f_cpumap_7 = b[o:e9]
-    o = e9 + (-n8 & 3)
-    if n8 & 3 and b[e9:o] != _ZPAD[o - e9]: raise _Bad
-    f_flags_10 = _S_I.unpack_from(b, o)[0]
+    e5 = o + n4
+    if e5 > n or n4 > 2048: raise _Bad
+    v.cpumap = b[o:e5]
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_domain_pin_emulator_args(f_dom_1, f_cpumap_7, f_flags_10), o
+    return v, o
 
 
 def _e_remote_domain_pin_emulator_args(v: remote_domain_pin_emulator_args, w: bytearray) -> None:
@@ -1285,7 +1457,7 @@ def _e_remote_domain_pin_emulator_args(v: remote_domain_pin_emulator_args, w: by
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -1293,24 +1465,30 @@ def _e_remote_domain_pin_emulator_args(v: remote_domain_pin_emulator_args, w: by
     s5 = v.cpumap
     n6 = len(s5)
     if n6 > 2048: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_domain_get_emulator_pin_info_args(b: bytes, o: int, n: int) -> tuple[remote_domain_get_emulator_pin_info_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_get_emulator_pin_info_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_maplen_7, f_flags_8 = _S_16siiI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.maplen, v.flags = _U_16siiI(b, o)
     o += 28
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_get_emulator_pin_info_args(f_dom_1, f_maplen_7, f_flags_8), o
+    return v, o
 
 
 def _e_remote_domain_get_emulator_pin_info_args(v: remote_domain_get_emulator_pin_info_args, w: bytearray) -> None:
@@ -1318,49 +1496,60 @@ def _e_remote_domain_get_emulator_pin_info_args(v: remote_domain_get_emulator_pi
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siiI.pack(x4, x1.id, v.maplen, v.flags)
+    w += _P_16siiI(x4, x1.id, v.maplen, v.flags)
 
 
 def _d_remote_domain_get_emulator_pin_info_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_get_emulator_pin_info_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_get_emulator_pin_info_ret)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 8388608: raise _Bad
-    f_cpumaps_1 = b[o:e3]
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    f_ret_4 = _S_i.unpack_from(b, o)[0]
+    e2 = o + n1
+    if e2 > n or big and n1 > 8388608: raise _Bad
+    v.cpumaps = b[o:e2]
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    v.ret, = _U_i(b, o)
     o += 4
-    return remote_domain_get_emulator_pin_info_ret(f_cpumaps_1, f_ret_4), o
+    return v, o
 
 
 def _e_remote_domain_get_emulator_pin_info_ret(v: remote_domain_get_emulator_pin_info_ret, w: bytearray) -> None:
     s1 = v.cpumaps
     n2 = len(s1)
     if n2 > 8388608: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
-    w += _S_i.pack(v.ret)
+    w += _P_i(v.ret)
 
 
 def _d_remote_domain_get_security_label_list_args(b: bytes, o: int, n: int) -> tuple[remote_domain_get_security_label_list_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_get_security_label_list_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6 = _S_16si.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id = _U_16si(b, o)
     o += 20
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_get_security_label_list_args(f_dom_1), o
+    return v, o
 
 
 def _e_remote_domain_get_security_label_list_args(v: remote_domain_get_security_label_list_args, w: bytearray) -> None:
@@ -1368,103 +1557,124 @@ def _e_remote_domain_get_security_label_list_args(v: remote_domain_get_security_
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16si.pack(x4, x1.id)
+    w += _P_16si(x4, x1.id)
 
 
 def _d_remote_domain_get_security_label_list_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_get_security_label_list_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    v = _new(remote_domain_get_security_label_list_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 64 or n2 * 8 > n - o: raise _Bad
-    f_labels_1 = []
-    for _ in range(n2):
-        n5 = _S_I.unpack_from(b, o)[0]
+    if n1 > 64 or n1 * 8 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.labels = x3
+    L_U_I = _U_I
+    L_U_i = _U_i
+    L_new = _new
+    L_remote_domain_get_security_label_ret = remote_domain_get_security_label_ret
+    for _ in range(n1):
+        it2 = L_new(L_remote_domain_get_security_label_ret)
+        n4, = L_U_I(b, o)
         o += 4
-        if n5 > 4097 or n5 * 4 > n - o: raise _Bad
-        f_label_4 = _dec_chars(_unpack_from('>%di' % n5, b, o))
-        o += 4 * n5
-        f_enforcing_6 = _S_i.unpack_from(b, o)[0]
+        if n4 > 4097 or n4 * 4 > n - o: raise _Bad
+        it2.label = _dec_chars(_unpack_from('>%di' % n4, b, o))
+        o += 4 * n4
+        it2.enforcing, = L_U_i(b, o)
         o += 4
-        it3 = remote_domain_get_security_label_ret(f_label_4, f_enforcing_6)
-        f_labels_1.append(it3)
-    f_ret_7 = _S_i.unpack_from(b, o)[0]
+        x3.append(it2)
+    v.ret, = _U_i(b, o)
     o += 4
-    return remote_domain_get_security_label_list_ret(f_labels_1, f_ret_7), o
+    return v, o
 
 
 def _e_remote_domain_get_security_label_list_ret(v: remote_domain_get_security_label_list_ret, w: bytearray) -> None:
     x1 = v.labels
     n2 = len(x1)
     if n2 > 64: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
         s4 = it3.label
         n5 = len(s4)
         if n5 > 4097: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += _enc_chars(s4)
-        w += _S_i.pack(it3.enforcing)
-    w += _S_i.pack(v.ret)
+        w += _P_i(it3.enforcing)
+    w += _P_i(v.ret)
 
 
 def _d_remote_domain_set_metadata_args(b: bytes, o: int, n: int) -> tuple[remote_domain_set_metadata_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_set_metadata_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_type_7, n9 = _S_16siiI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.type, n4 = _U_16siiI(b, o)
     o += 28
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    if n9 == 0:
-        f_metadata_8 = None
-    elif n9 == 1:
-        n10 = _S_I.unpack_from(b, o)[0]
+    if n4 == 0:
+        v.metadata = None
+    elif n4 == 1:
+        n5, = _U_I(b, o)
         o += 4
-        e11 = o + n10
-        if e11 > n or n10 > 4194304: raise _Bad
-        f_metadata_8 = b[o:e11].decode()
-        o = e11 + (-n10 & 3)
-        if n10 & 3 and b[e11:o] != _ZPAD[o - e11]: raise _Bad
+        e6 = o + n5
+        if e6 > n or big and n5 > 4194304: raise _Bad
+        v.metadata = b[o:e6].decode()
+        if n5 & 3:
+            o = e6 + 4 - (n5 & 3)
+            if b[e6:o] != _ZPAD[o - e6]: raise _Bad
+        else:
+            o = e6
     else:
         raise _Bad
-    n13 = _S_I.unpack_from(b, o)[0]
+    n7, = _U_I(b, o)
     o += 4
-    if n13 == 0:
-        f_key_12 = None
-    elif n13 == 1:
-        n14 = _S_I.unpack_from(b, o)[0]
+    if n7 == 0:
+        v.key = None
+    elif n7 == 1:
+        n8, = _U_I(b, o)
         o += 4
-        e15 = o + n14
-        if e15 > n or n14 > 4194304: raise _Bad
-        f_key_12 = b[o:e15].decode()
-        o = e15 + (-n14 & 3)
-        if n14 & 3 and b[e15:o] != _ZPAD[o - e15]: raise _Bad
+        e9 = o + n8
+        if e9 > n or big and n8 > 4194304: raise _Bad
+        v.key = b[o:e9].decode()
+        if n8 & 3:
+            o = e9 + 4 - (n8 & 3)
+            if b[e9:o] != _ZPAD[o - e9]: raise _Bad
+        else:
+            o = e9
     else:
         raise _Bad
-    n17 = _S_I.unpack_from(b, o)[0]
+    n10, = _U_I(b, o)
     o += 4
-    if n17 == 0:
-        f_uri_16 = None
-    elif n17 == 1:
-        n18 = _S_I.unpack_from(b, o)[0]
+    if n10 == 0:
+        v.uri = None
+    elif n10 == 1:
+        n11, = _U_I(b, o)
         o += 4
-        e19 = o + n18
-        if e19 > n or n18 > 4194304: raise _Bad
-        f_uri_16 = b[o:e19].decode()
-        o = e19 + (-n18 & 3)
-        if n18 & 3 and b[e19:o] != _ZPAD[o - e19]: raise _Bad
+        e12 = o + n11
+        if e12 > n or big and n11 > 4194304: raise _Bad
+        v.uri = b[o:e12].decode()
+        if n11 & 3:
+            o = e12 + 4 - (n11 & 3)
+            if b[e12:o] != _ZPAD[o - e12]: raise _Bad
+        else:
+            o = e12
     else:
         raise _Bad
-    f_flags_20 = _S_I.unpack_from(b, o)[0]
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_domain_set_metadata_args(f_dom_1, f_type_7, f_metadata_8, f_key_12, f_uri_16, f_flags_20), o
+    return v, o
 
 
 def _e_remote_domain_set_metadata_args(v: remote_domain_set_metadata_args, w: bytearray) -> None:
@@ -1472,13 +1682,13 @@ def _e_remote_domain_set_metadata_args(v: remote_domain_set_metadata_args, w: by
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
     x5 = v.metadata
-    w += _S_16sii.pack(x4, x1.id, v.type)
+    w += _P_16sii(x4, x1.id, v.type)
     if x5 is None:
         w += _FLAG0
     else:
@@ -1486,7 +1696,7 @@ def _e_remote_domain_set_metadata_args(v: remote_domain_set_metadata_args, w: by
         s6 = x5.encode('utf-8', 'surrogateescape')
         n7 = len(s6)
         if n7 > 4194304: raise _Bad
-        w += _S_I.pack(n7)
+        w += _P_I(n7)
         w += s6
         if n7 & 3: w += _ZPAD[-n7 & 3]
     x8 = v.key
@@ -1497,7 +1707,7 @@ def _e_remote_domain_set_metadata_args(v: remote_domain_set_metadata_args, w: by
         s9 = x8.encode('utf-8', 'surrogateescape')
         n10 = len(s9)
         if n10 > 4194304: raise _Bad
-        w += _S_I.pack(n10)
+        w += _P_I(n10)
         w += s9
         if n10 & 3: w += _ZPAD[-n10 & 3]
     x11 = v.uri
@@ -1508,38 +1718,47 @@ def _e_remote_domain_set_metadata_args(v: remote_domain_set_metadata_args, w: by
         s12 = x11.encode('utf-8', 'surrogateescape')
         n13 = len(s12)
         if n13 > 4194304: raise _Bad
-        w += _S_I.pack(n13)
+        w += _P_I(n13)
         w += s12
         if n13 & 3: w += _ZPAD[-n13 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_domain_get_metadata_args(b: bytes, o: int, n: int) -> tuple[remote_domain_get_metadata_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_get_metadata_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_type_7, n9 = _S_16siiI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.type, n4 = _U_16siiI(b, o)
     o += 28
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    if n9 == 0:
-        f_uri_8 = None
-    elif n9 == 1:
-        n10 = _S_I.unpack_from(b, o)[0]
+    if n4 == 0:
+        v.uri = None
+    elif n4 == 1:
+        n5, = _U_I(b, o)
         o += 4
-        e11 = o + n10
-        if e11 > n or n10 > 4194304: raise _Bad
-        f_uri_8 = b[o:e11].decode()
-        o = e11 + (-n10 & 3)
-        if n10 & 3 and b[e11:o] != _ZPAD[o - e11]: raise _Bad
+        e6 = o + n5
+        if e6 > n or big and n5 > 4194304: raise _Bad
+        v.uri = b[o:e6].decode()
+        if n5 & 3:
+            o = e6 + 4 - (n5 & 3)
+            if b[e6:o] != _ZPAD[o - e6]: raise _Bad
+        else:
+            o = e6
     else:
         raise _Bad
-    f_flags_12 = _S_I.unpack_from(b, o)[0]
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_domain_get_metadata_args(f_dom_1, f_type_7, f_uri_8, f_flags_12), o
+    return v, o
 
 
 def _e_remote_domain_get_metadata_args(v: remote_domain_get_metadata_args, w: bytearray) -> None:
@@ -1547,13 +1766,13 @@ def _e_remote_domain_get_metadata_args(v: remote_domain_get_metadata_args, w: by
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
     x5 = v.uri
-    w += _S_16sii.pack(x4, x1.id, v.type)
+    w += _P_16sii(x4, x1.id, v.type)
     if x5 is None:
         w += _FLAG0
     else:
@@ -1561,65 +1780,82 @@ def _e_remote_domain_get_metadata_args(v: remote_domain_get_metadata_args, w: by
         s6 = x5.encode('utf-8', 'surrogateescape')
         n7 = len(s6)
         if n7 > 4194304: raise _Bad
-        w += _S_I.pack(n7)
+        w += _P_I(n7)
         w += s6
         if n7 & 3: w += _ZPAD[-n7 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_domain_get_metadata_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_get_metadata_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_get_metadata_ret)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_metadata_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    return remote_domain_get_metadata_ret(f_metadata_1), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.metadata = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_remote_domain_get_metadata_ret(v: remote_domain_get_metadata_ret, w: bytearray) -> None:
     s1 = v.metadata.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_remote_domain_block_rebase_args(b: bytes, o: int, n: int) -> tuple[remote_domain_block_rebase_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_block_rebase_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    e9 = o + n8
-    if e9 > n or n8 > 4194304: raise _Bad
-    f_path_7 = b[o:e9].decode()
-    o = e9 + (-n8 & 3)
-    if n8 & 3 and b[e9:o] != _ZPAD[o - e9]: raise _Bad
-    n11 = _S_I.unpack_from(b, o)[0]
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    v.path = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    n6, = _U_I(b, o)
     o += 4
-    if n11 == 0:
-        f_base_10 = None
-    elif n11 == 1:
-        n12 = _S_I.unpack_from(b, o)[0]
+    if n6 == 0:
+        v.base = None
+    elif n6 == 1:
+        n7, = _U_I(b, o)
         o += 4
-        e13 = o + n12
-        if e13 > n or n12 > 4194304: raise _Bad
-        f_base_10 = b[o:e13].decode()
-        o = e13 + (-n12 & 3)
-        if n12 & 3 and b[e13:o] != _ZPAD[o - e13]: raise _Bad
+        e8 = o + n7
+        if e8 > n or big and n7 > 4194304: raise _Bad
+        v.base = b[o:e8].decode()
+        if n7 & 3:
+            o = e8 + 4 - (n7 & 3)
+            if b[e8:o] != _ZPAD[o - e8]: raise _Bad
+        else:
+            o = e8
     else:
         raise _Bad
-    f_bandwidth_14, f_flags_15 = _S_QI.unpack_from(b, o)
+    v.bandwidth, v.flags = _U_QI(b, o)
     o += 12
-    return remote_domain_block_rebase_args(f_dom_1, f_path_7, f_base_10, f_bandwidth_14, f_flags_15), o
+    return v, o
 
 
 def _e_remote_domain_block_rebase_args(v: remote_domain_block_rebase_args, w: bytearray) -> None:
@@ -1627,7 +1863,7 @@ def _e_remote_domain_block_rebase_args(v: remote_domain_block_rebase_args, w: by
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -1635,7 +1871,7 @@ def _e_remote_domain_block_rebase_args(v: remote_domain_block_rebase_args, w: by
     s5 = v.path.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
     x7 = v.base
@@ -1646,24 +1882,30 @@ def _e_remote_domain_block_rebase_args(v: remote_domain_block_rebase_args, w: by
         s8 = x7.encode('utf-8', 'surrogateescape')
         n9 = len(s8)
         if n9 > 4194304: raise _Bad
-        w += _S_I.pack(n9)
+        w += _P_I(n9)
         w += s8
         if n9 & 3: w += _ZPAD[-n9 & 3]
-    w += _S_QI.pack(v.bandwidth, v.flags)
+    w += _P_QI(v.bandwidth, v.flags)
 
 
 def _d_remote_domain_get_cpu_stats_args(b: bytes, o: int, n: int) -> tuple[remote_domain_get_cpu_stats_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_get_cpu_stats_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_nparams_7, f_start_cpu_8, f_ncpus_9, f_flags_10 = _S_16siIiII.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.nparams, v.start_cpu, v.ncpus, v.flags = _U_16siIiII(b, o)
     o += 36
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_get_cpu_stats_args(f_dom_1, f_nparams_7, f_start_cpu_8, f_ncpus_9, f_flags_10), o
+    return v, o
 
 
 def _e_remote_domain_get_cpu_stats_args(v: remote_domain_get_cpu_stats_args, w: bytearray) -> None:
@@ -1671,63 +1913,119 @@ def _e_remote_domain_get_cpu_stats_args(v: remote_domain_get_cpu_stats_args, w: 
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siIiII.pack(x4, x1.id, v.nparams, v.start_cpu, v.ncpus, v.flags)
+    w += _P_16siIiII(x4, x1.id, v.nparams, v.start_cpu, v.ncpus, v.flags)
 
 
 def _d_remote_domain_get_cpu_stats_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_get_cpu_stats_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_get_cpu_stats_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 2048 or n2 * 12 > n - o: raise _Bad
-    f_params_1 = []
-    for _ in range(n2):
-        n5 = _S_I.unpack_from(b, o)[0]
+    if n1 > 2048 or n1 * 12 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.params = x3
+    L_U_I = _U_I
+    L_U_Q = _U_Q
+    L_U_d = _U_d
+    L_U_i = _U_i
+    L_U_q = _U_q
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_typed_param = remote_typed_param
+    L_remote_typed_param_value = remote_typed_param_value
+    for _ in range(n1):
+        it2 = L_new(L_remote_typed_param)
+        n4, = L_U_I(b, o)
         o += 4
-        e6 = o + n5
-        if e6 > n or n5 > 4194304: raise _Bad
-        f_field_4 = b[o:e6].decode()
-        o = e6 + (-n5 & 3)
-        if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-        f_value_7, o = _d_remote_typed_param_value(b, o, n)
-        it3 = remote_typed_param(f_field_4, f_value_7)
-        f_params_1.append(it3)
-    f_nparams_8 = _S_i.unpack_from(b, o)[0]
+        e5 = o + n4
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        it2.field = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != L_ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
+        x6 = L_new(L_remote_typed_param_value)
+        d7, = L_U_i(b, o)
+        o += 4
+        if d7 == 1:
+            x6.value, = L_U_i(b, o)
+            o += 4
+        elif d7 == 2:
+            x6.value, = L_U_I(b, o)
+            o += 4
+        elif d7 == 3:
+            x6.value, = L_U_q(b, o)
+            o += 8
+        elif d7 == 4:
+            x6.value, = L_U_Q(b, o)
+            o += 8
+        elif d7 == 5:
+            x6.value, = L_U_d(b, o)
+            o += 8
+        elif d7 == 6:
+            x6.value, = L_U_i(b, o)
+            o += 4
+        elif d7 == 7:
+            n8, = L_U_I(b, o)
+            o += 4
+            e9 = o + n8
+            if e9 > n or big and n8 > 4194304: raise _Bad
+            x6.value = b[o:e9].decode()
+            if n8 & 3:
+                o = e9 + 4 - (n8 & 3)
+                if b[e9:o] != L_ZPAD[o - e9]: raise _Bad
+            else:
+                o = e9
+        else:
+            raise _Bad
+        x6.type = d7
+        it2.value = x6
+        x3.append(it2)
+    v.nparams, = _U_i(b, o)
     o += 4
-    return remote_domain_get_cpu_stats_ret(f_params_1, f_nparams_8), o
+    return v, o
 
 
 def _e_remote_domain_get_cpu_stats_ret(v: remote_domain_get_cpu_stats_ret, w: bytearray) -> None:
     x1 = v.params
     n2 = len(x1)
     if n2 > 2048: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
         s4 = it3.field.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
         _e_remote_typed_param_value(it3.value, w)
-    w += _S_i.pack(v.nparams)
+    w += _P_i(v.nparams)
 
 
 def _d_remote_domain_get_hostname_args(b: bytes, o: int, n: int) -> tuple[remote_domain_get_hostname_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_get_hostname_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_flags_7 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.flags = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_get_hostname_args(f_dom_1, f_flags_7), o
+    return v, o
 
 
 def _e_remote_domain_get_hostname_args(v: remote_domain_get_hostname_args, w: bytearray) -> None:
@@ -1735,60 +2033,77 @@ def _e_remote_domain_get_hostname_args(v: remote_domain_get_hostname_args, w: by
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, v.flags)
+    w += _P_16siI(x4, x1.id, v.flags)
 
 
 def _d_remote_domain_get_hostname_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_get_hostname_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_get_hostname_ret)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_hostname_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    return remote_domain_get_hostname_ret(f_hostname_1), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.hostname = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_remote_domain_get_hostname_ret(v: remote_domain_get_hostname_ret, w: bytearray) -> None:
     s1 = v.hostname.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_remote_storage_vol_wipe_pattern_args(b: bytes, o: int, n: int) -> tuple[remote_storage_vol_wipe_pattern_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_storage_vol_wipe_pattern_args)
+    x1 = _new(remote_nonnull_storage_vol)
+    v.vol = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_pool_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    n6 = _S_I.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.pool = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    n4, = _U_I(b, o)
+    o += 4
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    x1.name = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    n6, = _U_I(b, o)
     o += 4
     e7 = o + n6
-    if e7 > n or n6 > 4194304: raise _Bad
-    f_name_5 = b[o:e7].decode()
-    o = e7 + (-n6 & 3)
-    if n6 & 3 and b[e7:o] != _ZPAD[o - e7]: raise _Bad
-    n9 = _S_I.unpack_from(b, o)[0]
-    o += 4
-    e10 = o + n9
-    if e10 > n or n9 > 4194304: raise _Bad
-    f_key_8 = b[o:e10].decode()
-    o = e10 + (-n9 & 3)
-    if n9 & 3 and b[e10:o] != _ZPAD[o - e10]: raise _Bad
-    f_algorithm_11, f_flags_12 = _S_II.unpack_from(b, o)
+    if e7 > n or big and n6 > 4194304: raise _Bad
+    x1.key = b[o:e7].decode()
+    if n6 & 3:
+        o = e7 + 4 - (n6 & 3)
+        if b[e7:o] != _ZPAD[o - e7]: raise _Bad
+    else:
+        o = e7
+    v.algorithm, v.flags = _U_II(b, o)
     o += 8
-    f_vol_1 = remote_nonnull_storage_vol(f_pool_2, f_name_5, f_key_8)
-    return remote_storage_vol_wipe_pattern_args(f_vol_1, f_algorithm_11, f_flags_12), o
+    return v, o
 
 
 def _e_remote_storage_vol_wipe_pattern_args(v: remote_storage_vol_wipe_pattern_args, w: bytearray) -> None:
@@ -1796,50 +2111,62 @@ def _e_remote_storage_vol_wipe_pattern_args(v: remote_storage_vol_wipe_pattern_a
     s2 = x1.pool.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     s4 = x1.name.encode('utf-8', 'surrogateescape')
     n5 = len(s4)
     if n5 > 4194304: raise _Bad
-    w += _S_I.pack(n5)
+    w += _P_I(n5)
     w += s4
     if n5 & 3: w += _ZPAD[-n5 & 3]
     s6 = x1.key.encode('utf-8', 'surrogateescape')
     n7 = len(s6)
     if n7 > 4194304: raise _Bad
-    w += _S_I.pack(n7)
+    w += _P_I(n7)
     w += s6
     if n7 & 3: w += _ZPAD[-n7 & 3]
-    w += _S_II.pack(v.algorithm, v.flags)
+    w += _P_II(v.algorithm, v.flags)
 
 
 def _d_remote_storage_vol_resize_args(b: bytes, o: int, n: int) -> tuple[remote_storage_vol_resize_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_storage_vol_resize_args)
+    x1 = _new(remote_nonnull_storage_vol)
+    v.vol = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_pool_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    n6 = _S_I.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.pool = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    n4, = _U_I(b, o)
+    o += 4
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    x1.name = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    n6, = _U_I(b, o)
     o += 4
     e7 = o + n6
-    if e7 > n or n6 > 4194304: raise _Bad
-    f_name_5 = b[o:e7].decode()
-    o = e7 + (-n6 & 3)
-    if n6 & 3 and b[e7:o] != _ZPAD[o - e7]: raise _Bad
-    n9 = _S_I.unpack_from(b, o)[0]
-    o += 4
-    e10 = o + n9
-    if e10 > n or n9 > 4194304: raise _Bad
-    f_key_8 = b[o:e10].decode()
-    o = e10 + (-n9 & 3)
-    if n9 & 3 and b[e10:o] != _ZPAD[o - e10]: raise _Bad
-    f_capacity_11, f_flags_12 = _S_QI.unpack_from(b, o)
+    if e7 > n or big and n6 > 4194304: raise _Bad
+    x1.key = b[o:e7].decode()
+    if n6 & 3:
+        o = e7 + 4 - (n6 & 3)
+        if b[e7:o] != _ZPAD[o - e7]: raise _Bad
+    else:
+        o = e7
+    v.capacity, v.flags = _U_QI(b, o)
     o += 12
-    f_vol_1 = remote_nonnull_storage_vol(f_pool_2, f_name_5, f_key_8)
-    return remote_storage_vol_resize_args(f_vol_1, f_capacity_11, f_flags_12), o
+    return v, o
 
 
 def _e_remote_storage_vol_resize_args(v: remote_storage_vol_resize_args, w: bytearray) -> None:
@@ -1847,36 +2174,42 @@ def _e_remote_storage_vol_resize_args(v: remote_storage_vol_resize_args, w: byte
     s2 = x1.pool.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     s4 = x1.name.encode('utf-8', 'surrogateescape')
     n5 = len(s4)
     if n5 > 4194304: raise _Bad
-    w += _S_I.pack(n5)
+    w += _P_I(n5)
     w += s4
     if n5 & 3: w += _ZPAD[-n5 & 3]
     s6 = x1.key.encode('utf-8', 'surrogateescape')
     n7 = len(s6)
     if n7 > 4194304: raise _Bad
-    w += _S_I.pack(n7)
+    w += _P_I(n7)
     w += s6
     if n7 & 3: w += _ZPAD[-n7 & 3]
-    w += _S_QI.pack(v.capacity, v.flags)
+    w += _P_QI(v.capacity, v.flags)
 
 
 def _d_remote_domain_list_all_snapshots_args(b: bytes, o: int, n: int) -> tuple[remote_domain_list_all_snapshots_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_list_all_snapshots_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_need_results_7, f_flags_8 = _S_16siiI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.need_results, v.flags = _U_16siiI(b, o)
     o += 28
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_list_all_snapshots_args(f_dom_1, f_need_results_7, f_flags_8), o
+    return v, o
 
 
 def _e_remote_domain_list_all_snapshots_args(v: remote_domain_list_all_snapshots_args, w: bytearray) -> None:
@@ -1884,71 +2217,115 @@ def _e_remote_domain_list_all_snapshots_args(v: remote_domain_list_all_snapshots
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siiI.pack(x4, x1.id, v.need_results, v.flags)
+    w += _P_16siiI(x4, x1.id, v.need_results, v.flags)
 
 
 def _d_remote_domain_list_all_snapshots_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_list_all_snapshots_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_list_all_snapshots_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 16384 or n2 * 28 > n - o: raise _Bad
-    f_snapshots_1 = []
-    for _ in range(n2):
-        n5 = _S_I.unpack_from(b, o)[0]
+    if n1 > 16384 or n1 * 28 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.snapshots = x3
+    L_U_16si = _U_16si
+    L_U_I = _U_I
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_nonnull_domain = remote_nonnull_domain
+    L_remote_nonnull_domain_snapshot = remote_nonnull_domain_snapshot
+    for _ in range(n1):
+        it2 = L_new(L_remote_nonnull_domain_snapshot)
+        n4, = L_U_I(b, o)
         o += 4
-        e6 = o + n5
-        if e6 > n or n5 > 4194304: raise _Bad
-        f_name_4 = b[o:e6].decode()
-        o = e6 + (-n5 & 3)
-        if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-        f_dom_7, o = _d_remote_nonnull_domain(b, o, n)
-        it3 = remote_nonnull_domain_snapshot(f_name_4, f_dom_7)
-        f_snapshots_1.append(it3)
-    f_ret_8 = _S_i.unpack_from(b, o)[0]
+        e5 = o + n4
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        it2.name = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != L_ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
+        x6 = L_new(L_remote_nonnull_domain)
+        it2.dom = x6
+        n7, = L_U_I(b, o)
+        o += 4
+        e8 = o + n7
+        if e8 > n or big and n7 > 4194304: raise _Bad
+        x6.name = b[o:e8].decode()
+        if n7 & 3:
+            o = e8 + 4 - (n7 & 3)
+            if b[e8:o] != L_ZPAD[o - e8]: raise _Bad
+        else:
+            o = e8
+        x6.uuid, x6.id = L_U_16si(b, o)
+        o += 20
+        x3.append(it2)
+    v.ret, = _U_i(b, o)
     o += 4
-    return remote_domain_list_all_snapshots_ret(f_snapshots_1, f_ret_8), o
+    return v, o
 
 
 def _e_remote_domain_list_all_snapshots_ret(v: remote_domain_list_all_snapshots_ret, w: bytearray) -> None:
     x1 = v.snapshots
     n2 = len(x1)
     if n2 > 16384: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
         s4 = it3.name.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
-        _e_remote_nonnull_domain(it3.dom, w)
-    w += _S_i.pack(v.ret)
+        x6 = it3.dom
+        s7 = x6.name.encode('utf-8', 'surrogateescape')
+        n8 = len(s7)
+        if n8 > 4194304: raise _Bad
+        w += _P_I(n8)
+        w += s7
+        if n8 & 3: w += _ZPAD[-n8 & 3]
+        x9 = x6.uuid
+        if len(x9) != 16: raise _Bad
+        w += _P_16si(x9, x6.id)
+    w += _P_i(v.ret)
 
 
 def _d_remote_domain_snapshot_list_all_children_args(b: bytes, o: int, n: int) -> tuple[remote_domain_snapshot_list_all_children_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_snapshot_list_all_children_args)
+    x1 = _new(remote_nonnull_domain_snapshot)
+    v.snapshot = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    n7 = _S_I.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x4 = _new(remote_nonnull_domain)
+    x1.dom = x4
+    n5, = _U_I(b, o)
     o += 4
-    e8 = o + n7
-    if e8 > n or n7 > 4194304: raise _Bad
-    f_name_6 = b[o:e8].decode()
-    o = e8 + (-n7 & 3)
-    if n7 & 3 and b[e8:o] != _ZPAD[o - e8]: raise _Bad
-    f_uuid_9, f_id_10, f_need_results_11, f_flags_12 = _S_16siiI.unpack_from(b, o)
+    e6 = o + n5
+    if e6 > n or big and n5 > 4194304: raise _Bad
+    x4.name = b[o:e6].decode()
+    if n5 & 3:
+        o = e6 + 4 - (n5 & 3)
+        if b[e6:o] != _ZPAD[o - e6]: raise _Bad
+    else:
+        o = e6
+    x4.uuid, x4.id, v.need_results, v.flags = _U_16siiI(b, o)
     o += 28
-    f_dom_5 = remote_nonnull_domain(f_name_6, f_uuid_9, f_id_10)
-    f_snapshot_1 = remote_nonnull_domain_snapshot(f_name_2, f_dom_5)
-    return remote_domain_snapshot_list_all_children_args(f_snapshot_1, f_need_results_11, f_flags_12), o
+    return v, o
 
 
 def _e_remote_domain_snapshot_list_all_children_args(v: remote_domain_snapshot_list_all_children_args, w: bytearray) -> None:
@@ -1956,78 +2333,122 @@ def _e_remote_domain_snapshot_list_all_children_args(v: remote_domain_snapshot_l
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.dom
     s5 = x4.name.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_I.pack(n6)
+    w += _P_I(n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
     x7 = x4.uuid
     if len(x7) != 16: raise _Bad
-    w += _S_16siiI.pack(x7, x4.id, v.need_results, v.flags)
+    w += _P_16siiI(x7, x4.id, v.need_results, v.flags)
 
 
 def _d_remote_domain_snapshot_list_all_children_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_snapshot_list_all_children_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_snapshot_list_all_children_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 16384 or n2 * 28 > n - o: raise _Bad
-    f_snapshots_1 = []
-    for _ in range(n2):
-        n5 = _S_I.unpack_from(b, o)[0]
+    if n1 > 16384 or n1 * 28 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.snapshots = x3
+    L_U_16si = _U_16si
+    L_U_I = _U_I
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_nonnull_domain = remote_nonnull_domain
+    L_remote_nonnull_domain_snapshot = remote_nonnull_domain_snapshot
+    for _ in range(n1):
+        it2 = L_new(L_remote_nonnull_domain_snapshot)
+        n4, = L_U_I(b, o)
         o += 4
-        e6 = o + n5
-        if e6 > n or n5 > 4194304: raise _Bad
-        f_name_4 = b[o:e6].decode()
-        o = e6 + (-n5 & 3)
-        if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-        f_dom_7, o = _d_remote_nonnull_domain(b, o, n)
-        it3 = remote_nonnull_domain_snapshot(f_name_4, f_dom_7)
-        f_snapshots_1.append(it3)
-    f_ret_8 = _S_i.unpack_from(b, o)[0]
+        e5 = o + n4
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        it2.name = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != L_ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
+        x6 = L_new(L_remote_nonnull_domain)
+        it2.dom = x6
+        n7, = L_U_I(b, o)
+        o += 4
+        e8 = o + n7
+        if e8 > n or big and n7 > 4194304: raise _Bad
+        x6.name = b[o:e8].decode()
+        if n7 & 3:
+            o = e8 + 4 - (n7 & 3)
+            if b[e8:o] != L_ZPAD[o - e8]: raise _Bad
+        else:
+            o = e8
+        x6.uuid, x6.id = L_U_16si(b, o)
+        o += 20
+        x3.append(it2)
+    v.ret, = _U_i(b, o)
     o += 4
-    return remote_domain_snapshot_list_all_children_ret(f_snapshots_1, f_ret_8), o
+    return v, o
 
 
 def _e_remote_domain_snapshot_list_all_children_ret(v: remote_domain_snapshot_list_all_children_ret, w: bytearray) -> None:
     x1 = v.snapshots
     n2 = len(x1)
     if n2 > 16384: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
         s4 = it3.name.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
-        _e_remote_nonnull_domain(it3.dom, w)
-    w += _S_i.pack(v.ret)
+        x6 = it3.dom
+        s7 = x6.name.encode('utf-8', 'surrogateescape')
+        n8 = len(s7)
+        if n8 > 4194304: raise _Bad
+        w += _P_I(n8)
+        w += s7
+        if n8 & 3: w += _ZPAD[-n8 & 3]
+        x9 = x6.uuid
+        if len(x9) != 16: raise _Bad
+        w += _P_16si(x9, x6.id)
+    w += _P_i(v.ret)
 
 
 def _d_remote_domain_snapshot_is_current_args(b: bytes, o: int, n: int) -> tuple[remote_domain_snapshot_is_current_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_snapshot_is_current_args)
+    x1 = _new(remote_nonnull_domain_snapshot)
+    v.snap = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    n7 = _S_I.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x4 = _new(remote_nonnull_domain)
+    x1.dom = x4
+    n5, = _U_I(b, o)
     o += 4
-    e8 = o + n7
-    if e8 > n or n7 > 4194304: raise _Bad
-    f_name_6 = b[o:e8].decode()
-    o = e8 + (-n7 & 3)
-    if n7 & 3 and b[e8:o] != _ZPAD[o - e8]: raise _Bad
-    f_uuid_9, f_id_10, f_flags_11 = _S_16siI.unpack_from(b, o)
+    e6 = o + n5
+    if e6 > n or big and n5 > 4194304: raise _Bad
+    x4.name = b[o:e6].decode()
+    if n5 & 3:
+        o = e6 + 4 - (n5 & 3)
+        if b[e6:o] != _ZPAD[o - e6]: raise _Bad
+    else:
+        o = e6
+    x4.uuid, x4.id, v.flags = _U_16siI(b, o)
     o += 24
-    f_dom_5 = remote_nonnull_domain(f_name_6, f_uuid_9, f_id_10)
-    f_snap_1 = remote_nonnull_domain_snapshot(f_name_2, f_dom_5)
-    return remote_domain_snapshot_is_current_args(f_snap_1, f_flags_11), o
+    return v, o
 
 
 def _e_remote_domain_snapshot_is_current_args(v: remote_domain_snapshot_is_current_args, w: bytearray) -> None:
@@ -2035,51 +2456,62 @@ def _e_remote_domain_snapshot_is_current_args(v: remote_domain_snapshot_is_curre
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.dom
     s5 = x4.name.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_I.pack(n6)
+    w += _P_I(n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
     x7 = x4.uuid
     if len(x7) != 16: raise _Bad
-    w += _S_16siI.pack(x7, x4.id, v.flags)
+    w += _P_16siI(x7, x4.id, v.flags)
 
 
 def _d_remote_domain_snapshot_is_current_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_snapshot_is_current_ret, int]:
-    f_current_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_domain_snapshot_is_current_ret)
+    v.current, = _U_i(b, o)
     o += 4
-    return remote_domain_snapshot_is_current_ret(f_current_1), o
+    return v, o
 
 
 def _e_remote_domain_snapshot_is_current_ret(v: remote_domain_snapshot_is_current_ret, w: bytearray) -> None:
-    w += _S_i.pack(v.current)
+    w += _P_i(v.current)
 
 
 def _d_remote_domain_snapshot_has_metadata_args(b: bytes, o: int, n: int) -> tuple[remote_domain_snapshot_has_metadata_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_snapshot_has_metadata_args)
+    x1 = _new(remote_nonnull_domain_snapshot)
+    v.snap = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    n7 = _S_I.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x4 = _new(remote_nonnull_domain)
+    x1.dom = x4
+    n5, = _U_I(b, o)
     o += 4
-    e8 = o + n7
-    if e8 > n or n7 > 4194304: raise _Bad
-    f_name_6 = b[o:e8].decode()
-    o = e8 + (-n7 & 3)
-    if n7 & 3 and b[e8:o] != _ZPAD[o - e8]: raise _Bad
-    f_uuid_9, f_id_10, f_flags_11 = _S_16siI.unpack_from(b, o)
+    e6 = o + n5
+    if e6 > n or big and n5 > 4194304: raise _Bad
+    x4.name = b[o:e6].decode()
+    if n5 & 3:
+        o = e6 + 4 - (n5 & 3)
+        if b[e6:o] != _ZPAD[o - e6]: raise _Bad
+    else:
+        o = e6
+    x4.uuid, x4.id, v.flags = _U_16siI(b, o)
     o += 24
-    f_dom_5 = remote_nonnull_domain(f_name_6, f_uuid_9, f_id_10)
-    f_snap_1 = remote_nonnull_domain_snapshot(f_name_2, f_dom_5)
-    return remote_domain_snapshot_has_metadata_args(f_snap_1, f_flags_11), o
+    return v, o
 
 
 def _e_remote_domain_snapshot_has_metadata_args(v: remote_domain_snapshot_has_metadata_args, w: bytearray) -> None:
@@ -2087,43 +2519,50 @@ def _e_remote_domain_snapshot_has_metadata_args(v: remote_domain_snapshot_has_me
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.dom
     s5 = x4.name.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_I.pack(n6)
+    w += _P_I(n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
     x7 = x4.uuid
     if len(x7) != 16: raise _Bad
-    w += _S_16siI.pack(x7, x4.id, v.flags)
+    w += _P_16siI(x7, x4.id, v.flags)
 
 
 def _d_remote_domain_snapshot_has_metadata_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_snapshot_has_metadata_ret, int]:
-    f_metadata_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_domain_snapshot_has_metadata_ret)
+    v.metadata, = _U_i(b, o)
     o += 4
-    return remote_domain_snapshot_has_metadata_ret(f_metadata_1), o
+    return v, o
 
 
 def _e_remote_domain_snapshot_has_metadata_ret(v: remote_domain_snapshot_has_metadata_ret, w: bytearray) -> None:
-    w += _S_i.pack(v.metadata)
+    w += _P_i(v.metadata)
 
 
 def _d_remote_domain_shutdown_flags_args(b: bytes, o: int, n: int) -> tuple[remote_domain_shutdown_flags_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_shutdown_flags_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_flags_7 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.flags = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_shutdown_flags_args(f_dom_1, f_flags_7), o
+    return v, o
 
 
 def _e_remote_domain_shutdown_flags_args(v: remote_domain_shutdown_flags_args, w: bytearray) -> None:
@@ -2131,26 +2570,32 @@ def _e_remote_domain_shutdown_flags_args(v: remote_domain_shutdown_flags_args, w
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, v.flags)
+    w += _P_16siI(x4, x1.id, v.flags)
 
 
 def _d_remote_domain_get_disk_errors_args(b: bytes, o: int, n: int) -> tuple[remote_domain_get_disk_errors_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_get_disk_errors_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_maxerrors_7, f_flags_8 = _S_16siII.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.maxerrors, v.flags = _U_16siII(b, o)
     o += 28
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_get_disk_errors_args(f_dom_1, f_maxerrors_7, f_flags_8), o
+    return v, o
 
 
 def _e_remote_domain_get_disk_errors_args(v: remote_domain_get_disk_errors_args, w: bytearray) -> None:
@@ -2158,164 +2603,205 @@ def _e_remote_domain_get_disk_errors_args(v: remote_domain_get_disk_errors_args,
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siII.pack(x4, x1.id, v.maxerrors, v.flags)
+    w += _P_16siII(x4, x1.id, v.maxerrors, v.flags)
 
 
 def _d_remote_domain_get_disk_errors_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_get_disk_errors_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_get_disk_errors_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 256 or n2 * 8 > n - o: raise _Bad
-    f_errors_1 = []
-    for _ in range(n2):
-        n5 = _S_I.unpack_from(b, o)[0]
+    if n1 > 256 or n1 * 8 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.errors = x3
+    L_U_I = _U_I
+    L_U_i = _U_i
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_domain_disk_error = remote_domain_disk_error
+    for _ in range(n1):
+        it2 = L_new(L_remote_domain_disk_error)
+        n4, = L_U_I(b, o)
         o += 4
-        e6 = o + n5
-        if e6 > n or n5 > 4194304: raise _Bad
-        f_disk_4 = b[o:e6].decode()
-        o = e6 + (-n5 & 3)
-        if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-        f_error_7 = _S_i.unpack_from(b, o)[0]
+        e5 = o + n4
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        it2.disk = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != L_ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
+        it2.error, = L_U_i(b, o)
         o += 4
-        it3 = remote_domain_disk_error(f_disk_4, f_error_7)
-        f_errors_1.append(it3)
-    f_nerrors_8 = _S_i.unpack_from(b, o)[0]
+        x3.append(it2)
+    v.nerrors, = _U_i(b, o)
     o += 4
-    return remote_domain_get_disk_errors_ret(f_errors_1, f_nerrors_8), o
+    return v, o
 
 
 def _e_remote_domain_get_disk_errors_ret(v: remote_domain_get_disk_errors_ret, w: bytearray) -> None:
     x1 = v.errors
     n2 = len(x1)
     if n2 > 256: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
         s4 = it3.disk.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
-        w += _S_i.pack(it3.error)
-    w += _S_i.pack(v.nerrors)
+        w += _P_i(it3.error)
+    w += _P_i(v.nerrors)
 
 
 def _d_remote_connect_list_all_domains_args(b: bytes, o: int, n: int) -> tuple[remote_connect_list_all_domains_args, int]:
-    f_need_results_1, f_flags_2 = _S_iI.unpack_from(b, o)
+    v = _new(remote_connect_list_all_domains_args)
+    v.need_results, v.flags = _U_iI(b, o)
     o += 8
-    return remote_connect_list_all_domains_args(f_need_results_1, f_flags_2), o
+    return v, o
 
 
 def _e_remote_connect_list_all_domains_args(v: remote_connect_list_all_domains_args, w: bytearray) -> None:
-    w += _S_iI.pack(v.need_results, v.flags)
+    w += _P_iI(v.need_results, v.flags)
 
 
 def _d_remote_connect_list_all_domains_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_list_all_domains_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_connect_list_all_domains_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 16384 or n2 * 24 > n - o: raise _Bad
-    f_domains_1 = []
-    for _ in range(n2):
-        n5 = _S_I.unpack_from(b, o)[0]
+    if n1 > 16384 or n1 * 24 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.domains = x3
+    L_U_16si = _U_16si
+    L_U_I = _U_I
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_nonnull_domain = remote_nonnull_domain
+    for _ in range(n1):
+        it2 = L_new(L_remote_nonnull_domain)
+        n4, = L_U_I(b, o)
         o += 4
-        e6 = o + n5
-        if e6 > n or n5 > 4194304: raise _Bad
-        f_name_4 = b[o:e6].decode()
-        o = e6 + (-n5 & 3)
-        if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-        f_uuid_7, f_id_8 = _S_16si.unpack_from(b, o)
+        e5 = o + n4
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        it2.name = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != L_ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
+        it2.uuid, it2.id = L_U_16si(b, o)
         o += 20
-        it3 = remote_nonnull_domain(f_name_4, f_uuid_7, f_id_8)
-        f_domains_1.append(it3)
-    f_ret_9 = _S_I.unpack_from(b, o)[0]
+        x3.append(it2)
+    v.ret, = _U_I(b, o)
     o += 4
-    return remote_connect_list_all_domains_ret(f_domains_1, f_ret_9), o
+    return v, o
 
 
 def _e_remote_connect_list_all_domains_ret(v: remote_connect_list_all_domains_ret, w: bytearray) -> None:
     x1 = v.domains
     n2 = len(x1)
     if n2 > 16384: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
         s4 = it3.name.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
         x6 = it3.uuid
         if len(x6) != 16: raise _Bad
-        w += _S_16si.pack(x6, it3.id)
-    w += _S_I.pack(v.ret)
+        w += _P_16si(x6, it3.id)
+    w += _P_I(v.ret)
 
 
 def _d_remote_connect_list_all_storage_pools_args(b: bytes, o: int, n: int) -> tuple[remote_connect_list_all_storage_pools_args, int]:
-    f_need_results_1, f_flags_2 = _S_iI.unpack_from(b, o)
+    v = _new(remote_connect_list_all_storage_pools_args)
+    v.need_results, v.flags = _U_iI(b, o)
     o += 8
-    return remote_connect_list_all_storage_pools_args(f_need_results_1, f_flags_2), o
+    return v, o
 
 
 def _e_remote_connect_list_all_storage_pools_args(v: remote_connect_list_all_storage_pools_args, w: bytearray) -> None:
-    w += _S_iI.pack(v.need_results, v.flags)
+    w += _P_iI(v.need_results, v.flags)
 
 
 def _d_remote_connect_list_all_storage_pools_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_list_all_storage_pools_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_connect_list_all_storage_pools_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 16384 or n2 * 20 > n - o: raise _Bad
-    f_pools_1 = []
-    for _ in range(n2):
-        n5 = _S_I.unpack_from(b, o)[0]
+    if n1 > 16384 or n1 * 20 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.pools = x3
+    L_U_16s = _U_16s
+    L_U_I = _U_I
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_nonnull_storage_pool = remote_nonnull_storage_pool
+    for _ in range(n1):
+        it2 = L_new(L_remote_nonnull_storage_pool)
+        n4, = L_U_I(b, o)
         o += 4
-        e6 = o + n5
-        if e6 > n or n5 > 4194304: raise _Bad
-        f_name_4 = b[o:e6].decode()
-        o = e6 + (-n5 & 3)
-        if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-        f_uuid_7 = _S_16s.unpack_from(b, o)[0]
+        e5 = o + n4
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        it2.name = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != L_ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
+        it2.uuid, = L_U_16s(b, o)
         o += 16
-        it3 = remote_nonnull_storage_pool(f_name_4, f_uuid_7)
-        f_pools_1.append(it3)
-    f_ret_8 = _S_I.unpack_from(b, o)[0]
+        x3.append(it2)
+    v.ret, = _U_I(b, o)
     o += 4
-    return remote_connect_list_all_storage_pools_ret(f_pools_1, f_ret_8), o
+    return v, o
 
 
 def _e_remote_connect_list_all_storage_pools_ret(v: remote_connect_list_all_storage_pools_ret, w: bytearray) -> None:
     x1 = v.pools
     n2 = len(x1)
     if n2 > 16384: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
         s4 = it3.name.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
         x6 = it3.uuid
         if len(x6) != 16: raise _Bad
-        w += _S_16s.pack(x6)
-    w += _S_I.pack(v.ret)
+        w += _P_16s(x6)
+    w += _P_I(v.ret)
 
 
 def _d_remote_storage_pool_list_all_volumes_args(b: bytes, o: int, n: int) -> tuple[remote_storage_pool_list_all_volumes_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_storage_pool_list_all_volumes_args)
+    x1 = _new(remote_nonnull_storage_pool)
+    v.pool = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_need_results_6, f_flags_7 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, v.need_results, v.flags = _U_16siI(b, o)
     o += 24
-    f_pool_1 = remote_nonnull_storage_pool(f_name_2, f_uuid_5)
-    return remote_storage_pool_list_all_volumes_args(f_pool_1, f_need_results_6, f_flags_7), o
+    return v, o
 
 
 def _e_remote_storage_pool_list_all_volumes_args(v: remote_storage_pool_list_all_volumes_args, w: bytearray) -> None:
@@ -2323,323 +2809,399 @@ def _e_remote_storage_pool_list_all_volumes_args(v: remote_storage_pool_list_all
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siI.pack(x4, v.need_results, v.flags)
+    w += _P_16siI(x4, v.need_results, v.flags)
 
 
 def _d_remote_storage_pool_list_all_volumes_ret(b: bytes, o: int, n: int) -> tuple[remote_storage_pool_list_all_volumes_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_storage_pool_list_all_volumes_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 16384 or n2 * 12 > n - o: raise _Bad
-    f_vols_1 = []
-    for _ in range(n2):
-        n5 = _S_I.unpack_from(b, o)[0]
+    if n1 > 16384 or n1 * 12 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.vols = x3
+    L_U_I = _U_I
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_nonnull_storage_vol = remote_nonnull_storage_vol
+    for _ in range(n1):
+        it2 = L_new(L_remote_nonnull_storage_vol)
+        n4, = L_U_I(b, o)
         o += 4
-        e6 = o + n5
-        if e6 > n or n5 > 4194304: raise _Bad
-        f_pool_4 = b[o:e6].decode()
-        o = e6 + (-n5 & 3)
-        if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-        n8 = _S_I.unpack_from(b, o)[0]
+        e5 = o + n4
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        it2.pool = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != L_ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
+        n6, = L_U_I(b, o)
+        o += 4
+        e7 = o + n6
+        if e7 > n or big and n6 > 4194304: raise _Bad
+        it2.name = b[o:e7].decode()
+        if n6 & 3:
+            o = e7 + 4 - (n6 & 3)
+            if b[e7:o] != L_ZPAD[o - e7]: raise _Bad
+        else:
+            o = e7
+        n8, = L_U_I(b, o)
         o += 4
         e9 = o + n8
-        if e9 > n or n8 > 4194304: raise _Bad
-        f_name_7 = b[o:e9].decode()
-        o = e9 + (-n8 & 3)
-        if n8 & 3 and b[e9:o] != _ZPAD[o - e9]: raise _Bad
-        n11 = _S_I.unpack_from(b, o)[0]
-        o += 4
-        e12 = o + n11
-        if e12 > n or n11 > 4194304: raise _Bad
-        f_key_10 = b[o:e12].decode()
-        o = e12 + (-n11 & 3)
-        if n11 & 3 and b[e12:o] != _ZPAD[o - e12]: raise _Bad
-        it3 = remote_nonnull_storage_vol(f_pool_4, f_name_7, f_key_10)
-        f_vols_1.append(it3)
-    f_ret_13 = _S_I.unpack_from(b, o)[0]
+        if e9 > n or big and n8 > 4194304: raise _Bad
+        it2.key = b[o:e9].decode()
+        if n8 & 3:
+            o = e9 + 4 - (n8 & 3)
+            if b[e9:o] != L_ZPAD[o - e9]: raise _Bad
+        else:
+            o = e9
+        x3.append(it2)
+    v.ret, = _U_I(b, o)
     o += 4
-    return remote_storage_pool_list_all_volumes_ret(f_vols_1, f_ret_13), o
+    return v, o
 
 
 def _e_remote_storage_pool_list_all_volumes_ret(v: remote_storage_pool_list_all_volumes_ret, w: bytearray) -> None:
     x1 = v.vols
     n2 = len(x1)
     if n2 > 16384: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
         s4 = it3.pool.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
         s6 = it3.name.encode('utf-8', 'surrogateescape')
         n7 = len(s6)
         if n7 > 4194304: raise _Bad
-        w += _S_I.pack(n7)
+        w += _P_I(n7)
         w += s6
         if n7 & 3: w += _ZPAD[-n7 & 3]
         s8 = it3.key.encode('utf-8', 'surrogateescape')
         n9 = len(s8)
         if n9 > 4194304: raise _Bad
-        w += _S_I.pack(n9)
+        w += _P_I(n9)
         w += s8
         if n9 & 3: w += _ZPAD[-n9 & 3]
-    w += _S_I.pack(v.ret)
+    w += _P_I(v.ret)
 
 
 def _d_remote_connect_list_all_networks_args(b: bytes, o: int, n: int) -> tuple[remote_connect_list_all_networks_args, int]:
-    f_need_results_1, f_flags_2 = _S_iI.unpack_from(b, o)
+    v = _new(remote_connect_list_all_networks_args)
+    v.need_results, v.flags = _U_iI(b, o)
     o += 8
-    return remote_connect_list_all_networks_args(f_need_results_1, f_flags_2), o
+    return v, o
 
 
 def _e_remote_connect_list_all_networks_args(v: remote_connect_list_all_networks_args, w: bytearray) -> None:
-    w += _S_iI.pack(v.need_results, v.flags)
+    w += _P_iI(v.need_results, v.flags)
 
 
 def _d_remote_connect_list_all_networks_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_list_all_networks_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_connect_list_all_networks_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 16384 or n2 * 20 > n - o: raise _Bad
-    f_nets_1 = []
-    for _ in range(n2):
-        n5 = _S_I.unpack_from(b, o)[0]
+    if n1 > 16384 or n1 * 20 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.nets = x3
+    L_U_16s = _U_16s
+    L_U_I = _U_I
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_nonnull_network = remote_nonnull_network
+    for _ in range(n1):
+        it2 = L_new(L_remote_nonnull_network)
+        n4, = L_U_I(b, o)
         o += 4
-        e6 = o + n5
-        if e6 > n or n5 > 4194304: raise _Bad
-        f_name_4 = b[o:e6].decode()
-        o = e6 + (-n5 & 3)
-        if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-        f_uuid_7 = _S_16s.unpack_from(b, o)[0]
+        e5 = o + n4
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        it2.name = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != L_ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
+        it2.uuid, = L_U_16s(b, o)
         o += 16
-        it3 = remote_nonnull_network(f_name_4, f_uuid_7)
-        f_nets_1.append(it3)
-    f_ret_8 = _S_I.unpack_from(b, o)[0]
+        x3.append(it2)
+    v.ret, = _U_I(b, o)
     o += 4
-    return remote_connect_list_all_networks_ret(f_nets_1, f_ret_8), o
+    return v, o
 
 
 def _e_remote_connect_list_all_networks_ret(v: remote_connect_list_all_networks_ret, w: bytearray) -> None:
     x1 = v.nets
     n2 = len(x1)
     if n2 > 16384: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
         s4 = it3.name.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
         x6 = it3.uuid
         if len(x6) != 16: raise _Bad
-        w += _S_16s.pack(x6)
-    w += _S_I.pack(v.ret)
+        w += _P_16s(x6)
+    w += _P_I(v.ret)
 
 
 def _d_remote_connect_list_all_interfaces_args(b: bytes, o: int, n: int) -> tuple[remote_connect_list_all_interfaces_args, int]:
-    f_need_results_1, f_flags_2 = _S_iI.unpack_from(b, o)
+    v = _new(remote_connect_list_all_interfaces_args)
+    v.need_results, v.flags = _U_iI(b, o)
     o += 8
-    return remote_connect_list_all_interfaces_args(f_need_results_1, f_flags_2), o
+    return v, o
 
 
 def _e_remote_connect_list_all_interfaces_args(v: remote_connect_list_all_interfaces_args, w: bytearray) -> None:
-    w += _S_iI.pack(v.need_results, v.flags)
+    w += _P_iI(v.need_results, v.flags)
 
 
 def _d_remote_connect_list_all_interfaces_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_list_all_interfaces_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_connect_list_all_interfaces_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 16384 or n2 * 8 > n - o: raise _Bad
-    f_ifaces_1 = []
-    for _ in range(n2):
-        n5 = _S_I.unpack_from(b, o)[0]
+    if n1 > 16384 or n1 * 8 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.ifaces = x3
+    L_U_I = _U_I
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_nonnull_interface = remote_nonnull_interface
+    for _ in range(n1):
+        it2 = L_new(L_remote_nonnull_interface)
+        n4, = L_U_I(b, o)
         o += 4
-        e6 = o + n5
-        if e6 > n or n5 > 4194304: raise _Bad
-        f_name_4 = b[o:e6].decode()
-        o = e6 + (-n5 & 3)
-        if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-        n8 = _S_I.unpack_from(b, o)[0]
+        e5 = o + n4
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        it2.name = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != L_ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
+        n6, = L_U_I(b, o)
         o += 4
-        e9 = o + n8
-        if e9 > n or n8 > 4194304: raise _Bad
-        f_mac_7 = b[o:e9].decode()
-        o = e9 + (-n8 & 3)
-        if n8 & 3 and b[e9:o] != _ZPAD[o - e9]: raise _Bad
-        it3 = remote_nonnull_interface(f_name_4, f_mac_7)
-        f_ifaces_1.append(it3)
-    f_ret_10 = _S_I.unpack_from(b, o)[0]
+        e7 = o + n6
+        if e7 > n or big and n6 > 4194304: raise _Bad
+        it2.mac = b[o:e7].decode()
+        if n6 & 3:
+            o = e7 + 4 - (n6 & 3)
+            if b[e7:o] != L_ZPAD[o - e7]: raise _Bad
+        else:
+            o = e7
+        x3.append(it2)
+    v.ret, = _U_I(b, o)
     o += 4
-    return remote_connect_list_all_interfaces_ret(f_ifaces_1, f_ret_10), o
+    return v, o
 
 
 def _e_remote_connect_list_all_interfaces_ret(v: remote_connect_list_all_interfaces_ret, w: bytearray) -> None:
     x1 = v.ifaces
     n2 = len(x1)
     if n2 > 16384: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
         s4 = it3.name.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
         s6 = it3.mac.encode('utf-8', 'surrogateescape')
         n7 = len(s6)
         if n7 > 4194304: raise _Bad
-        w += _S_I.pack(n7)
+        w += _P_I(n7)
         w += s6
         if n7 & 3: w += _ZPAD[-n7 & 3]
-    w += _S_I.pack(v.ret)
+    w += _P_I(v.ret)
 
 
 def _d_remote_connect_list_all_node_devices_args(b: bytes, o: int, n: int) -> tuple[remote_connect_list_all_node_devices_args, int]:
-    f_need_results_1, f_flags_2 = _S_iI.unpack_from(b, o)
+    v = _new(remote_connect_list_all_node_devices_args)
+    v.need_results, v.flags = _U_iI(b, o)
     o += 8
-    return remote_connect_list_all_node_devices_args(f_need_results_1, f_flags_2), o
+    return v, o
 
 
 def _e_remote_connect_list_all_node_devices_args(v: remote_connect_list_all_node_devices_args, w: bytearray) -> None:
-    w += _S_iI.pack(v.need_results, v.flags)
+    w += _P_iI(v.need_results, v.flags)
 
 
 def _d_remote_connect_list_all_node_devices_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_list_all_node_devices_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_connect_list_all_node_devices_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 65536 or n2 * 4 > n - o: raise _Bad
-    f_devices_1 = []
-    for _ in range(n2):
-        n5 = _S_I.unpack_from(b, o)[0]
+    if n1 > 65536 or n1 * 4 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.devices = x3
+    L_U_I = _U_I
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_nonnull_node_device = remote_nonnull_node_device
+    for _ in range(n1):
+        it2 = L_new(L_remote_nonnull_node_device)
+        n4, = L_U_I(b, o)
         o += 4
-        e6 = o + n5
-        if e6 > n or n5 > 4194304: raise _Bad
-        f_name_4 = b[o:e6].decode()
-        o = e6 + (-n5 & 3)
-        if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-        it3 = remote_nonnull_node_device(f_name_4)
-        f_devices_1.append(it3)
-    f_ret_7 = _S_I.unpack_from(b, o)[0]
+        e5 = o + n4
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        it2.name = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != L_ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
+        x3.append(it2)
+    v.ret, = _U_I(b, o)
     o += 4
-    return remote_connect_list_all_node_devices_ret(f_devices_1, f_ret_7), o
+    return v, o
 
 
 def _e_remote_connect_list_all_node_devices_ret(v: remote_connect_list_all_node_devices_ret, w: bytearray) -> None:
     x1 = v.devices
     n2 = len(x1)
     if n2 > 65536: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
         s4 = it3.name.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
-    w += _S_I.pack(v.ret)
+    w += _P_I(v.ret)
 
 
 def _d_remote_connect_list_all_nwfilters_args(b: bytes, o: int, n: int) -> tuple[remote_connect_list_all_nwfilters_args, int]:
-    f_need_results_1, f_flags_2 = _S_iI.unpack_from(b, o)
+    v = _new(remote_connect_list_all_nwfilters_args)
+    v.need_results, v.flags = _U_iI(b, o)
     o += 8
-    return remote_connect_list_all_nwfilters_args(f_need_results_1, f_flags_2), o
+    return v, o
 
 
 def _e_remote_connect_list_all_nwfilters_args(v: remote_connect_list_all_nwfilters_args, w: bytearray) -> None:
-    w += _S_iI.pack(v.need_results, v.flags)
+    w += _P_iI(v.need_results, v.flags)
 
 
 def _d_remote_connect_list_all_nwfilters_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_list_all_nwfilters_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_connect_list_all_nwfilters_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 16384 or n2 * 20 > n - o: raise _Bad
-    f_filters_1 = []
-    for _ in range(n2):
-        n5 = _S_I.unpack_from(b, o)[0]
+    if n1 > 16384 or n1 * 20 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.filters = x3
+    L_U_16s = _U_16s
+    L_U_I = _U_I
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_nonnull_nwfilter = remote_nonnull_nwfilter
+    for _ in range(n1):
+        it2 = L_new(L_remote_nonnull_nwfilter)
+        n4, = L_U_I(b, o)
         o += 4
-        e6 = o + n5
-        if e6 > n or n5 > 4194304: raise _Bad
-        f_name_4 = b[o:e6].decode()
-        o = e6 + (-n5 & 3)
-        if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-        f_uuid_7 = _S_16s.unpack_from(b, o)[0]
+        e5 = o + n4
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        it2.name = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != L_ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
+        it2.uuid, = L_U_16s(b, o)
         o += 16
-        it3 = remote_nonnull_nwfilter(f_name_4, f_uuid_7)
-        f_filters_1.append(it3)
-    f_ret_8 = _S_I.unpack_from(b, o)[0]
+        x3.append(it2)
+    v.ret, = _U_I(b, o)
     o += 4
-    return remote_connect_list_all_nwfilters_ret(f_filters_1, f_ret_8), o
+    return v, o
 
 
 def _e_remote_connect_list_all_nwfilters_ret(v: remote_connect_list_all_nwfilters_ret, w: bytearray) -> None:
     x1 = v.filters
     n2 = len(x1)
     if n2 > 16384: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
         s4 = it3.name.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
         x6 = it3.uuid
         if len(x6) != 16: raise _Bad
-        w += _S_16s.pack(x6)
-    w += _S_I.pack(v.ret)
+        w += _P_16s(x6)
+    w += _P_I(v.ret)
 
 
 def _d_remote_connect_list_all_secrets_args(b: bytes, o: int, n: int) -> tuple[remote_connect_list_all_secrets_args, int]:
-    f_need_results_1, f_flags_2 = _S_iI.unpack_from(b, o)
+    v = _new(remote_connect_list_all_secrets_args)
+    v.need_results, v.flags = _U_iI(b, o)
     o += 8
-    return remote_connect_list_all_secrets_args(f_need_results_1, f_flags_2), o
+    return v, o
 
 
 def _e_remote_connect_list_all_secrets_args(v: remote_connect_list_all_secrets_args, w: bytearray) -> None:
-    w += _S_iI.pack(v.need_results, v.flags)
+    w += _P_iI(v.need_results, v.flags)
 
 
 def _d_remote_connect_list_all_secrets_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_list_all_secrets_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_connect_list_all_secrets_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 16384 or n2 * 24 > n - o: raise _Bad
-    f_secrets_1 = []
-    for _ in range(n2):
-        f_uuid_4, f_usageType_5, n7 = _S_16siI.unpack_from(b, o)
+    if n1 > 16384 or n1 * 24 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.secrets = x3
+    L_U_16siI = _U_16siI
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_nonnull_secret = remote_nonnull_secret
+    for _ in range(n1):
+        it2 = L_new(L_remote_nonnull_secret)
+        it2.uuid, it2.usageType, n4 = L_U_16siI(b, o)
         o += 24
-        e8 = o + n7
-        if e8 > n or n7 > 4194304: raise _Bad
-        f_usageID_6 = b[o:e8].decode()
-        o = e8 + (-n7 & 3)
-        if n7 & 3 and b[e8:o] != _ZPAD[o - e8]: raise _Bad
-        it3 = remote_nonnull_secret(f_uuid_4, f_usageType_5, f_usageID_6)
-        f_secrets_1.append(it3)
-    f_ret_9 = _S_I.unpack_from(b, o)[0]
+        e5 = o + n4
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        it2.usageID = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != L_ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
+        x3.append(it2)
+    v.ret, = _U_I(b, o)
     o += 4
-    return remote_connect_list_all_secrets_ret(f_secrets_1, f_ret_9), o
+    return v, o
 
 
 def _e_remote_connect_list_all_secrets_ret(v: remote_connect_list_all_secrets_ret, w: bytearray) -> None:
     x1 = v.secrets
     n2 = len(x1)
     if n2 > 16384: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
         x4 = it3.uuid
         if len(x4) != 16: raise _Bad
         s5 = it3.usageID.encode('utf-8', 'surrogateescape')
         n6 = len(s5)
         if n6 > 4194304: raise _Bad
-        w += _S_16siI.pack(x4, it3.usageType, n6)
+        w += _P_16siI(x4, it3.usageType, n6)
         w += s5
         if n6 & 3: w += _ZPAD[-n6 & 3]
-    w += _S_I.pack(v.ret)
+    w += _P_I(v.ret)
 
 
 _c_remote_domain_disk_error = _Codec('remote_domain_disk_error', _e_remote_domain_disk_error, _d_remote_domain_disk_error)

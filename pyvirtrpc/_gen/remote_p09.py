@@ -12,6 +12,8 @@ from struct import Struct as _Struct
 from struct import pack as _pack
 from struct import unpack_from as _unpack_from
 
+_new = object.__new__  # decoders fill __slots__ directly instead of calling __init__
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: it costs milliseconds at start-up
     from typing import Any, Optional, Union
@@ -27,8 +29,6 @@ from .._xdr import XdrStruct as _XdrStruct
 from .._xdr import XdrUnion as _XdrUnion
 from .._xdr import dec_chars as _dec_chars
 from .._xdr import enc_chars as _enc_chars
-from .._xdr import enum_member as _enum_member
-from .remote import _d_remote_typed_param_value
 from .remote import _e_remote_typed_param_value
 from .remote import remote_domain_event_lifecycle_msg
 from .remote import remote_domain_event_reboot_msg
@@ -36,6 +36,7 @@ from .remote import remote_nonnull_domain
 from .remote import remote_nonnull_network
 from .remote import remote_nonnull_node_device
 from .remote import remote_typed_param
+from .remote import remote_typed_param_value
 
 __all__: list[str] = []  # import names explicitly
 
@@ -52,9 +53,45 @@ _S_I = _Struct('>I')
 _S_Ii = _Struct('>Ii')
 _S_Q = _Struct('>Q')
 _S_QI = _Struct('>QI')
+_S_d = _Struct('>d')
 _S_i = _Struct('>i')
 _S_iI = _Struct('>iI')
 _S_iiI = _Struct('>iiI')
+_S_q = _Struct('>q')
+_P_16s = _S_16s.pack
+_P_16sIIiI = _S_16sIIiI.pack
+_P_16si = _S_16si.pack
+_P_16siI = _S_16siI.pack
+_P_16siQI = _S_16siQI.pack
+_P_16sii = _S_16sii.pack
+_P_16siiI = _S_16siiI.pack
+_P_16siii = _S_16siii.pack
+_P_16siqII = _S_16siqII.pack
+_P_I = _S_I.pack
+_P_Ii = _S_Ii.pack
+_P_Q = _S_Q.pack
+_P_QI = _S_QI.pack
+_P_i = _S_i.pack
+_P_iI = _S_iI.pack
+_P_iiI = _S_iiI.pack
+_U_16s = _S_16s.unpack_from
+_U_16sIIiI = _S_16sIIiI.unpack_from
+_U_16si = _S_16si.unpack_from
+_U_16siI = _S_16siI.unpack_from
+_U_16siQI = _S_16siQI.unpack_from
+_U_16sii = _S_16sii.unpack_from
+_U_16siiI = _S_16siiI.unpack_from
+_U_16siii = _S_16siii.unpack_from
+_U_16siqII = _S_16siqII.unpack_from
+_U_I = _S_I.unpack_from
+_U_Ii = _S_Ii.unpack_from
+_U_Q = _S_Q.unpack_from
+_U_QI = _S_QI.unpack_from
+_U_d = _S_d.unpack_from
+_U_i = _S_i.unpack_from
+_U_iI = _S_iI.unpack_from
+_U_iiI = _S_iiI.unpack_from
+_U_q = _S_q.unpack_from
 
 
 class remote_domain_create_xml_with_files_args(_XdrStruct):
@@ -984,40 +1021,51 @@ class remote_network_event_lifecycle_msg(_XdrStruct):
 # ------------------------------------------------------------------- codecs
 
 def _d_remote_domain_create_xml_with_files_args(b: bytes, o: int, n: int) -> tuple[remote_domain_create_xml_with_files_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_create_xml_with_files_args)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_xml_desc_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    f_flags_4 = _S_I.unpack_from(b, o)[0]
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.xml_desc = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_domain_create_xml_with_files_args(f_xml_desc_1, f_flags_4), o
+    return v, o
 
 
 def _e_remote_domain_create_xml_with_files_args(v: remote_domain_create_xml_with_files_args, w: bytearray) -> None:
     s1 = v.xml_desc.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_domain_create_xml_with_files_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_create_xml_with_files_ret, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_create_xml_with_files_ret)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6 = _S_16si.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id = _U_16si(b, o)
     o += 20
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_create_xml_with_files_ret(f_dom_1), o
+    return v, o
 
 
 def _e_remote_domain_create_xml_with_files_ret(v: remote_domain_create_xml_with_files_ret, w: bytearray) -> None:
@@ -1025,26 +1073,32 @@ def _e_remote_domain_create_xml_with_files_ret(v: remote_domain_create_xml_with_
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16si.pack(x4, x1.id)
+    w += _P_16si(x4, x1.id)
 
 
 def _d_remote_domain_set_memory_stats_period_args(b: bytes, o: int, n: int) -> tuple[remote_domain_set_memory_stats_period_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_set_memory_stats_period_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_period_7, f_flags_8 = _S_16siiI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.period, v.flags = _U_16siiI(b, o)
     o += 28
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_set_memory_stats_period_args(f_dom_1, f_period_7, f_flags_8), o
+    return v, o
 
 
 def _e_remote_domain_set_memory_stats_period_args(v: remote_domain_set_memory_stats_period_args, w: bytearray) -> None:
@@ -1052,26 +1106,32 @@ def _e_remote_domain_set_memory_stats_period_args(v: remote_domain_set_memory_st
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siiI.pack(x4, x1.id, v.period, v.flags)
+    w += _P_16siiI(x4, x1.id, v.period, v.flags)
 
 
 def _d_remote_domain_create_with_files_args(b: bytes, o: int, n: int) -> tuple[remote_domain_create_with_files_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_create_with_files_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_flags_7 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.flags = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_create_with_files_args(f_dom_1, f_flags_7), o
+    return v, o
 
 
 def _e_remote_domain_create_with_files_args(v: remote_domain_create_with_files_args, w: bytearray) -> None:
@@ -1079,26 +1139,32 @@ def _e_remote_domain_create_with_files_args(v: remote_domain_create_with_files_a
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, v.flags)
+    w += _P_16siI(x4, x1.id, v.flags)
 
 
 def _d_remote_domain_create_with_files_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_create_with_files_ret, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_create_with_files_ret)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6 = _S_16si.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id = _U_16si(b, o)
     o += 20
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_create_with_files_ret(f_dom_1), o
+    return v, o
 
 
 def _e_remote_domain_create_with_files_ret(v: remote_domain_create_with_files_ret, w: bytearray) -> None:
@@ -1106,26 +1172,32 @@ def _e_remote_domain_create_with_files_ret(v: remote_domain_create_with_files_re
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16si.pack(x4, x1.id)
+    w += _P_16si(x4, x1.id)
 
 
 def _d_remote_domain_send_process_signal_args(b: bytes, o: int, n: int) -> tuple[remote_domain_send_process_signal_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_send_process_signal_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_pid_value_7, f_signum_8, f_flags_9 = _S_16siqII.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.pid_value, v.signum, v.flags = _U_16siqII(b, o)
     o += 36
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_send_process_signal_args(f_dom_1, f_pid_value_7, f_signum_8, f_flags_9), o
+    return v, o
 
 
 def _e_remote_domain_send_process_signal_args(v: remote_domain_send_process_signal_args, w: bytearray) -> None:
@@ -1133,61 +1205,76 @@ def _e_remote_domain_send_process_signal_args(v: remote_domain_send_process_sign
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siqII.pack(x4, x1.id, v.pid_value, v.signum, v.flags)
+    w += _P_16siqII(x4, x1.id, v.pid_value, v.signum, v.flags)
 
 
 def _d_remote_domain_block_commit_args(b: bytes, o: int, n: int) -> tuple[remote_domain_block_commit_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_block_commit_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    e9 = o + n8
-    if e9 > n or n8 > 4194304: raise _Bad
-    f_disk_7 = b[o:e9].decode()
-    o = e9 + (-n8 & 3)
-    if n8 & 3 and b[e9:o] != _ZPAD[o - e9]: raise _Bad
-    n11 = _S_I.unpack_from(b, o)[0]
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    v.disk = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    n6, = _U_I(b, o)
     o += 4
-    if n11 == 0:
-        f_base_10 = None
-    elif n11 == 1:
-        n12 = _S_I.unpack_from(b, o)[0]
+    if n6 == 0:
+        v.base = None
+    elif n6 == 1:
+        n7, = _U_I(b, o)
         o += 4
-        e13 = o + n12
-        if e13 > n or n12 > 4194304: raise _Bad
-        f_base_10 = b[o:e13].decode()
-        o = e13 + (-n12 & 3)
-        if n12 & 3 and b[e13:o] != _ZPAD[o - e13]: raise _Bad
+        e8 = o + n7
+        if e8 > n or big and n7 > 4194304: raise _Bad
+        v.base = b[o:e8].decode()
+        if n7 & 3:
+            o = e8 + 4 - (n7 & 3)
+            if b[e8:o] != _ZPAD[o - e8]: raise _Bad
+        else:
+            o = e8
     else:
         raise _Bad
-    n15 = _S_I.unpack_from(b, o)[0]
+    n9, = _U_I(b, o)
     o += 4
-    if n15 == 0:
-        f_top_14 = None
-    elif n15 == 1:
-        n16 = _S_I.unpack_from(b, o)[0]
+    if n9 == 0:
+        v.top = None
+    elif n9 == 1:
+        n10, = _U_I(b, o)
         o += 4
-        e17 = o + n16
-        if e17 > n or n16 > 4194304: raise _Bad
-        f_top_14 = b[o:e17].decode()
-        o = e17 + (-n16 & 3)
-        if n16 & 3 and b[e17:o] != _ZPAD[o - e17]: raise _Bad
+        e11 = o + n10
+        if e11 > n or big and n10 > 4194304: raise _Bad
+        v.top = b[o:e11].decode()
+        if n10 & 3:
+            o = e11 + 4 - (n10 & 3)
+            if b[e11:o] != _ZPAD[o - e11]: raise _Bad
+        else:
+            o = e11
     else:
         raise _Bad
-    f_bandwidth_18, f_flags_19 = _S_QI.unpack_from(b, o)
+    v.bandwidth, v.flags = _U_QI(b, o)
     o += 12
-    return remote_domain_block_commit_args(f_dom_1, f_disk_7, f_base_10, f_top_14, f_bandwidth_18, f_flags_19), o
+    return v, o
 
 
 def _e_remote_domain_block_commit_args(v: remote_domain_block_commit_args, w: bytearray) -> None:
@@ -1195,7 +1282,7 @@ def _e_remote_domain_block_commit_args(v: remote_domain_block_commit_args, w: by
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -1203,7 +1290,7 @@ def _e_remote_domain_block_commit_args(v: remote_domain_block_commit_args, w: by
     s5 = v.disk.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
     x7 = v.base
@@ -1214,7 +1301,7 @@ def _e_remote_domain_block_commit_args(v: remote_domain_block_commit_args, w: by
         s8 = x7.encode('utf-8', 'surrogateescape')
         n9 = len(s8)
         if n9 > 4194304: raise _Bad
-        w += _S_I.pack(n9)
+        w += _P_I(n9)
         w += s8
         if n9 & 3: w += _ZPAD[-n9 & 3]
     x10 = v.top
@@ -1225,31 +1312,40 @@ def _e_remote_domain_block_commit_args(v: remote_domain_block_commit_args, w: by
         s11 = x10.encode('utf-8', 'surrogateescape')
         n12 = len(s11)
         if n12 > 4194304: raise _Bad
-        w += _S_I.pack(n12)
+        w += _P_I(n12)
         w += s11
         if n12 & 3: w += _ZPAD[-n12 & 3]
-    w += _S_QI.pack(v.bandwidth, v.flags)
+    w += _P_QI(v.bandwidth, v.flags)
 
 
 def _d_remote_network_update_args(b: bytes, o: int, n: int) -> tuple[remote_network_update_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_network_update_args)
+    x1 = _new(remote_nonnull_network)
+    v.net = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_command_6, f_section_7, f_parentIndex_8, n10 = _S_16sIIiI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, v.command, v.section, v.parentIndex, n4 = _U_16sIIiI(b, o)
     o += 32
-    f_net_1 = remote_nonnull_network(f_name_2, f_uuid_5)
-    e11 = o + n10
-    if e11 > n or n10 > 4194304: raise _Bad
-    f_xml_9 = b[o:e11].decode()
-    o = e11 + (-n10 & 3)
-    if n10 & 3 and b[e11:o] != _ZPAD[o - e11]: raise _Bad
-    f_flags_12 = _S_I.unpack_from(b, o)[0]
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    v.xml = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_network_update_args(f_net_1, f_command_6, f_section_7, f_parentIndex_8, f_xml_9, f_flags_12), o
+    return v, o
 
 
 def _e_remote_network_update_args(v: remote_network_update_args, w: bytearray) -> None:
@@ -1257,7 +1353,7 @@ def _e_remote_network_update_args(v: remote_network_update_args, w: bytearray) -
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -1265,58 +1361,72 @@ def _e_remote_network_update_args(v: remote_network_update_args, w: bytearray) -
     s5 = v.xml.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_16sIIiI.pack(x4, v.command, v.section, v.parentIndex, n6)
+    w += _P_16sIIiI(x4, v.command, v.section, v.parentIndex, n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_node_device_lookup_scsi_host_by_wwn_args(b: bytes, o: int, n: int) -> tuple[remote_node_device_lookup_scsi_host_by_wwn_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_node_device_lookup_scsi_host_by_wwn_args)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_wwnn_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    n5 = _S_I.unpack_from(b, o)[0]
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.wwnn = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    n3, = _U_I(b, o)
     o += 4
-    e6 = o + n5
-    if e6 > n or n5 > 4194304: raise _Bad
-    f_wwpn_4 = b[o:e6].decode()
-    o = e6 + (-n5 & 3)
-    if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-    f_flags_7 = _S_I.unpack_from(b, o)[0]
+    e4 = o + n3
+    if e4 > n or big and n3 > 4194304: raise _Bad
+    v.wwpn = b[o:e4].decode()
+    if n3 & 3:
+        o = e4 + 4 - (n3 & 3)
+        if b[e4:o] != _ZPAD[o - e4]: raise _Bad
+    else:
+        o = e4
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_node_device_lookup_scsi_host_by_wwn_args(f_wwnn_1, f_wwpn_4, f_flags_7), o
+    return v, o
 
 
 def _e_remote_node_device_lookup_scsi_host_by_wwn_args(v: remote_node_device_lookup_scsi_host_by_wwn_args, w: bytearray) -> None:
     s1 = v.wwnn.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
     s3 = v.wwpn.encode('utf-8', 'surrogateescape')
     n4 = len(s3)
     if n4 > 4194304: raise _Bad
-    w += _S_I.pack(n4)
+    w += _P_I(n4)
     w += s3
     if n4 & 3: w += _ZPAD[-n4 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_node_device_lookup_scsi_host_by_wwn_ret(b: bytes, o: int, n: int) -> tuple[remote_node_device_lookup_scsi_host_by_wwn_ret, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_node_device_lookup_scsi_host_by_wwn_ret)
+    x1 = _new(remote_nonnull_node_device)
+    v.dev = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_dev_1 = remote_nonnull_node_device(f_name_2)
-    return remote_node_device_lookup_scsi_host_by_wwn_ret(f_dev_1), o
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    return v, o
 
 
 def _e_remote_node_device_lookup_scsi_host_by_wwn_ret(v: remote_node_device_lookup_scsi_host_by_wwn_ret, w: bytearray) -> None:
@@ -1324,43 +1434,51 @@ def _e_remote_node_device_lookup_scsi_host_by_wwn_ret(v: remote_node_device_look
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
 
 
 def _d_remote_node_device_detach_flags_args(b: bytes, o: int, n: int) -> tuple[remote_node_device_detach_flags_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_node_device_detach_flags_args)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_name_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    n5 = _S_I.unpack_from(b, o)[0]
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.name = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    n3, = _U_I(b, o)
     o += 4
-    if n5 == 0:
-        f_driverName_4 = None
-    elif n5 == 1:
-        n6 = _S_I.unpack_from(b, o)[0]
+    if n3 == 0:
+        v.driverName = None
+    elif n3 == 1:
+        n4, = _U_I(b, o)
         o += 4
-        e7 = o + n6
-        if e7 > n or n6 > 4194304: raise _Bad
-        f_driverName_4 = b[o:e7].decode()
-        o = e7 + (-n6 & 3)
-        if n6 & 3 and b[e7:o] != _ZPAD[o - e7]: raise _Bad
+        e5 = o + n4
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        v.driverName = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
     else:
         raise _Bad
-    f_flags_8 = _S_I.unpack_from(b, o)[0]
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_node_device_detach_flags_args(f_name_1, f_driverName_4, f_flags_8), o
+    return v, o
 
 
 def _e_remote_node_device_detach_flags_args(v: remote_node_device_detach_flags_args, w: bytearray) -> None:
     s1 = v.name.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
     x3 = v.driverName
@@ -1371,25 +1489,32 @@ def _e_remote_node_device_detach_flags_args(v: remote_node_device_detach_flags_a
         s4 = x3.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_domain_event_callback_lifecycle_msg(b: bytes, o: int, n: int) -> tuple[remote_domain_event_callback_lifecycle_msg, int]:
-    f_callbackID_1, n5 = _S_iI.unpack_from(b, o)
+    big = n - o > 4194304
+    v = _new(remote_domain_event_callback_lifecycle_msg)
+    x1 = _new(remote_domain_event_lifecycle_msg)
+    v.msg = x1
+    x2 = _new(remote_nonnull_domain)
+    x1.dom = x2
+    v.callbackID, n3 = _U_iI(b, o)
     o += 8
-    e6 = o + n5
-    if e6 > n or n5 > 4194304: raise _Bad
-    f_name_4 = b[o:e6].decode()
-    o = e6 + (-n5 & 3)
-    if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-    f_uuid_7, f_id_8, f_event_9, f_detail_10 = _S_16siii.unpack_from(b, o)
+    e4 = o + n3
+    if e4 > n or big and n3 > 4194304: raise _Bad
+    x2.name = b[o:e4].decode()
+    if n3 & 3:
+        o = e4 + 4 - (n3 & 3)
+        if b[e4:o] != _ZPAD[o - e4]: raise _Bad
+    else:
+        o = e4
+    x2.uuid, x2.id, x1.event, x1.detail = _U_16siii(b, o)
     o += 28
-    f_dom_3 = remote_nonnull_domain(f_name_4, f_uuid_7, f_id_8)
-    f_msg_2 = remote_domain_event_lifecycle_msg(f_dom_3, f_event_9, f_detail_10)
-    return remote_domain_event_callback_lifecycle_msg(f_callbackID_1, f_msg_2), o
+    return v, o
 
 
 def _e_remote_domain_event_callback_lifecycle_msg(v: remote_domain_event_callback_lifecycle_msg, w: bytearray) -> None:
@@ -1398,26 +1523,32 @@ def _e_remote_domain_event_callback_lifecycle_msg(v: remote_domain_event_callbac
     s3 = x2.name.encode('utf-8', 'surrogateescape')
     n4 = len(s3)
     if n4 > 4194304: raise _Bad
-    w += _S_iI.pack(v.callbackID, n4)
+    w += _P_iI(v.callbackID, n4)
     w += s3
     if n4 & 3: w += _ZPAD[-n4 & 3]
     x5 = x2.uuid
     if len(x5) != 16: raise _Bad
-    w += _S_16siii.pack(x5, x2.id, x1.event, x1.detail)
+    w += _P_16siii(x5, x2.id, x1.event, x1.detail)
 
 
 def _d_remote_domain_get_job_stats_args(b: bytes, o: int, n: int) -> tuple[remote_domain_get_job_stats_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_get_job_stats_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_flags_7 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.flags = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_get_job_stats_args(f_dom_1, f_flags_7), o
+    return v, o
 
 
 def _e_remote_domain_get_job_stats_args(v: remote_domain_get_job_stats_args, w: bytearray) -> None:
@@ -1425,60 +1556,116 @@ def _e_remote_domain_get_job_stats_args(v: remote_domain_get_job_stats_args, w: 
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, v.flags)
+    w += _P_16siI(x4, x1.id, v.flags)
 
 
 def _d_remote_domain_get_job_stats_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_get_job_stats_ret, int]:
-    f_type_1, n3 = _S_iI.unpack_from(b, o)
+    big = n - o > 4194304
+    v = _new(remote_domain_get_job_stats_ret)
+    v.type, n1 = _U_iI(b, o)
     o += 8
-    if n3 > 64 or n3 * 12 > n - o: raise _Bad
-    f_params_2 = []
-    for _ in range(n3):
-        n6 = _S_I.unpack_from(b, o)[0]
+    if n1 > 64 or n1 * 12 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.params = x3
+    L_U_I = _U_I
+    L_U_Q = _U_Q
+    L_U_d = _U_d
+    L_U_i = _U_i
+    L_U_q = _U_q
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_typed_param = remote_typed_param
+    L_remote_typed_param_value = remote_typed_param_value
+    for _ in range(n1):
+        it2 = L_new(L_remote_typed_param)
+        n4, = L_U_I(b, o)
         o += 4
-        e7 = o + n6
-        if e7 > n or n6 > 4194304: raise _Bad
-        f_field_5 = b[o:e7].decode()
-        o = e7 + (-n6 & 3)
-        if n6 & 3 and b[e7:o] != _ZPAD[o - e7]: raise _Bad
-        f_value_8, o = _d_remote_typed_param_value(b, o, n)
-        it4 = remote_typed_param(f_field_5, f_value_8)
-        f_params_2.append(it4)
-    return remote_domain_get_job_stats_ret(f_type_1, f_params_2), o
+        e5 = o + n4
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        it2.field = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != L_ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
+        x6 = L_new(L_remote_typed_param_value)
+        d7, = L_U_i(b, o)
+        o += 4
+        if d7 == 1:
+            x6.value, = L_U_i(b, o)
+            o += 4
+        elif d7 == 2:
+            x6.value, = L_U_I(b, o)
+            o += 4
+        elif d7 == 3:
+            x6.value, = L_U_q(b, o)
+            o += 8
+        elif d7 == 4:
+            x6.value, = L_U_Q(b, o)
+            o += 8
+        elif d7 == 5:
+            x6.value, = L_U_d(b, o)
+            o += 8
+        elif d7 == 6:
+            x6.value, = L_U_i(b, o)
+            o += 4
+        elif d7 == 7:
+            n8, = L_U_I(b, o)
+            o += 4
+            e9 = o + n8
+            if e9 > n or big and n8 > 4194304: raise _Bad
+            x6.value = b[o:e9].decode()
+            if n8 & 3:
+                o = e9 + 4 - (n8 & 3)
+                if b[e9:o] != L_ZPAD[o - e9]: raise _Bad
+            else:
+                o = e9
+        else:
+            raise _Bad
+        x6.type = d7
+        it2.value = x6
+        x3.append(it2)
+    return v, o
 
 
 def _e_remote_domain_get_job_stats_ret(v: remote_domain_get_job_stats_ret, w: bytearray) -> None:
     x1 = v.params
     n2 = len(x1)
     if n2 > 64: raise _Bad
-    w += _S_iI.pack(v.type, n2)
+    w += _P_iI(v.type, n2)
     for it3 in x1:
         s4 = it3.field.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
         _e_remote_typed_param_value(it3.value, w)
 
 
 def _d_remote_domain_migrate_get_compression_cache_args(b: bytes, o: int, n: int) -> tuple[remote_domain_migrate_get_compression_cache_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_migrate_get_compression_cache_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_flags_7 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.flags = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_migrate_get_compression_cache_args(f_dom_1, f_flags_7), o
+    return v, o
 
 
 def _e_remote_domain_migrate_get_compression_cache_args(v: remote_domain_migrate_get_compression_cache_args, w: bytearray) -> None:
@@ -1486,36 +1673,43 @@ def _e_remote_domain_migrate_get_compression_cache_args(v: remote_domain_migrate
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, v.flags)
+    w += _P_16siI(x4, x1.id, v.flags)
 
 
 def _d_remote_domain_migrate_get_compression_cache_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_migrate_get_compression_cache_ret, int]:
-    f_cacheSize_1 = _S_Q.unpack_from(b, o)[0]
+    v = _new(remote_domain_migrate_get_compression_cache_ret)
+    v.cacheSize, = _U_Q(b, o)
     o += 8
-    return remote_domain_migrate_get_compression_cache_ret(f_cacheSize_1), o
+    return v, o
 
 
 def _e_remote_domain_migrate_get_compression_cache_ret(v: remote_domain_migrate_get_compression_cache_ret, w: bytearray) -> None:
-    w += _S_Q.pack(v.cacheSize)
+    w += _P_Q(v.cacheSize)
 
 
 def _d_remote_domain_migrate_set_compression_cache_args(b: bytes, o: int, n: int) -> tuple[remote_domain_migrate_set_compression_cache_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_migrate_set_compression_cache_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_cacheSize_7, f_flags_8 = _S_16siQI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.cacheSize, v.flags = _U_16siQI(b, o)
     o += 32
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_migrate_set_compression_cache_args(f_dom_1, f_cacheSize_7, f_flags_8), o
+    return v, o
 
 
 def _e_remote_domain_migrate_set_compression_cache_args(v: remote_domain_migrate_set_compression_cache_args, w: bytearray) -> None:
@@ -1523,38 +1717,44 @@ def _e_remote_domain_migrate_set_compression_cache_args(v: remote_domain_migrate
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siQI.pack(x4, x1.id, v.cacheSize, v.flags)
+    w += _P_16siQI(x4, x1.id, v.cacheSize, v.flags)
 
 
 def _d_remote_connect_domain_event_callback_register_any_args(b: bytes, o: int, n: int) -> tuple[remote_connect_domain_event_callback_register_any_args, int]:
-    f_eventID_1, n3 = _S_iI.unpack_from(b, o)
+    big = n - o > 4194304
+    v = _new(remote_connect_domain_event_callback_register_any_args)
+    v.eventID, n1 = _U_iI(b, o)
     o += 8
-    if n3 == 0:
-        f_dom_2 = None
-    elif n3 == 1:
-        n5 = _S_I.unpack_from(b, o)[0]
+    if n1 == 0:
+        v.dom = None
+    elif n1 == 1:
+        x2 = _new(remote_nonnull_domain)
+        v.dom = x2
+        n3, = _U_I(b, o)
         o += 4
-        e6 = o + n5
-        if e6 > n or n5 > 4194304: raise _Bad
-        f_name_4 = b[o:e6].decode()
-        o = e6 + (-n5 & 3)
-        if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-        f_uuid_7, f_id_8 = _S_16si.unpack_from(b, o)
+        e4 = o + n3
+        if e4 > n or big and n3 > 4194304: raise _Bad
+        x2.name = b[o:e4].decode()
+        if n3 & 3:
+            o = e4 + 4 - (n3 & 3)
+            if b[e4:o] != _ZPAD[o - e4]: raise _Bad
+        else:
+            o = e4
+        x2.uuid, x2.id = _U_16si(b, o)
         o += 20
-        f_dom_2 = remote_nonnull_domain(f_name_4, f_uuid_7, f_id_8)
     else:
         raise _Bad
-    return remote_connect_domain_event_callback_register_any_args(f_eventID_1, f_dom_2), o
+    return v, o
 
 
 def _e_remote_connect_domain_event_callback_register_any_args(v: remote_connect_domain_event_callback_register_any_args, w: bytearray) -> None:
     x1 = v.dom
-    w += _S_i.pack(v.eventID)
+    w += _P_i(v.eventID)
     if x1 is None:
         w += _FLAG0
     else:
@@ -1562,47 +1762,56 @@ def _e_remote_connect_domain_event_callback_register_any_args(v: remote_connect_
         s2 = x1.name.encode('utf-8', 'surrogateescape')
         n3 = len(s2)
         if n3 > 4194304: raise _Bad
-        w += _S_I.pack(n3)
+        w += _P_I(n3)
         w += s2
         if n3 & 3: w += _ZPAD[-n3 & 3]
         x4 = x1.uuid
         if len(x4) != 16: raise _Bad
-        w += _S_16si.pack(x4, x1.id)
+        w += _P_16si(x4, x1.id)
 
 
 def _d_remote_connect_domain_event_callback_register_any_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_domain_event_callback_register_any_ret, int]:
-    f_callbackID_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_connect_domain_event_callback_register_any_ret)
+    v.callbackID, = _U_i(b, o)
     o += 4
-    return remote_connect_domain_event_callback_register_any_ret(f_callbackID_1), o
+    return v, o
 
 
 def _e_remote_connect_domain_event_callback_register_any_ret(v: remote_connect_domain_event_callback_register_any_ret, w: bytearray) -> None:
-    w += _S_i.pack(v.callbackID)
+    w += _P_i(v.callbackID)
 
 
 def _d_remote_connect_domain_event_callback_deregister_any_args(b: bytes, o: int, n: int) -> tuple[remote_connect_domain_event_callback_deregister_any_args, int]:
-    f_callbackID_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_connect_domain_event_callback_deregister_any_args)
+    v.callbackID, = _U_i(b, o)
     o += 4
-    return remote_connect_domain_event_callback_deregister_any_args(f_callbackID_1), o
+    return v, o
 
 
 def _e_remote_connect_domain_event_callback_deregister_any_args(v: remote_connect_domain_event_callback_deregister_any_args, w: bytearray) -> None:
-    w += _S_i.pack(v.callbackID)
+    w += _P_i(v.callbackID)
 
 
 def _d_remote_domain_event_callback_reboot_msg(b: bytes, o: int, n: int) -> tuple[remote_domain_event_callback_reboot_msg, int]:
-    f_callbackID_1, n5 = _S_iI.unpack_from(b, o)
+    big = n - o > 4194304
+    v = _new(remote_domain_event_callback_reboot_msg)
+    x1 = _new(remote_domain_event_reboot_msg)
+    v.msg = x1
+    x2 = _new(remote_nonnull_domain)
+    x1.dom = x2
+    v.callbackID, n3 = _U_iI(b, o)
     o += 8
-    e6 = o + n5
-    if e6 > n or n5 > 4194304: raise _Bad
-    f_name_4 = b[o:e6].decode()
-    o = e6 + (-n5 & 3)
-    if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-    f_uuid_7, f_id_8 = _S_16si.unpack_from(b, o)
+    e4 = o + n3
+    if e4 > n or big and n3 > 4194304: raise _Bad
+    x2.name = b[o:e4].decode()
+    if n3 & 3:
+        o = e4 + 4 - (n3 & 3)
+        if b[e4:o] != _ZPAD[o - e4]: raise _Bad
+    else:
+        o = e4
+    x2.uuid, x2.id = _U_16si(b, o)
     o += 20
-    f_dom_3 = remote_nonnull_domain(f_name_4, f_uuid_7, f_id_8)
-    f_msg_2 = remote_domain_event_reboot_msg(f_dom_3)
-    return remote_domain_event_callback_reboot_msg(f_callbackID_1, f_msg_2), o
+    return v, o
 
 
 def _e_remote_domain_event_callback_reboot_msg(v: remote_domain_event_callback_reboot_msg, w: bytearray) -> None:
@@ -1611,40 +1820,49 @@ def _e_remote_domain_event_callback_reboot_msg(v: remote_domain_event_callback_r
     s3 = x2.name.encode('utf-8', 'surrogateescape')
     n4 = len(s3)
     if n4 > 4194304: raise _Bad
-    w += _S_iI.pack(v.callbackID, n4)
+    w += _P_iI(v.callbackID, n4)
     w += s3
     if n4 & 3: w += _ZPAD[-n4 & 3]
     x5 = x2.uuid
     if len(x5) != 16: raise _Bad
-    w += _S_16si.pack(x5, x2.id)
+    w += _P_16si(x5, x2.id)
 
 
 def _d_remote_domain_open_channel_args(b: bytes, o: int, n: int) -> tuple[remote_domain_open_channel_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_open_channel_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    if n8 == 0:
-        f_name_7 = None
-    elif n8 == 1:
-        n9 = _S_I.unpack_from(b, o)[0]
+    if n4 == 0:
+        v.name = None
+    elif n4 == 1:
+        n5, = _U_I(b, o)
         o += 4
-        e10 = o + n9
-        if e10 > n or n9 > 4194304: raise _Bad
-        f_name_7 = b[o:e10].decode()
-        o = e10 + (-n9 & 3)
-        if n9 & 3 and b[e10:o] != _ZPAD[o - e10]: raise _Bad
+        e6 = o + n5
+        if e6 > n or big and n5 > 4194304: raise _Bad
+        v.name = b[o:e6].decode()
+        if n5 & 3:
+            o = e6 + 4 - (n5 & 3)
+            if b[e6:o] != _ZPAD[o - e6]: raise _Bad
+        else:
+            o = e6
     else:
         raise _Bad
-    f_flags_11 = _S_I.unpack_from(b, o)[0]
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_domain_open_channel_args(f_dom_1, f_name_7, f_flags_11), o
+    return v, o
 
 
 def _e_remote_domain_open_channel_args(v: remote_domain_open_channel_args, w: bytearray) -> None:
@@ -1652,13 +1870,13 @@ def _e_remote_domain_open_channel_args(v: remote_domain_open_channel_args, w: by
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
     x5 = v.name
-    w += _S_16si.pack(x4, x1.id)
+    w += _P_16si(x4, x1.id)
     if x5 is None:
         w += _FLAG0
     else:
@@ -1666,155 +1884,270 @@ def _e_remote_domain_open_channel_args(v: remote_domain_open_channel_args, w: by
         s6 = x5.encode('utf-8', 'surrogateescape')
         n7 = len(s6)
         if n7 > 4194304: raise _Bad
-        w += _S_I.pack(n7)
+        w += _P_I(n7)
         w += s6
         if n7 & 3: w += _ZPAD[-n7 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_node_set_memory_parameters_args(b: bytes, o: int, n: int) -> tuple[remote_node_set_memory_parameters_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_node_set_memory_parameters_args)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 64 or n2 * 12 > n - o: raise _Bad
-    f_params_1 = []
-    for _ in range(n2):
-        n5 = _S_I.unpack_from(b, o)[0]
+    if n1 > 64 or n1 * 12 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.params = x3
+    L_U_I = _U_I
+    L_U_Q = _U_Q
+    L_U_d = _U_d
+    L_U_i = _U_i
+    L_U_q = _U_q
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_typed_param = remote_typed_param
+    L_remote_typed_param_value = remote_typed_param_value
+    for _ in range(n1):
+        it2 = L_new(L_remote_typed_param)
+        n4, = L_U_I(b, o)
         o += 4
-        e6 = o + n5
-        if e6 > n or n5 > 4194304: raise _Bad
-        f_field_4 = b[o:e6].decode()
-        o = e6 + (-n5 & 3)
-        if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-        f_value_7, o = _d_remote_typed_param_value(b, o, n)
-        it3 = remote_typed_param(f_field_4, f_value_7)
-        f_params_1.append(it3)
-    f_flags_8 = _S_I.unpack_from(b, o)[0]
+        e5 = o + n4
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        it2.field = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != L_ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
+        x6 = L_new(L_remote_typed_param_value)
+        d7, = L_U_i(b, o)
+        o += 4
+        if d7 == 1:
+            x6.value, = L_U_i(b, o)
+            o += 4
+        elif d7 == 2:
+            x6.value, = L_U_I(b, o)
+            o += 4
+        elif d7 == 3:
+            x6.value, = L_U_q(b, o)
+            o += 8
+        elif d7 == 4:
+            x6.value, = L_U_Q(b, o)
+            o += 8
+        elif d7 == 5:
+            x6.value, = L_U_d(b, o)
+            o += 8
+        elif d7 == 6:
+            x6.value, = L_U_i(b, o)
+            o += 4
+        elif d7 == 7:
+            n8, = L_U_I(b, o)
+            o += 4
+            e9 = o + n8
+            if e9 > n or big and n8 > 4194304: raise _Bad
+            x6.value = b[o:e9].decode()
+            if n8 & 3:
+                o = e9 + 4 - (n8 & 3)
+                if b[e9:o] != L_ZPAD[o - e9]: raise _Bad
+            else:
+                o = e9
+        else:
+            raise _Bad
+        x6.type = d7
+        it2.value = x6
+        x3.append(it2)
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_node_set_memory_parameters_args(f_params_1, f_flags_8), o
+    return v, o
 
 
 def _e_remote_node_set_memory_parameters_args(v: remote_node_set_memory_parameters_args, w: bytearray) -> None:
     x1 = v.params
     n2 = len(x1)
     if n2 > 64: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
         s4 = it3.field.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
         _e_remote_typed_param_value(it3.value, w)
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_node_get_memory_parameters_args(b: bytes, o: int, n: int) -> tuple[remote_node_get_memory_parameters_args, int]:
-    f_nparams_1, f_flags_2 = _S_iI.unpack_from(b, o)
+    v = _new(remote_node_get_memory_parameters_args)
+    v.nparams, v.flags = _U_iI(b, o)
     o += 8
-    return remote_node_get_memory_parameters_args(f_nparams_1, f_flags_2), o
+    return v, o
 
 
 def _e_remote_node_get_memory_parameters_args(v: remote_node_get_memory_parameters_args, w: bytearray) -> None:
-    w += _S_iI.pack(v.nparams, v.flags)
+    w += _P_iI(v.nparams, v.flags)
 
 
 def _d_remote_node_get_memory_parameters_ret(b: bytes, o: int, n: int) -> tuple[remote_node_get_memory_parameters_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_node_get_memory_parameters_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 64 or n2 * 12 > n - o: raise _Bad
-    f_params_1 = []
-    for _ in range(n2):
-        n5 = _S_I.unpack_from(b, o)[0]
+    if n1 > 64 or n1 * 12 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.params = x3
+    L_U_I = _U_I
+    L_U_Q = _U_Q
+    L_U_d = _U_d
+    L_U_i = _U_i
+    L_U_q = _U_q
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_typed_param = remote_typed_param
+    L_remote_typed_param_value = remote_typed_param_value
+    for _ in range(n1):
+        it2 = L_new(L_remote_typed_param)
+        n4, = L_U_I(b, o)
         o += 4
-        e6 = o + n5
-        if e6 > n or n5 > 4194304: raise _Bad
-        f_field_4 = b[o:e6].decode()
-        o = e6 + (-n5 & 3)
-        if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-        f_value_7, o = _d_remote_typed_param_value(b, o, n)
-        it3 = remote_typed_param(f_field_4, f_value_7)
-        f_params_1.append(it3)
-    f_nparams_8 = _S_i.unpack_from(b, o)[0]
+        e5 = o + n4
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        it2.field = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != L_ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
+        x6 = L_new(L_remote_typed_param_value)
+        d7, = L_U_i(b, o)
+        o += 4
+        if d7 == 1:
+            x6.value, = L_U_i(b, o)
+            o += 4
+        elif d7 == 2:
+            x6.value, = L_U_I(b, o)
+            o += 4
+        elif d7 == 3:
+            x6.value, = L_U_q(b, o)
+            o += 8
+        elif d7 == 4:
+            x6.value, = L_U_Q(b, o)
+            o += 8
+        elif d7 == 5:
+            x6.value, = L_U_d(b, o)
+            o += 8
+        elif d7 == 6:
+            x6.value, = L_U_i(b, o)
+            o += 4
+        elif d7 == 7:
+            n8, = L_U_I(b, o)
+            o += 4
+            e9 = o + n8
+            if e9 > n or big and n8 > 4194304: raise _Bad
+            x6.value = b[o:e9].decode()
+            if n8 & 3:
+                o = e9 + 4 - (n8 & 3)
+                if b[e9:o] != L_ZPAD[o - e9]: raise _Bad
+            else:
+                o = e9
+        else:
+            raise _Bad
+        x6.type = d7
+        it2.value = x6
+        x3.append(it2)
+    v.nparams, = _U_i(b, o)
     o += 4
-    return remote_node_get_memory_parameters_ret(f_params_1, f_nparams_8), o
+    return v, o
 
 
 def _e_remote_node_get_memory_parameters_ret(v: remote_node_get_memory_parameters_ret, w: bytearray) -> None:
     x1 = v.params
     n2 = len(x1)
     if n2 > 64: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
         s4 = it3.field.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
         _e_remote_typed_param_value(it3.value, w)
-    w += _S_i.pack(v.nparams)
+    w += _P_i(v.nparams)
 
 
 def _d_remote_node_get_cpu_map_args(b: bytes, o: int, n: int) -> tuple[remote_node_get_cpu_map_args, int]:
-    f_need_map_1, f_need_online_2, f_flags_3 = _S_iiI.unpack_from(b, o)
+    v = _new(remote_node_get_cpu_map_args)
+    v.need_map, v.need_online, v.flags = _U_iiI(b, o)
     o += 12
-    return remote_node_get_cpu_map_args(f_need_map_1, f_need_online_2, f_flags_3), o
+    return v, o
 
 
 def _e_remote_node_get_cpu_map_args(v: remote_node_get_cpu_map_args, w: bytearray) -> None:
-    w += _S_iiI.pack(v.need_map, v.need_online, v.flags)
+    w += _P_iiI(v.need_map, v.need_online, v.flags)
 
 
 def _d_remote_node_get_cpu_map_ret(b: bytes, o: int, n: int) -> tuple[remote_node_get_cpu_map_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    v = _new(remote_node_get_cpu_map_ret)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 2048: raise _Bad
-    f_cpumap_1 = b[o:e3]
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    f_online_4, f_ret_5 = _S_Ii.unpack_from(b, o)
+    e2 = o + n1
+    if e2 > n or n1 > 2048: raise _Bad
+    v.cpumap = b[o:e2]
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    v.online, v.ret = _U_Ii(b, o)
     o += 8
-    return remote_node_get_cpu_map_ret(f_cpumap_1, f_online_4, f_ret_5), o
+    return v, o
 
 
 def _e_remote_node_get_cpu_map_ret(v: remote_node_get_cpu_map_ret, w: bytearray) -> None:
     s1 = v.cpumap
     n2 = len(s1)
     if n2 > 2048: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
-    w += _S_Ii.pack(v.online, v.ret)
+    w += _P_Ii(v.online, v.ret)
 
 
 def _d_remote_domain_fstrim_args(b: bytes, o: int, n: int) -> tuple[remote_domain_fstrim_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_fstrim_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    if n8 == 0:
-        f_mountPoint_7 = None
-    elif n8 == 1:
-        n9 = _S_I.unpack_from(b, o)[0]
+    if n4 == 0:
+        v.mountPoint = None
+    elif n4 == 1:
+        n5, = _U_I(b, o)
         o += 4
-        e10 = o + n9
-        if e10 > n or n9 > 4194304: raise _Bad
-        f_mountPoint_7 = b[o:e10].decode()
-        o = e10 + (-n9 & 3)
-        if n9 & 3 and b[e10:o] != _ZPAD[o - e10]: raise _Bad
+        e6 = o + n5
+        if e6 > n or big and n5 > 4194304: raise _Bad
+        v.mountPoint = b[o:e6].decode()
+        if n5 & 3:
+            o = e6 + 4 - (n5 & 3)
+            if b[e6:o] != _ZPAD[o - e6]: raise _Bad
+        else:
+            o = e6
     else:
         raise _Bad
-    f_minimum_11, f_flags_12 = _S_QI.unpack_from(b, o)
+    v.minimum, v.flags = _U_QI(b, o)
     o += 12
-    return remote_domain_fstrim_args(f_dom_1, f_mountPoint_7, f_minimum_11, f_flags_12), o
+    return v, o
 
 
 def _e_remote_domain_fstrim_args(v: remote_domain_fstrim_args, w: bytearray) -> None:
@@ -1822,13 +2155,13 @@ def _e_remote_domain_fstrim_args(v: remote_domain_fstrim_args, w: bytearray) -> 
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
     x5 = v.mountPoint
-    w += _S_16si.pack(x4, x1.id)
+    w += _P_16si(x4, x1.id)
     if x5 is None:
         w += _FLAG0
     else:
@@ -1836,39 +2169,93 @@ def _e_remote_domain_fstrim_args(v: remote_domain_fstrim_args, w: bytearray) -> 
         s6 = x5.encode('utf-8', 'surrogateescape')
         n7 = len(s6)
         if n7 > 4194304: raise _Bad
-        w += _S_I.pack(n7)
+        w += _P_I(n7)
         w += s6
         if n7 & 3: w += _ZPAD[-n7 & 3]
-    w += _S_QI.pack(v.minimum, v.flags)
+    w += _P_QI(v.minimum, v.flags)
 
 
 def _d_remote_domain_migrate_begin3_params_args(b: bytes, o: int, n: int) -> tuple[remote_domain_migrate_begin3_params_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_migrate_begin3_params_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    if n8 > 64 or n8 * 12 > n - o: raise _Bad
-    f_params_7 = []
-    for _ in range(n8):
-        n11 = _S_I.unpack_from(b, o)[0]
+    if n4 > 64 or n4 * 12 > n - o: raise _Bad
+    x6: list[Any] = []
+    v.params = x6
+    L_U_I = _U_I
+    L_U_Q = _U_Q
+    L_U_d = _U_d
+    L_U_i = _U_i
+    L_U_q = _U_q
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_typed_param = remote_typed_param
+    L_remote_typed_param_value = remote_typed_param_value
+    for _ in range(n4):
+        it5 = L_new(L_remote_typed_param)
+        n7, = L_U_I(b, o)
         o += 4
-        e12 = o + n11
-        if e12 > n or n11 > 4194304: raise _Bad
-        f_field_10 = b[o:e12].decode()
-        o = e12 + (-n11 & 3)
-        if n11 & 3 and b[e12:o] != _ZPAD[o - e12]: raise _Bad
-        f_value_13, o = _d_remote_typed_param_value(b, o, n)
-        it9 = remote_typed_param(f_field_10, f_value_13)
-        f_params_7.append(it9)
-    f_flags_14 = _S_I.unpack_from(b, o)[0]
+        e8 = o + n7
+        if e8 > n or big and n7 > 4194304: raise _Bad
+        it5.field = b[o:e8].decode()
+        if n7 & 3:
+            o = e8 + 4 - (n7 & 3)
+            if b[e8:o] != L_ZPAD[o - e8]: raise _Bad
+        else:
+            o = e8
+        x9 = L_new(L_remote_typed_param_value)
+        d10, = L_U_i(b, o)
+        o += 4
+        if d10 == 1:
+            x9.value, = L_U_i(b, o)
+            o += 4
+        elif d10 == 2:
+            x9.value, = L_U_I(b, o)
+            o += 4
+        elif d10 == 3:
+            x9.value, = L_U_q(b, o)
+            o += 8
+        elif d10 == 4:
+            x9.value, = L_U_Q(b, o)
+            o += 8
+        elif d10 == 5:
+            x9.value, = L_U_d(b, o)
+            o += 8
+        elif d10 == 6:
+            x9.value, = L_U_i(b, o)
+            o += 4
+        elif d10 == 7:
+            n11, = L_U_I(b, o)
+            o += 4
+            e12 = o + n11
+            if e12 > n or big and n11 > 4194304: raise _Bad
+            x9.value = b[o:e12].decode()
+            if n11 & 3:
+                o = e12 + 4 - (n11 & 3)
+                if b[e12:o] != L_ZPAD[o - e12]: raise _Bad
+            else:
+                o = e12
+        else:
+            raise _Bad
+        x9.type = d10
+        it5.value = x9
+        x6.append(it5)
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_domain_migrate_begin3_params_args(f_dom_1, f_params_7, f_flags_14), o
+    return v, o
 
 
 def _e_remote_domain_migrate_begin3_params_args(v: remote_domain_migrate_begin3_params_args, w: bytearray) -> None:
@@ -1876,7 +2263,7 @@ def _e_remote_domain_migrate_begin3_params_args(v: remote_domain_migrate_begin3_
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -1884,131 +2271,200 @@ def _e_remote_domain_migrate_begin3_params_args(v: remote_domain_migrate_begin3_
     x5 = v.params
     n6 = len(x5)
     if n6 > 64: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     for it7 in x5:
         s8 = it7.field.encode('utf-8', 'surrogateescape')
         n9 = len(s8)
         if n9 > 4194304: raise _Bad
-        w += _S_I.pack(n9)
+        w += _P_I(n9)
         w += s8
         if n9 & 3: w += _ZPAD[-n9 & 3]
         _e_remote_typed_param_value(it7.value, w)
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_domain_migrate_begin3_params_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_migrate_begin3_params_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_migrate_begin3_params_ret)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_cookie_out_1 = b[o:e3]
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    n5 = _S_I.unpack_from(b, o)[0]
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.cookie_out = b[o:e2]
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    n3, = _U_I(b, o)
     o += 4
-    e6 = o + n5
-    if e6 > n or n5 > 4194304: raise _Bad
-    f_xml_4 = b[o:e6].decode()
-    o = e6 + (-n5 & 3)
-    if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-    return remote_domain_migrate_begin3_params_ret(f_cookie_out_1, f_xml_4), o
+    e4 = o + n3
+    if e4 > n or big and n3 > 4194304: raise _Bad
+    v.xml = b[o:e4].decode()
+    if n3 & 3:
+        o = e4 + 4 - (n3 & 3)
+        if b[e4:o] != _ZPAD[o - e4]: raise _Bad
+    else:
+        o = e4
+    return v, o
 
 
 def _e_remote_domain_migrate_begin3_params_ret(v: remote_domain_migrate_begin3_params_ret, w: bytearray) -> None:
     s1 = v.cookie_out
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
     s3 = v.xml.encode('utf-8', 'surrogateescape')
     n4 = len(s3)
     if n4 > 4194304: raise _Bad
-    w += _S_I.pack(n4)
+    w += _P_I(n4)
     w += s3
     if n4 & 3: w += _ZPAD[-n4 & 3]
 
 
 def _d_remote_domain_migrate_prepare3_params_args(b: bytes, o: int, n: int) -> tuple[remote_domain_migrate_prepare3_params_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_migrate_prepare3_params_args)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 64 or n2 * 12 > n - o: raise _Bad
-    f_params_1 = []
-    for _ in range(n2):
-        n5 = _S_I.unpack_from(b, o)[0]
+    if n1 > 64 or n1 * 12 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.params = x3
+    L_U_I = _U_I
+    L_U_Q = _U_Q
+    L_U_d = _U_d
+    L_U_i = _U_i
+    L_U_q = _U_q
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_typed_param = remote_typed_param
+    L_remote_typed_param_value = remote_typed_param_value
+    for _ in range(n1):
+        it2 = L_new(L_remote_typed_param)
+        n4, = L_U_I(b, o)
         o += 4
-        e6 = o + n5
-        if e6 > n or n5 > 4194304: raise _Bad
-        f_field_4 = b[o:e6].decode()
-        o = e6 + (-n5 & 3)
-        if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-        f_value_7, o = _d_remote_typed_param_value(b, o, n)
-        it3 = remote_typed_param(f_field_4, f_value_7)
-        f_params_1.append(it3)
-    n9 = _S_I.unpack_from(b, o)[0]
+        e5 = o + n4
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        it2.field = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != L_ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
+        x6 = L_new(L_remote_typed_param_value)
+        d7, = L_U_i(b, o)
+        o += 4
+        if d7 == 1:
+            x6.value, = L_U_i(b, o)
+            o += 4
+        elif d7 == 2:
+            x6.value, = L_U_I(b, o)
+            o += 4
+        elif d7 == 3:
+            x6.value, = L_U_q(b, o)
+            o += 8
+        elif d7 == 4:
+            x6.value, = L_U_Q(b, o)
+            o += 8
+        elif d7 == 5:
+            x6.value, = L_U_d(b, o)
+            o += 8
+        elif d7 == 6:
+            x6.value, = L_U_i(b, o)
+            o += 4
+        elif d7 == 7:
+            n8, = L_U_I(b, o)
+            o += 4
+            e9 = o + n8
+            if e9 > n or big and n8 > 4194304: raise _Bad
+            x6.value = b[o:e9].decode()
+            if n8 & 3:
+                o = e9 + 4 - (n8 & 3)
+                if b[e9:o] != L_ZPAD[o - e9]: raise _Bad
+            else:
+                o = e9
+        else:
+            raise _Bad
+        x6.type = d7
+        it2.value = x6
+        x3.append(it2)
+    n10, = _U_I(b, o)
     o += 4
-    e10 = o + n9
-    if e10 > n or n9 > 4194304: raise _Bad
-    f_cookie_in_8 = b[o:e10]
-    o = e10 + (-n9 & 3)
-    if n9 & 3 and b[e10:o] != _ZPAD[o - e10]: raise _Bad
-    f_flags_11 = _S_I.unpack_from(b, o)[0]
+    e11 = o + n10
+    if e11 > n or big and n10 > 4194304: raise _Bad
+    v.cookie_in = b[o:e11]
+    if n10 & 3:
+        o = e11 + 4 - (n10 & 3)
+        if b[e11:o] != _ZPAD[o - e11]: raise _Bad
+    else:
+        o = e11
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_domain_migrate_prepare3_params_args(f_params_1, f_cookie_in_8, f_flags_11), o
+    return v, o
 
 
 def _e_remote_domain_migrate_prepare3_params_args(v: remote_domain_migrate_prepare3_params_args, w: bytearray) -> None:
     x1 = v.params
     n2 = len(x1)
     if n2 > 64: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
         s4 = it3.field.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
         _e_remote_typed_param_value(it3.value, w)
     s6 = v.cookie_in
     n7 = len(s6)
     if n7 > 4194304: raise _Bad
-    w += _S_I.pack(n7)
+    w += _P_I(n7)
     w += s6
     if n7 & 3: w += _ZPAD[-n7 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_domain_migrate_prepare3_params_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_migrate_prepare3_params_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_migrate_prepare3_params_ret)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_cookie_out_1 = b[o:e3]
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    n5 = _S_I.unpack_from(b, o)[0]
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.cookie_out = b[o:e2]
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    n3, = _U_I(b, o)
     o += 4
-    if n5 == 0:
-        f_uri_out_4 = None
-    elif n5 == 1:
-        n6 = _S_I.unpack_from(b, o)[0]
+    if n3 == 0:
+        v.uri_out = None
+    elif n3 == 1:
+        n4, = _U_I(b, o)
         o += 4
-        e7 = o + n6
-        if e7 > n or n6 > 4194304: raise _Bad
-        f_uri_out_4 = b[o:e7].decode()
-        o = e7 + (-n6 & 3)
-        if n6 & 3 and b[e7:o] != _ZPAD[o - e7]: raise _Bad
+        e5 = o + n4
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        v.uri_out = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
     else:
         raise _Bad
-    return remote_domain_migrate_prepare3_params_ret(f_cookie_out_1, f_uri_out_4), o
+    return v, o
 
 
 def _e_remote_domain_migrate_prepare3_params_ret(v: remote_domain_migrate_prepare3_params_ret, w: bytearray) -> None:
     s1 = v.cookie_out
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
     x3 = v.uri_out
@@ -2019,129 +2475,247 @@ def _e_remote_domain_migrate_prepare3_params_ret(v: remote_domain_migrate_prepar
         s4 = x3.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
 
 
 def _d_remote_domain_migrate_prepare_tunnel3_params_args(b: bytes, o: int, n: int) -> tuple[remote_domain_migrate_prepare_tunnel3_params_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_migrate_prepare_tunnel3_params_args)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 64 or n2 * 12 > n - o: raise _Bad
-    f_params_1 = []
-    for _ in range(n2):
-        n5 = _S_I.unpack_from(b, o)[0]
+    if n1 > 64 or n1 * 12 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.params = x3
+    L_U_I = _U_I
+    L_U_Q = _U_Q
+    L_U_d = _U_d
+    L_U_i = _U_i
+    L_U_q = _U_q
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_typed_param = remote_typed_param
+    L_remote_typed_param_value = remote_typed_param_value
+    for _ in range(n1):
+        it2 = L_new(L_remote_typed_param)
+        n4, = L_U_I(b, o)
         o += 4
-        e6 = o + n5
-        if e6 > n or n5 > 4194304: raise _Bad
-        f_field_4 = b[o:e6].decode()
-        o = e6 + (-n5 & 3)
-        if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-        f_value_7, o = _d_remote_typed_param_value(b, o, n)
-        it3 = remote_typed_param(f_field_4, f_value_7)
-        f_params_1.append(it3)
-    n9 = _S_I.unpack_from(b, o)[0]
+        e5 = o + n4
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        it2.field = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != L_ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
+        x6 = L_new(L_remote_typed_param_value)
+        d7, = L_U_i(b, o)
+        o += 4
+        if d7 == 1:
+            x6.value, = L_U_i(b, o)
+            o += 4
+        elif d7 == 2:
+            x6.value, = L_U_I(b, o)
+            o += 4
+        elif d7 == 3:
+            x6.value, = L_U_q(b, o)
+            o += 8
+        elif d7 == 4:
+            x6.value, = L_U_Q(b, o)
+            o += 8
+        elif d7 == 5:
+            x6.value, = L_U_d(b, o)
+            o += 8
+        elif d7 == 6:
+            x6.value, = L_U_i(b, o)
+            o += 4
+        elif d7 == 7:
+            n8, = L_U_I(b, o)
+            o += 4
+            e9 = o + n8
+            if e9 > n or big and n8 > 4194304: raise _Bad
+            x6.value = b[o:e9].decode()
+            if n8 & 3:
+                o = e9 + 4 - (n8 & 3)
+                if b[e9:o] != L_ZPAD[o - e9]: raise _Bad
+            else:
+                o = e9
+        else:
+            raise _Bad
+        x6.type = d7
+        it2.value = x6
+        x3.append(it2)
+    n10, = _U_I(b, o)
     o += 4
-    e10 = o + n9
-    if e10 > n or n9 > 4194304: raise _Bad
-    f_cookie_in_8 = b[o:e10]
-    o = e10 + (-n9 & 3)
-    if n9 & 3 and b[e10:o] != _ZPAD[o - e10]: raise _Bad
-    f_flags_11 = _S_I.unpack_from(b, o)[0]
+    e11 = o + n10
+    if e11 > n or big and n10 > 4194304: raise _Bad
+    v.cookie_in = b[o:e11]
+    if n10 & 3:
+        o = e11 + 4 - (n10 & 3)
+        if b[e11:o] != _ZPAD[o - e11]: raise _Bad
+    else:
+        o = e11
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_domain_migrate_prepare_tunnel3_params_args(f_params_1, f_cookie_in_8, f_flags_11), o
+    return v, o
 
 
 def _e_remote_domain_migrate_prepare_tunnel3_params_args(v: remote_domain_migrate_prepare_tunnel3_params_args, w: bytearray) -> None:
     x1 = v.params
     n2 = len(x1)
     if n2 > 64: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
         s4 = it3.field.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
         _e_remote_typed_param_value(it3.value, w)
     s6 = v.cookie_in
     n7 = len(s6)
     if n7 > 4194304: raise _Bad
-    w += _S_I.pack(n7)
+    w += _P_I(n7)
     w += s6
     if n7 & 3: w += _ZPAD[-n7 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_domain_migrate_prepare_tunnel3_params_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_migrate_prepare_tunnel3_params_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_migrate_prepare_tunnel3_params_ret)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_cookie_out_1 = b[o:e3]
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    return remote_domain_migrate_prepare_tunnel3_params_ret(f_cookie_out_1), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.cookie_out = b[o:e2]
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_remote_domain_migrate_prepare_tunnel3_params_ret(v: remote_domain_migrate_prepare_tunnel3_params_ret, w: bytearray) -> None:
     s1 = v.cookie_out
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_remote_domain_migrate_perform3_params_args(b: bytes, o: int, n: int) -> tuple[remote_domain_migrate_perform3_params_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_migrate_perform3_params_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    if n8 == 0:
-        f_dconnuri_7 = None
-    elif n8 == 1:
-        n9 = _S_I.unpack_from(b, o)[0]
+    if n4 == 0:
+        v.dconnuri = None
+    elif n4 == 1:
+        n5, = _U_I(b, o)
         o += 4
-        e10 = o + n9
-        if e10 > n or n9 > 4194304: raise _Bad
-        f_dconnuri_7 = b[o:e10].decode()
-        o = e10 + (-n9 & 3)
-        if n9 & 3 and b[e10:o] != _ZPAD[o - e10]: raise _Bad
+        e6 = o + n5
+        if e6 > n or big and n5 > 4194304: raise _Bad
+        v.dconnuri = b[o:e6].decode()
+        if n5 & 3:
+            o = e6 + 4 - (n5 & 3)
+            if b[e6:o] != _ZPAD[o - e6]: raise _Bad
+        else:
+            o = e6
     else:
         raise _Bad
-    n12 = _S_I.unpack_from(b, o)[0]
+    n7, = _U_I(b, o)
     o += 4
-    if n12 > 64 or n12 * 12 > n - o: raise _Bad
-    f_params_11 = []
-    for _ in range(n12):
-        n15 = _S_I.unpack_from(b, o)[0]
+    if n7 > 64 or n7 * 12 > n - o: raise _Bad
+    x9: list[Any] = []
+    v.params = x9
+    L_U_I = _U_I
+    L_U_Q = _U_Q
+    L_U_d = _U_d
+    L_U_i = _U_i
+    L_U_q = _U_q
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_typed_param = remote_typed_param
+    L_remote_typed_param_value = remote_typed_param_value
+    for _ in range(n7):
+        it8 = L_new(L_remote_typed_param)
+        n10, = L_U_I(b, o)
         o += 4
-        e16 = o + n15
-        if e16 > n or n15 > 4194304: raise _Bad
-        f_field_14 = b[o:e16].decode()
-        o = e16 + (-n15 & 3)
-        if n15 & 3 and b[e16:o] != _ZPAD[o - e16]: raise _Bad
-        f_value_17, o = _d_remote_typed_param_value(b, o, n)
-        it13 = remote_typed_param(f_field_14, f_value_17)
-        f_params_11.append(it13)
-    n19 = _S_I.unpack_from(b, o)[0]
+        e11 = o + n10
+        if e11 > n or big and n10 > 4194304: raise _Bad
+        it8.field = b[o:e11].decode()
+        if n10 & 3:
+            o = e11 + 4 - (n10 & 3)
+            if b[e11:o] != L_ZPAD[o - e11]: raise _Bad
+        else:
+            o = e11
+        x12 = L_new(L_remote_typed_param_value)
+        d13, = L_U_i(b, o)
+        o += 4
+        if d13 == 1:
+            x12.value, = L_U_i(b, o)
+            o += 4
+        elif d13 == 2:
+            x12.value, = L_U_I(b, o)
+            o += 4
+        elif d13 == 3:
+            x12.value, = L_U_q(b, o)
+            o += 8
+        elif d13 == 4:
+            x12.value, = L_U_Q(b, o)
+            o += 8
+        elif d13 == 5:
+            x12.value, = L_U_d(b, o)
+            o += 8
+        elif d13 == 6:
+            x12.value, = L_U_i(b, o)
+            o += 4
+        elif d13 == 7:
+            n14, = L_U_I(b, o)
+            o += 4
+            e15 = o + n14
+            if e15 > n or big and n14 > 4194304: raise _Bad
+            x12.value = b[o:e15].decode()
+            if n14 & 3:
+                o = e15 + 4 - (n14 & 3)
+                if b[e15:o] != L_ZPAD[o - e15]: raise _Bad
+            else:
+                o = e15
+        else:
+            raise _Bad
+        x12.type = d13
+        it8.value = x12
+        x9.append(it8)
+    n16, = _U_I(b, o)
     o += 4
-    e20 = o + n19
-    if e20 > n or n19 > 4194304: raise _Bad
-    f_cookie_in_18 = b[o:e20]
-    o = e20 + (-n19 & 3)
-    if n19 & 3 and b[e20:o] != _ZPAD[o - e20]: raise _Bad
-    f_flags_21 = _S_I.unpack_from(b, o)[0]
+    e17 = o + n16
+    if e17 > n or big and n16 > 4194304: raise _Bad
+    v.cookie_in = b[o:e17]
+    if n16 & 3:
+        o = e17 + 4 - (n16 & 3)
+        if b[e17:o] != _ZPAD[o - e17]: raise _Bad
+    else:
+        o = e17
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_domain_migrate_perform3_params_args(f_dom_1, f_dconnuri_7, f_params_11, f_cookie_in_18, f_flags_21), o
+    return v, o
 
 
 def _e_remote_domain_migrate_perform3_params_args(v: remote_domain_migrate_perform3_params_args, w: bytearray) -> None:
@@ -2149,13 +2723,13 @@ def _e_remote_domain_migrate_perform3_params_args(v: remote_domain_migrate_perfo
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
     x5 = v.dconnuri
-    w += _S_16si.pack(x4, x1.id)
+    w += _P_16si(x4, x1.id)
     if x5 is None:
         w += _FLAG0
     else:
@@ -2163,117 +2737,184 @@ def _e_remote_domain_migrate_perform3_params_args(v: remote_domain_migrate_perfo
         s6 = x5.encode('utf-8', 'surrogateescape')
         n7 = len(s6)
         if n7 > 4194304: raise _Bad
-        w += _S_I.pack(n7)
+        w += _P_I(n7)
         w += s6
         if n7 & 3: w += _ZPAD[-n7 & 3]
     x8 = v.params
     n9 = len(x8)
     if n9 > 64: raise _Bad
-    w += _S_I.pack(n9)
+    w += _P_I(n9)
     for it10 in x8:
         s11 = it10.field.encode('utf-8', 'surrogateescape')
         n12 = len(s11)
         if n12 > 4194304: raise _Bad
-        w += _S_I.pack(n12)
+        w += _P_I(n12)
         w += s11
         if n12 & 3: w += _ZPAD[-n12 & 3]
         _e_remote_typed_param_value(it10.value, w)
     s13 = v.cookie_in
     n14 = len(s13)
     if n14 > 4194304: raise _Bad
-    w += _S_I.pack(n14)
+    w += _P_I(n14)
     w += s13
     if n14 & 3: w += _ZPAD[-n14 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_domain_migrate_perform3_params_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_migrate_perform3_params_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_migrate_perform3_params_ret)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_cookie_out_1 = b[o:e3]
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    return remote_domain_migrate_perform3_params_ret(f_cookie_out_1), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.cookie_out = b[o:e2]
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_remote_domain_migrate_perform3_params_ret(v: remote_domain_migrate_perform3_params_ret, w: bytearray) -> None:
     s1 = v.cookie_out
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_remote_domain_migrate_finish3_params_args(b: bytes, o: int, n: int) -> tuple[remote_domain_migrate_finish3_params_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_migrate_finish3_params_args)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 64 or n2 * 12 > n - o: raise _Bad
-    f_params_1 = []
-    for _ in range(n2):
-        n5 = _S_I.unpack_from(b, o)[0]
+    if n1 > 64 or n1 * 12 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.params = x3
+    L_U_I = _U_I
+    L_U_Q = _U_Q
+    L_U_d = _U_d
+    L_U_i = _U_i
+    L_U_q = _U_q
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_typed_param = remote_typed_param
+    L_remote_typed_param_value = remote_typed_param_value
+    for _ in range(n1):
+        it2 = L_new(L_remote_typed_param)
+        n4, = L_U_I(b, o)
         o += 4
-        e6 = o + n5
-        if e6 > n or n5 > 4194304: raise _Bad
-        f_field_4 = b[o:e6].decode()
-        o = e6 + (-n5 & 3)
-        if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-        f_value_7, o = _d_remote_typed_param_value(b, o, n)
-        it3 = remote_typed_param(f_field_4, f_value_7)
-        f_params_1.append(it3)
-    n9 = _S_I.unpack_from(b, o)[0]
+        e5 = o + n4
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        it2.field = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != L_ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
+        x6 = L_new(L_remote_typed_param_value)
+        d7, = L_U_i(b, o)
+        o += 4
+        if d7 == 1:
+            x6.value, = L_U_i(b, o)
+            o += 4
+        elif d7 == 2:
+            x6.value, = L_U_I(b, o)
+            o += 4
+        elif d7 == 3:
+            x6.value, = L_U_q(b, o)
+            o += 8
+        elif d7 == 4:
+            x6.value, = L_U_Q(b, o)
+            o += 8
+        elif d7 == 5:
+            x6.value, = L_U_d(b, o)
+            o += 8
+        elif d7 == 6:
+            x6.value, = L_U_i(b, o)
+            o += 4
+        elif d7 == 7:
+            n8, = L_U_I(b, o)
+            o += 4
+            e9 = o + n8
+            if e9 > n or big and n8 > 4194304: raise _Bad
+            x6.value = b[o:e9].decode()
+            if n8 & 3:
+                o = e9 + 4 - (n8 & 3)
+                if b[e9:o] != L_ZPAD[o - e9]: raise _Bad
+            else:
+                o = e9
+        else:
+            raise _Bad
+        x6.type = d7
+        it2.value = x6
+        x3.append(it2)
+    n10, = _U_I(b, o)
     o += 4
-    e10 = o + n9
-    if e10 > n or n9 > 4194304: raise _Bad
-    f_cookie_in_8 = b[o:e10]
-    o = e10 + (-n9 & 3)
-    if n9 & 3 and b[e10:o] != _ZPAD[o - e10]: raise _Bad
-    f_flags_11, f_cancelled_12 = _S_Ii.unpack_from(b, o)
+    e11 = o + n10
+    if e11 > n or big and n10 > 4194304: raise _Bad
+    v.cookie_in = b[o:e11]
+    if n10 & 3:
+        o = e11 + 4 - (n10 & 3)
+        if b[e11:o] != _ZPAD[o - e11]: raise _Bad
+    else:
+        o = e11
+    v.flags, v.cancelled = _U_Ii(b, o)
     o += 8
-    return remote_domain_migrate_finish3_params_args(f_params_1, f_cookie_in_8, f_flags_11, f_cancelled_12), o
+    return v, o
 
 
 def _e_remote_domain_migrate_finish3_params_args(v: remote_domain_migrate_finish3_params_args, w: bytearray) -> None:
     x1 = v.params
     n2 = len(x1)
     if n2 > 64: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
         s4 = it3.field.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
         _e_remote_typed_param_value(it3.value, w)
     s6 = v.cookie_in
     n7 = len(s6)
     if n7 > 4194304: raise _Bad
-    w += _S_I.pack(n7)
+    w += _P_I(n7)
     w += s6
     if n7 & 3: w += _ZPAD[-n7 & 3]
-    w += _S_Ii.pack(v.flags, v.cancelled)
+    w += _P_Ii(v.flags, v.cancelled)
 
 
 def _d_remote_domain_migrate_finish3_params_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_migrate_finish3_params_ret, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_migrate_finish3_params_ret)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    e9 = o + n8
-    if e9 > n or n8 > 4194304: raise _Bad
-    f_cookie_out_7 = b[o:e9]
-    o = e9 + (-n8 & 3)
-    if n8 & 3 and b[e9:o] != _ZPAD[o - e9]: raise _Bad
-    return remote_domain_migrate_finish3_params_ret(f_dom_1, f_cookie_out_7), o
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    v.cookie_out = b[o:e5]
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    return v, o
 
 
 def _e_remote_domain_migrate_finish3_params_ret(v: remote_domain_migrate_finish3_params_ret, w: bytearray) -> None:
@@ -2281,7 +2922,7 @@ def _e_remote_domain_migrate_finish3_params_ret(v: remote_domain_migrate_finish3
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -2289,45 +2930,102 @@ def _e_remote_domain_migrate_finish3_params_ret(v: remote_domain_migrate_finish3
     s5 = v.cookie_out
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
 
 
 def _d_remote_domain_migrate_confirm3_params_args(b: bytes, o: int, n: int) -> tuple[remote_domain_migrate_confirm3_params_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_migrate_confirm3_params_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    if n8 > 64 or n8 * 12 > n - o: raise _Bad
-    f_params_7 = []
-    for _ in range(n8):
-        n11 = _S_I.unpack_from(b, o)[0]
+    if n4 > 64 or n4 * 12 > n - o: raise _Bad
+    x6: list[Any] = []
+    v.params = x6
+    L_U_I = _U_I
+    L_U_Q = _U_Q
+    L_U_d = _U_d
+    L_U_i = _U_i
+    L_U_q = _U_q
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_typed_param = remote_typed_param
+    L_remote_typed_param_value = remote_typed_param_value
+    for _ in range(n4):
+        it5 = L_new(L_remote_typed_param)
+        n7, = L_U_I(b, o)
         o += 4
-        e12 = o + n11
-        if e12 > n or n11 > 4194304: raise _Bad
-        f_field_10 = b[o:e12].decode()
-        o = e12 + (-n11 & 3)
-        if n11 & 3 and b[e12:o] != _ZPAD[o - e12]: raise _Bad
-        f_value_13, o = _d_remote_typed_param_value(b, o, n)
-        it9 = remote_typed_param(f_field_10, f_value_13)
-        f_params_7.append(it9)
-    n15 = _S_I.unpack_from(b, o)[0]
+        e8 = o + n7
+        if e8 > n or big and n7 > 4194304: raise _Bad
+        it5.field = b[o:e8].decode()
+        if n7 & 3:
+            o = e8 + 4 - (n7 & 3)
+            if b[e8:o] != L_ZPAD[o - e8]: raise _Bad
+        else:
+            o = e8
+        x9 = L_new(L_remote_typed_param_value)
+        d10, = L_U_i(b, o)
+        o += 4
+        if d10 == 1:
+            x9.value, = L_U_i(b, o)
+            o += 4
+        elif d10 == 2:
+            x9.value, = L_U_I(b, o)
+            o += 4
+        elif d10 == 3:
+            x9.value, = L_U_q(b, o)
+            o += 8
+        elif d10 == 4:
+            x9.value, = L_U_Q(b, o)
+            o += 8
+        elif d10 == 5:
+            x9.value, = L_U_d(b, o)
+            o += 8
+        elif d10 == 6:
+            x9.value, = L_U_i(b, o)
+            o += 4
+        elif d10 == 7:
+            n11, = L_U_I(b, o)
+            o += 4
+            e12 = o + n11
+            if e12 > n or big and n11 > 4194304: raise _Bad
+            x9.value = b[o:e12].decode()
+            if n11 & 3:
+                o = e12 + 4 - (n11 & 3)
+                if b[e12:o] != L_ZPAD[o - e12]: raise _Bad
+            else:
+                o = e12
+        else:
+            raise _Bad
+        x9.type = d10
+        it5.value = x9
+        x6.append(it5)
+    n13, = _U_I(b, o)
     o += 4
-    e16 = o + n15
-    if e16 > n or n15 > 4194304: raise _Bad
-    f_cookie_in_14 = b[o:e16]
-    o = e16 + (-n15 & 3)
-    if n15 & 3 and b[e16:o] != _ZPAD[o - e16]: raise _Bad
-    f_flags_17, f_cancelled_18 = _S_Ii.unpack_from(b, o)
+    e14 = o + n13
+    if e14 > n or big and n13 > 4194304: raise _Bad
+    v.cookie_in = b[o:e14]
+    if n13 & 3:
+        o = e14 + 4 - (n13 & 3)
+        if b[e14:o] != _ZPAD[o - e14]: raise _Bad
+    else:
+        o = e14
+    v.flags, v.cancelled = _U_Ii(b, o)
     o += 8
-    return remote_domain_migrate_confirm3_params_args(f_dom_1, f_params_7, f_cookie_in_14, f_flags_17, f_cancelled_18), o
+    return v, o
 
 
 def _e_remote_domain_migrate_confirm3_params_args(v: remote_domain_migrate_confirm3_params_args, w: bytearray) -> None:
@@ -2335,7 +3033,7 @@ def _e_remote_domain_migrate_confirm3_params_args(v: remote_domain_migrate_confi
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -2343,105 +3041,124 @@ def _e_remote_domain_migrate_confirm3_params_args(v: remote_domain_migrate_confi
     x5 = v.params
     n6 = len(x5)
     if n6 > 64: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     for it7 in x5:
         s8 = it7.field.encode('utf-8', 'surrogateescape')
         n9 = len(s8)
         if n9 > 4194304: raise _Bad
-        w += _S_I.pack(n9)
+        w += _P_I(n9)
         w += s8
         if n9 & 3: w += _ZPAD[-n9 & 3]
         _e_remote_typed_param_value(it7.value, w)
     s10 = v.cookie_in
     n11 = len(s10)
     if n11 > 4194304: raise _Bad
-    w += _S_I.pack(n11)
+    w += _P_I(n11)
     w += s10
     if n11 & 3: w += _ZPAD[-n11 & 3]
-    w += _S_Ii.pack(v.flags, v.cancelled)
+    w += _P_Ii(v.flags, v.cancelled)
 
 
 def _d_remote_connect_get_cpu_model_names_args(b: bytes, o: int, n: int) -> tuple[remote_connect_get_cpu_model_names_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_connect_get_cpu_model_names_args)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_arch_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    f_need_results_4, f_flags_5 = _S_iI.unpack_from(b, o)
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.arch = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    v.need_results, v.flags = _U_iI(b, o)
     o += 8
-    return remote_connect_get_cpu_model_names_args(f_arch_1, f_need_results_4, f_flags_5), o
+    return v, o
 
 
 def _e_remote_connect_get_cpu_model_names_args(v: remote_connect_get_cpu_model_names_args, w: bytearray) -> None:
     s1 = v.arch.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
-    w += _S_iI.pack(v.need_results, v.flags)
+    w += _P_iI(v.need_results, v.flags)
 
 
 def _d_remote_connect_get_cpu_model_names_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_get_cpu_model_names_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_connect_get_cpu_model_names_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 8192 or n2 * 4 > n - o: raise _Bad
-    f_models_1 = []
-    for _ in range(n2):
-        n4 = _S_I.unpack_from(b, o)[0]
+    if n1 > 8192 or n1 * 4 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.models = x3
+    L_U_I = _U_I
+    L_ZPAD = _ZPAD
+    for _ in range(n1):
+        n4, = L_U_I(b, o)
         o += 4
         e5 = o + n4
-        if e5 > n or n4 > 4194304: raise _Bad
-        it3 = b[o:e5].decode()
-        o = e5 + (-n4 & 3)
-        if n4 & 3 and b[e5:o] != _ZPAD[o - e5]: raise _Bad
-        f_models_1.append(it3)
-    f_ret_6 = _S_i.unpack_from(b, o)[0]
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        it2 = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != L_ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
+        x3.append(it2)
+    v.ret, = _U_i(b, o)
     o += 4
-    return remote_connect_get_cpu_model_names_ret(f_models_1, f_ret_6), o
+    return v, o
 
 
 def _e_remote_connect_get_cpu_model_names_ret(v: remote_connect_get_cpu_model_names_ret, w: bytearray) -> None:
     x1 = v.models
     n2 = len(x1)
     if n2 > 8192: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
         s4 = it3.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
-    w += _S_i.pack(v.ret)
+    w += _P_i(v.ret)
 
 
 def _d_remote_connect_network_event_register_any_args(b: bytes, o: int, n: int) -> tuple[remote_connect_network_event_register_any_args, int]:
-    f_eventID_1, n3 = _S_iI.unpack_from(b, o)
+    big = n - o > 4194304
+    v = _new(remote_connect_network_event_register_any_args)
+    v.eventID, n1 = _U_iI(b, o)
     o += 8
-    if n3 == 0:
-        f_net_2 = None
-    elif n3 == 1:
-        n5 = _S_I.unpack_from(b, o)[0]
+    if n1 == 0:
+        v.net = None
+    elif n1 == 1:
+        x2 = _new(remote_nonnull_network)
+        v.net = x2
+        n3, = _U_I(b, o)
         o += 4
-        e6 = o + n5
-        if e6 > n or n5 > 4194304: raise _Bad
-        f_name_4 = b[o:e6].decode()
-        o = e6 + (-n5 & 3)
-        if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-        f_uuid_7 = _S_16s.unpack_from(b, o)[0]
+        e4 = o + n3
+        if e4 > n or big and n3 > 4194304: raise _Bad
+        x2.name = b[o:e4].decode()
+        if n3 & 3:
+            o = e4 + 4 - (n3 & 3)
+            if b[e4:o] != _ZPAD[o - e4]: raise _Bad
+        else:
+            o = e4
+        x2.uuid, = _U_16s(b, o)
         o += 16
-        f_net_2 = remote_nonnull_network(f_name_4, f_uuid_7)
     else:
         raise _Bad
-    return remote_connect_network_event_register_any_args(f_eventID_1, f_net_2), o
+    return v, o
 
 
 def _e_remote_connect_network_event_register_any_args(v: remote_connect_network_event_register_any_args, w: bytearray) -> None:
     x1 = v.net
-    w += _S_i.pack(v.eventID)
+    w += _P_i(v.eventID)
     if x1 is None:
         w += _FLAG0
     else:
@@ -2449,46 +3166,54 @@ def _e_remote_connect_network_event_register_any_args(v: remote_connect_network_
         s2 = x1.name.encode('utf-8', 'surrogateescape')
         n3 = len(s2)
         if n3 > 4194304: raise _Bad
-        w += _S_I.pack(n3)
+        w += _P_I(n3)
         w += s2
         if n3 & 3: w += _ZPAD[-n3 & 3]
         x4 = x1.uuid
         if len(x4) != 16: raise _Bad
-        w += _S_16s.pack(x4)
+        w += _P_16s(x4)
 
 
 def _d_remote_connect_network_event_register_any_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_network_event_register_any_ret, int]:
-    f_callbackID_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_connect_network_event_register_any_ret)
+    v.callbackID, = _U_i(b, o)
     o += 4
-    return remote_connect_network_event_register_any_ret(f_callbackID_1), o
+    return v, o
 
 
 def _e_remote_connect_network_event_register_any_ret(v: remote_connect_network_event_register_any_ret, w: bytearray) -> None:
-    w += _S_i.pack(v.callbackID)
+    w += _P_i(v.callbackID)
 
 
 def _d_remote_connect_network_event_deregister_any_args(b: bytes, o: int, n: int) -> tuple[remote_connect_network_event_deregister_any_args, int]:
-    f_callbackID_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_connect_network_event_deregister_any_args)
+    v.callbackID, = _U_i(b, o)
     o += 4
-    return remote_connect_network_event_deregister_any_args(f_callbackID_1), o
+    return v, o
 
 
 def _e_remote_connect_network_event_deregister_any_args(v: remote_connect_network_event_deregister_any_args, w: bytearray) -> None:
-    w += _S_i.pack(v.callbackID)
+    w += _P_i(v.callbackID)
 
 
 def _d_remote_network_event_lifecycle_msg(b: bytes, o: int, n: int) -> tuple[remote_network_event_lifecycle_msg, int]:
-    f_callbackID_1, n4 = _S_iI.unpack_from(b, o)
+    big = n - o > 4194304
+    v = _new(remote_network_event_lifecycle_msg)
+    x1 = _new(remote_nonnull_network)
+    v.net = x1
+    v.callbackID, n2 = _U_iI(b, o)
     o += 8
-    e5 = o + n4
-    if e5 > n or n4 > 4194304: raise _Bad
-    f_name_3 = b[o:e5].decode()
-    o = e5 + (-n4 & 3)
-    if n4 & 3 and b[e5:o] != _ZPAD[o - e5]: raise _Bad
-    f_uuid_6, f_event_7, f_detail_8 = _S_16sii.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, v.event, v.detail = _U_16sii(b, o)
     o += 24
-    f_net_2 = remote_nonnull_network(f_name_3, f_uuid_6)
-    return remote_network_event_lifecycle_msg(f_callbackID_1, f_net_2, f_event_7, f_detail_8), o
+    return v, o
 
 
 def _e_remote_network_event_lifecycle_msg(v: remote_network_event_lifecycle_msg, w: bytearray) -> None:
@@ -2496,12 +3221,12 @@ def _e_remote_network_event_lifecycle_msg(v: remote_network_event_lifecycle_msg,
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_iI.pack(v.callbackID, n3)
+    w += _P_iI(v.callbackID, n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16sii.pack(x4, v.event, v.detail)
+    w += _P_16sii(x4, v.event, v.detail)
 
 
 _c_remote_domain_create_xml_with_files_args = _Codec('remote_domain_create_xml_with_files_args', _e_remote_domain_create_xml_with_files_args, _d_remote_domain_create_xml_with_files_args)

@@ -12,6 +12,8 @@ from struct import Struct as _Struct
 from struct import pack as _pack
 from struct import unpack_from as _unpack_from
 
+_new = object.__new__  # decoders fill __slots__ directly instead of calling __init__
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: it costs milliseconds at start-up
     from typing import Any, Optional, Union
@@ -27,13 +29,8 @@ from .._xdr import XdrStruct as _XdrStruct
 from .._xdr import XdrUnion as _XdrUnion
 from .._xdr import dec_chars as _dec_chars
 from .._xdr import enc_chars as _enc_chars
-from .._xdr import enum_member as _enum_member
 from .remote import _d_remote_domain_event_graphics_msg
-from .remote import _d_remote_nonnull_domain
-from .remote import _d_remote_typed_param
-from .remote import _d_remote_typed_param_value
 from .remote import _e_remote_domain_event_graphics_msg
-from .remote import _e_remote_nonnull_domain
 from .remote import _e_remote_typed_param
 from .remote import _e_remote_typed_param_value
 from .remote import remote_domain_event_balloon_change_msg
@@ -53,6 +50,7 @@ from .remote import remote_domain_event_watchdog_msg
 from .remote import remote_nonnull_domain
 from .remote import remote_nonnull_network
 from .remote import remote_typed_param
+from .remote import remote_typed_param_value
 
 __all__: list[str] = []  # import names explicitly
 
@@ -68,14 +66,56 @@ _S_16siq = _Struct('>16siq')
 _S_16siqII = _Struct('>16siqII')
 _S_I = _Struct('>I')
 _S_II = _Struct('>II')
+_S_Q = _Struct('>Q')
+_S_d = _Struct('>d')
 _S_i = _Struct('>i')
 _S_iI = _Struct('>iI')
 _S_iII = _Struct('>iII')
 _S_ii = _Struct('>ii')
 _S_iiI = _Struct('>iiI')
+_S_q = _Struct('>q')
 _S_qI = _Struct('>qI')
 _S_qi = _Struct('>qi')
 _S_qiI = _Struct('>qiI')
+_P_16s = _S_16s.pack
+_P_16si = _S_16si.pack
+_P_16siI = _S_16siI.pack
+_P_16siII = _S_16siII.pack
+_P_16siQ = _S_16siQ.pack
+_P_16sii = _S_16sii.pack
+_P_16siii = _S_16siii.pack
+_P_16siq = _S_16siq.pack
+_P_16siqII = _S_16siqII.pack
+_P_I = _S_I.pack
+_P_II = _S_II.pack
+_P_i = _S_i.pack
+_P_iI = _S_iI.pack
+_P_iII = _S_iII.pack
+_P_ii = _S_ii.pack
+_P_iiI = _S_iiI.pack
+_P_qI = _S_qI.pack
+_P_qi = _S_qi.pack
+_U_16sI = _S_16sI.unpack_from
+_U_16si = _S_16si.unpack_from
+_U_16siI = _S_16siI.unpack_from
+_U_16siII = _S_16siII.unpack_from
+_U_16siQ = _S_16siQ.unpack_from
+_U_16sii = _S_16sii.unpack_from
+_U_16siii = _S_16siii.unpack_from
+_U_16siq = _S_16siq.unpack_from
+_U_16siqII = _S_16siqII.unpack_from
+_U_I = _S_I.unpack_from
+_U_II = _S_II.unpack_from
+_U_Q = _S_Q.unpack_from
+_U_d = _S_d.unpack_from
+_U_i = _S_i.unpack_from
+_U_iI = _S_iI.unpack_from
+_U_iII = _S_iII.unpack_from
+_U_ii = _S_ii.unpack_from
+_U_iiI = _S_iiI.unpack_from
+_U_q = _S_q.unpack_from
+_U_qI = _S_qI.unpack_from
+_U_qiI = _S_qiI.unpack_from
 
 
 class remote_connect_get_domain_capabilities_args(_XdrStruct):
@@ -1071,65 +1111,79 @@ class remote_domain_get_fsinfo_ret(_XdrStruct):
 # ------------------------------------------------------------------- codecs
 
 def _d_remote_connect_get_domain_capabilities_args(b: bytes, o: int, n: int) -> tuple[remote_connect_get_domain_capabilities_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_connect_get_domain_capabilities_args)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 == 0:
-        f_emulatorbin_1 = None
-    elif n2 == 1:
-        n3 = _S_I.unpack_from(b, o)[0]
+    if n1 == 0:
+        v.emulatorbin = None
+    elif n1 == 1:
+        n2, = _U_I(b, o)
         o += 4
-        e4 = o + n3
-        if e4 > n or n3 > 4194304: raise _Bad
-        f_emulatorbin_1 = b[o:e4].decode()
-        o = e4 + (-n3 & 3)
-        if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
+        e3 = o + n2
+        if e3 > n or big and n2 > 4194304: raise _Bad
+        v.emulatorbin = b[o:e3].decode()
+        if n2 & 3:
+            o = e3 + 4 - (n2 & 3)
+            if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+        else:
+            o = e3
     else:
         raise _Bad
-    n6 = _S_I.unpack_from(b, o)[0]
+    n4, = _U_I(b, o)
     o += 4
-    if n6 == 0:
-        f_arch_5 = None
-    elif n6 == 1:
-        n7 = _S_I.unpack_from(b, o)[0]
+    if n4 == 0:
+        v.arch = None
+    elif n4 == 1:
+        n5, = _U_I(b, o)
         o += 4
-        e8 = o + n7
-        if e8 > n or n7 > 4194304: raise _Bad
-        f_arch_5 = b[o:e8].decode()
-        o = e8 + (-n7 & 3)
-        if n7 & 3 and b[e8:o] != _ZPAD[o - e8]: raise _Bad
+        e6 = o + n5
+        if e6 > n or big and n5 > 4194304: raise _Bad
+        v.arch = b[o:e6].decode()
+        if n5 & 3:
+            o = e6 + 4 - (n5 & 3)
+            if b[e6:o] != _ZPAD[o - e6]: raise _Bad
+        else:
+            o = e6
     else:
         raise _Bad
-    n10 = _S_I.unpack_from(b, o)[0]
+    n7, = _U_I(b, o)
+    o += 4
+    if n7 == 0:
+        v.machine = None
+    elif n7 == 1:
+        n8, = _U_I(b, o)
+        o += 4
+        e9 = o + n8
+        if e9 > n or big and n8 > 4194304: raise _Bad
+        v.machine = b[o:e9].decode()
+        if n8 & 3:
+            o = e9 + 4 - (n8 & 3)
+            if b[e9:o] != _ZPAD[o - e9]: raise _Bad
+        else:
+            o = e9
+    else:
+        raise _Bad
+    n10, = _U_I(b, o)
     o += 4
     if n10 == 0:
-        f_machine_9 = None
+        v.virttype = None
     elif n10 == 1:
-        n11 = _S_I.unpack_from(b, o)[0]
+        n11, = _U_I(b, o)
         o += 4
         e12 = o + n11
-        if e12 > n or n11 > 4194304: raise _Bad
-        f_machine_9 = b[o:e12].decode()
-        o = e12 + (-n11 & 3)
-        if n11 & 3 and b[e12:o] != _ZPAD[o - e12]: raise _Bad
+        if e12 > n or big and n11 > 4194304: raise _Bad
+        v.virttype = b[o:e12].decode()
+        if n11 & 3:
+            o = e12 + 4 - (n11 & 3)
+            if b[e12:o] != _ZPAD[o - e12]: raise _Bad
+        else:
+            o = e12
     else:
         raise _Bad
-    n14 = _S_I.unpack_from(b, o)[0]
+    v.flags, = _U_I(b, o)
     o += 4
-    if n14 == 0:
-        f_virttype_13 = None
-    elif n14 == 1:
-        n15 = _S_I.unpack_from(b, o)[0]
-        o += 4
-        e16 = o + n15
-        if e16 > n or n15 > 4194304: raise _Bad
-        f_virttype_13 = b[o:e16].decode()
-        o = e16 + (-n15 & 3)
-        if n15 & 3 and b[e16:o] != _ZPAD[o - e16]: raise _Bad
-    else:
-        raise _Bad
-    f_flags_17 = _S_I.unpack_from(b, o)[0]
-    o += 4
-    return remote_connect_get_domain_capabilities_args(f_emulatorbin_1, f_arch_5, f_machine_9, f_virttype_13, f_flags_17), o
+    return v, o
 
 
 def _e_remote_connect_get_domain_capabilities_args(v: remote_connect_get_domain_capabilities_args, w: bytearray) -> None:
@@ -1141,7 +1195,7 @@ def _e_remote_connect_get_domain_capabilities_args(v: remote_connect_get_domain_
         s2 = x1.encode('utf-8', 'surrogateescape')
         n3 = len(s2)
         if n3 > 4194304: raise _Bad
-        w += _S_I.pack(n3)
+        w += _P_I(n3)
         w += s2
         if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = v.arch
@@ -1152,7 +1206,7 @@ def _e_remote_connect_get_domain_capabilities_args(v: remote_connect_get_domain_
         s5 = x4.encode('utf-8', 'surrogateescape')
         n6 = len(s5)
         if n6 > 4194304: raise _Bad
-        w += _S_I.pack(n6)
+        w += _P_I(n6)
         w += s5
         if n6 & 3: w += _ZPAD[-n6 & 3]
     x7 = v.machine
@@ -1163,7 +1217,7 @@ def _e_remote_connect_get_domain_capabilities_args(v: remote_connect_get_domain_
         s8 = x7.encode('utf-8', 'surrogateescape')
         n9 = len(s8)
         if n9 > 4194304: raise _Bad
-        w += _S_I.pack(n9)
+        w += _P_I(n9)
         w += s8
         if n9 & 3: w += _ZPAD[-n9 & 3]
     x10 = v.virttype
@@ -1174,51 +1228,65 @@ def _e_remote_connect_get_domain_capabilities_args(v: remote_connect_get_domain_
         s11 = x10.encode('utf-8', 'surrogateescape')
         n12 = len(s11)
         if n12 > 4194304: raise _Bad
-        w += _S_I.pack(n12)
+        w += _P_I(n12)
         w += s11
         if n12 & 3: w += _ZPAD[-n12 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_connect_get_domain_capabilities_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_get_domain_capabilities_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_connect_get_domain_capabilities_ret)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_capabilities_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    return remote_connect_get_domain_capabilities_ret(f_capabilities_1), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.capabilities = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_remote_connect_get_domain_capabilities_ret(v: remote_connect_get_domain_capabilities_ret, w: bytearray) -> None:
     s1 = v.capabilities.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_remote_domain_core_dump_with_format_args(b: bytes, o: int, n: int) -> tuple[remote_domain_core_dump_with_format_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_core_dump_with_format_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    e9 = o + n8
-    if e9 > n or n8 > 4194304: raise _Bad
-    f_to_7 = b[o:e9].decode()
-    o = e9 + (-n8 & 3)
-    if n8 & 3 and b[e9:o] != _ZPAD[o - e9]: raise _Bad
-    f_dumpformat_10, f_flags_11 = _S_II.unpack_from(b, o)
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    v.to = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    v.dumpformat, v.flags = _U_II(b, o)
     o += 8
-    return remote_domain_core_dump_with_format_args(f_dom_1, f_to_7, f_dumpformat_10, f_flags_11), o
+    return v, o
 
 
 def _e_remote_domain_core_dump_with_format_args(v: remote_domain_core_dump_with_format_args, w: bytearray) -> None:
@@ -1226,7 +1294,7 @@ def _e_remote_domain_core_dump_with_format_args(v: remote_domain_core_dump_with_
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -1234,47 +1302,58 @@ def _e_remote_domain_core_dump_with_format_args(v: remote_domain_core_dump_with_
     s5 = v.to.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
-    w += _S_II.pack(v.dumpformat, v.flags)
+    w += _P_II(v.dumpformat, v.flags)
 
 
 def _d_remote_domain_define_xml_flags_args(b: bytes, o: int, n: int) -> tuple[remote_domain_define_xml_flags_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_define_xml_flags_args)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_xml_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    f_flags_4 = _S_I.unpack_from(b, o)[0]
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.xml = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_domain_define_xml_flags_args(f_xml_1, f_flags_4), o
+    return v, o
 
 
 def _e_remote_domain_define_xml_flags_args(v: remote_domain_define_xml_flags_args, w: bytearray) -> None:
     s1 = v.xml.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_domain_define_xml_flags_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_define_xml_flags_ret, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_define_xml_flags_ret)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6 = _S_16si.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id = _U_16si(b, o)
     o += 20
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_define_xml_flags_ret(f_dom_1), o
+    return v, o
 
 
 def _e_remote_domain_define_xml_flags_ret(v: remote_domain_define_xml_flags_ret, w: bytearray) -> None:
@@ -1282,46 +1361,56 @@ def _e_remote_domain_define_xml_flags_ret(v: remote_domain_define_xml_flags_ret,
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16si.pack(x4, x1.id)
+    w += _P_16si(x4, x1.id)
 
 
 def _d_remote_domain_iothread_info(b: bytes, o: int, n: int) -> tuple[remote_domain_iothread_info, int]:
-    f_iothread_id_1, n3 = _S_II.unpack_from(b, o)
+    v = _new(remote_domain_iothread_info)
+    v.iothread_id, n1 = _U_II(b, o)
     o += 8
-    e4 = o + n3
-    if e4 > n or n3 > 2048: raise _Bad
-    f_cpumap_2 = b[o:e4]
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    return remote_domain_iothread_info(f_iothread_id_1, f_cpumap_2), o
+    e2 = o + n1
+    if e2 > n or n1 > 2048: raise _Bad
+    v.cpumap = b[o:e2]
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_remote_domain_iothread_info(v: remote_domain_iothread_info, w: bytearray) -> None:
     s1 = v.cpumap
     n2 = len(s1)
     if n2 > 2048: raise _Bad
-    w += _S_II.pack(v.iothread_id, n2)
+    w += _P_II(v.iothread_id, n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_remote_domain_get_iothread_info_args(b: bytes, o: int, n: int) -> tuple[remote_domain_get_iothread_info_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_get_iothread_info_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_flags_7 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.flags = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_get_iothread_info_args(f_dom_1, f_flags_7), o
+    return v, o
 
 
 def _e_remote_domain_get_iothread_info_args(v: remote_domain_get_iothread_info_args, w: bytearray) -> None:
@@ -1329,90 +1418,159 @@ def _e_remote_domain_get_iothread_info_args(v: remote_domain_get_iothread_info_a
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, v.flags)
+    w += _P_16siI(x4, x1.id, v.flags)
 
 
 def _d_remote_domain_get_iothread_info_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_get_iothread_info_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    v = _new(remote_domain_get_iothread_info_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 16384 or n2 * 8 > n - o: raise _Bad
-    f_info_1 = []
-    for _ in range(n2):
-        f_iothread_id_4, n6 = _S_II.unpack_from(b, o)
+    if n1 > 16384 or n1 * 8 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.info = x3
+    L_U_II = _U_II
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_domain_iothread_info = remote_domain_iothread_info
+    for _ in range(n1):
+        it2 = L_new(L_remote_domain_iothread_info)
+        it2.iothread_id, n4 = L_U_II(b, o)
         o += 8
-        e7 = o + n6
-        if e7 > n or n6 > 2048: raise _Bad
-        f_cpumap_5 = b[o:e7]
-        o = e7 + (-n6 & 3)
-        if n6 & 3 and b[e7:o] != _ZPAD[o - e7]: raise _Bad
-        it3 = remote_domain_iothread_info(f_iothread_id_4, f_cpumap_5)
-        f_info_1.append(it3)
-    f_ret_8 = _S_I.unpack_from(b, o)[0]
+        e5 = o + n4
+        if e5 > n or n4 > 2048: raise _Bad
+        it2.cpumap = b[o:e5]
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != L_ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
+        x3.append(it2)
+    v.ret, = _U_I(b, o)
     o += 4
-    return remote_domain_get_iothread_info_ret(f_info_1, f_ret_8), o
+    return v, o
 
 
 def _e_remote_domain_get_iothread_info_ret(v: remote_domain_get_iothread_info_ret, w: bytearray) -> None:
     x1 = v.info
     n2 = len(x1)
     if n2 > 16384: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
         s4 = it3.cpumap
         n5 = len(s4)
         if n5 > 2048: raise _Bad
-        w += _S_II.pack(it3.iothread_id, n5)
+        w += _P_II(it3.iothread_id, n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
-    w += _S_I.pack(v.ret)
+    w += _P_I(v.ret)
 
 
 def _d_remote_domain_block_copy_args(b: bytes, o: int, n: int) -> tuple[remote_domain_block_copy_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_block_copy_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    e9 = o + n8
-    if e9 > n or n8 > 4194304: raise _Bad
-    f_path_7 = b[o:e9].decode()
-    o = e9 + (-n8 & 3)
-    if n8 & 3 and b[e9:o] != _ZPAD[o - e9]: raise _Bad
-    n11 = _S_I.unpack_from(b, o)[0]
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    v.path = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    n6, = _U_I(b, o)
     o += 4
-    e12 = o + n11
-    if e12 > n or n11 > 4194304: raise _Bad
-    f_destxml_10 = b[o:e12].decode()
-    o = e12 + (-n11 & 3)
-    if n11 & 3 and b[e12:o] != _ZPAD[o - e12]: raise _Bad
-    n14 = _S_I.unpack_from(b, o)[0]
+    e7 = o + n6
+    if e7 > n or big and n6 > 4194304: raise _Bad
+    v.destxml = b[o:e7].decode()
+    if n6 & 3:
+        o = e7 + 4 - (n6 & 3)
+        if b[e7:o] != _ZPAD[o - e7]: raise _Bad
+    else:
+        o = e7
+    n8, = _U_I(b, o)
     o += 4
-    if n14 > 16 or n14 * 12 > n - o: raise _Bad
-    f_params_13 = []
-    for _ in range(n14):
-        n17 = _S_I.unpack_from(b, o)[0]
+    if n8 > 16 or n8 * 12 > n - o: raise _Bad
+    x10: list[Any] = []
+    v.params = x10
+    L_U_I = _U_I
+    L_U_Q = _U_Q
+    L_U_d = _U_d
+    L_U_i = _U_i
+    L_U_q = _U_q
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_typed_param = remote_typed_param
+    L_remote_typed_param_value = remote_typed_param_value
+    for _ in range(n8):
+        it9 = L_new(L_remote_typed_param)
+        n11, = L_U_I(b, o)
         o += 4
-        e18 = o + n17
-        if e18 > n or n17 > 4194304: raise _Bad
-        f_field_16 = b[o:e18].decode()
-        o = e18 + (-n17 & 3)
-        if n17 & 3 and b[e18:o] != _ZPAD[o - e18]: raise _Bad
-        f_value_19, o = _d_remote_typed_param_value(b, o, n)
-        it15 = remote_typed_param(f_field_16, f_value_19)
-        f_params_13.append(it15)
-    f_flags_20 = _S_I.unpack_from(b, o)[0]
+        e12 = o + n11
+        if e12 > n or big and n11 > 4194304: raise _Bad
+        it9.field = b[o:e12].decode()
+        if n11 & 3:
+            o = e12 + 4 - (n11 & 3)
+            if b[e12:o] != L_ZPAD[o - e12]: raise _Bad
+        else:
+            o = e12
+        x13 = L_new(L_remote_typed_param_value)
+        d14, = L_U_i(b, o)
+        o += 4
+        if d14 == 1:
+            x13.value, = L_U_i(b, o)
+            o += 4
+        elif d14 == 2:
+            x13.value, = L_U_I(b, o)
+            o += 4
+        elif d14 == 3:
+            x13.value, = L_U_q(b, o)
+            o += 8
+        elif d14 == 4:
+            x13.value, = L_U_Q(b, o)
+            o += 8
+        elif d14 == 5:
+            x13.value, = L_U_d(b, o)
+            o += 8
+        elif d14 == 6:
+            x13.value, = L_U_i(b, o)
+            o += 4
+        elif d14 == 7:
+            n15, = L_U_I(b, o)
+            o += 4
+            e16 = o + n15
+            if e16 > n or big and n15 > 4194304: raise _Bad
+            x13.value = b[o:e16].decode()
+            if n15 & 3:
+                o = e16 + 4 - (n15 & 3)
+                if b[e16:o] != L_ZPAD[o - e16]: raise _Bad
+            else:
+                o = e16
+        else:
+            raise _Bad
+        x13.type = d14
+        it9.value = x13
+        x10.append(it9)
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_domain_block_copy_args(f_dom_1, f_path_7, f_destxml_10, f_params_13, f_flags_20), o
+    return v, o
 
 
 def _e_remote_domain_block_copy_args(v: remote_domain_block_copy_args, w: bytearray) -> None:
@@ -1420,7 +1578,7 @@ def _e_remote_domain_block_copy_args(v: remote_domain_block_copy_args, w: bytear
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -1428,43 +1586,50 @@ def _e_remote_domain_block_copy_args(v: remote_domain_block_copy_args, w: bytear
     s5 = v.path.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
     s7 = v.destxml.encode('utf-8', 'surrogateescape')
     n8 = len(s7)
     if n8 > 4194304: raise _Bad
-    w += _S_I.pack(n8)
+    w += _P_I(n8)
     w += s7
     if n8 & 3: w += _ZPAD[-n8 & 3]
     x9 = v.params
     n10 = len(x9)
     if n10 > 16: raise _Bad
-    w += _S_I.pack(n10)
+    w += _P_I(n10)
     for it11 in x9:
         s12 = it11.field.encode('utf-8', 'surrogateescape')
         n13 = len(s12)
         if n13 > 4194304: raise _Bad
-        w += _S_I.pack(n13)
+        w += _P_I(n13)
         w += s12
         if n13 & 3: w += _ZPAD[-n13 & 3]
         _e_remote_typed_param_value(it11.value, w)
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_domain_event_callback_rtc_change_msg(b: bytes, o: int, n: int) -> tuple[remote_domain_event_callback_rtc_change_msg, int]:
-    f_callbackID_1, n5 = _S_iI.unpack_from(b, o)
+    big = n - o > 4194304
+    v = _new(remote_domain_event_callback_rtc_change_msg)
+    x1 = _new(remote_domain_event_rtc_change_msg)
+    v.msg = x1
+    x2 = _new(remote_nonnull_domain)
+    x1.dom = x2
+    v.callbackID, n3 = _U_iI(b, o)
     o += 8
-    e6 = o + n5
-    if e6 > n or n5 > 4194304: raise _Bad
-    f_name_4 = b[o:e6].decode()
-    o = e6 + (-n5 & 3)
-    if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-    f_uuid_7, f_id_8, f_offset_9 = _S_16siq.unpack_from(b, o)
+    e4 = o + n3
+    if e4 > n or big and n3 > 4194304: raise _Bad
+    x2.name = b[o:e4].decode()
+    if n3 & 3:
+        o = e4 + 4 - (n3 & 3)
+        if b[e4:o] != _ZPAD[o - e4]: raise _Bad
+    else:
+        o = e4
+    x2.uuid, x2.id, x1.offset = _U_16siq(b, o)
     o += 28
-    f_dom_3 = remote_nonnull_domain(f_name_4, f_uuid_7, f_id_8)
-    f_msg_2 = remote_domain_event_rtc_change_msg(f_dom_3, f_offset_9)
-    return remote_domain_event_callback_rtc_change_msg(f_callbackID_1, f_msg_2), o
+    return v, o
 
 
 def _e_remote_domain_event_callback_rtc_change_msg(v: remote_domain_event_callback_rtc_change_msg, w: bytearray) -> None:
@@ -1473,27 +1638,34 @@ def _e_remote_domain_event_callback_rtc_change_msg(v: remote_domain_event_callba
     s3 = x2.name.encode('utf-8', 'surrogateescape')
     n4 = len(s3)
     if n4 > 4194304: raise _Bad
-    w += _S_iI.pack(v.callbackID, n4)
+    w += _P_iI(v.callbackID, n4)
     w += s3
     if n4 & 3: w += _ZPAD[-n4 & 3]
     x5 = x2.uuid
     if len(x5) != 16: raise _Bad
-    w += _S_16siq.pack(x5, x2.id, x1.offset)
+    w += _P_16siq(x5, x2.id, x1.offset)
 
 
 def _d_remote_domain_event_callback_watchdog_msg(b: bytes, o: int, n: int) -> tuple[remote_domain_event_callback_watchdog_msg, int]:
-    f_callbackID_1, n5 = _S_iI.unpack_from(b, o)
+    big = n - o > 4194304
+    v = _new(remote_domain_event_callback_watchdog_msg)
+    x1 = _new(remote_domain_event_watchdog_msg)
+    v.msg = x1
+    x2 = _new(remote_nonnull_domain)
+    x1.dom = x2
+    v.callbackID, n3 = _U_iI(b, o)
     o += 8
-    e6 = o + n5
-    if e6 > n or n5 > 4194304: raise _Bad
-    f_name_4 = b[o:e6].decode()
-    o = e6 + (-n5 & 3)
-    if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-    f_uuid_7, f_id_8, f_action_9 = _S_16sii.unpack_from(b, o)
+    e4 = o + n3
+    if e4 > n or big and n3 > 4194304: raise _Bad
+    x2.name = b[o:e4].decode()
+    if n3 & 3:
+        o = e4 + 4 - (n3 & 3)
+        if b[e4:o] != _ZPAD[o - e4]: raise _Bad
+    else:
+        o = e4
+    x2.uuid, x2.id, x1.action = _U_16sii(b, o)
     o += 24
-    f_dom_3 = remote_nonnull_domain(f_name_4, f_uuid_7, f_id_8)
-    f_msg_2 = remote_domain_event_watchdog_msg(f_dom_3, f_action_9)
-    return remote_domain_event_callback_watchdog_msg(f_callbackID_1, f_msg_2), o
+    return v, o
 
 
 def _e_remote_domain_event_callback_watchdog_msg(v: remote_domain_event_callback_watchdog_msg, w: bytearray) -> None:
@@ -1502,41 +1674,54 @@ def _e_remote_domain_event_callback_watchdog_msg(v: remote_domain_event_callback
     s3 = x2.name.encode('utf-8', 'surrogateescape')
     n4 = len(s3)
     if n4 > 4194304: raise _Bad
-    w += _S_iI.pack(v.callbackID, n4)
+    w += _P_iI(v.callbackID, n4)
     w += s3
     if n4 & 3: w += _ZPAD[-n4 & 3]
     x5 = x2.uuid
     if len(x5) != 16: raise _Bad
-    w += _S_16sii.pack(x5, x2.id, x1.action)
+    w += _P_16sii(x5, x2.id, x1.action)
 
 
 def _d_remote_domain_event_callback_io_error_msg(b: bytes, o: int, n: int) -> tuple[remote_domain_event_callback_io_error_msg, int]:
-    f_callbackID_1, n5 = _S_iI.unpack_from(b, o)
+    big = n - o > 4194304
+    v = _new(remote_domain_event_callback_io_error_msg)
+    x1 = _new(remote_domain_event_io_error_msg)
+    v.msg = x1
+    x2 = _new(remote_nonnull_domain)
+    x1.dom = x2
+    v.callbackID, n3 = _U_iI(b, o)
     o += 8
-    e6 = o + n5
-    if e6 > n or n5 > 4194304: raise _Bad
-    f_name_4 = b[o:e6].decode()
-    o = e6 + (-n5 & 3)
-    if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-    f_uuid_7, f_id_8, n10 = _S_16siI.unpack_from(b, o)
+    e4 = o + n3
+    if e4 > n or big and n3 > 4194304: raise _Bad
+    x2.name = b[o:e4].decode()
+    if n3 & 3:
+        o = e4 + 4 - (n3 & 3)
+        if b[e4:o] != _ZPAD[o - e4]: raise _Bad
+    else:
+        o = e4
+    x2.uuid, x2.id, n5 = _U_16siI(b, o)
     o += 24
-    f_dom_3 = remote_nonnull_domain(f_name_4, f_uuid_7, f_id_8)
-    e11 = o + n10
-    if e11 > n or n10 > 4194304: raise _Bad
-    f_srcPath_9 = b[o:e11].decode()
-    o = e11 + (-n10 & 3)
-    if n10 & 3 and b[e11:o] != _ZPAD[o - e11]: raise _Bad
-    n13 = _S_I.unpack_from(b, o)[0]
+    e6 = o + n5
+    if e6 > n or big and n5 > 4194304: raise _Bad
+    x1.srcPath = b[o:e6].decode()
+    if n5 & 3:
+        o = e6 + 4 - (n5 & 3)
+        if b[e6:o] != _ZPAD[o - e6]: raise _Bad
+    else:
+        o = e6
+    n7, = _U_I(b, o)
     o += 4
-    e14 = o + n13
-    if e14 > n or n13 > 4194304: raise _Bad
-    f_devAlias_12 = b[o:e14].decode()
-    o = e14 + (-n13 & 3)
-    if n13 & 3 and b[e14:o] != _ZPAD[o - e14]: raise _Bad
-    f_action_15 = _S_i.unpack_from(b, o)[0]
+    e8 = o + n7
+    if e8 > n or big and n7 > 4194304: raise _Bad
+    x1.devAlias = b[o:e8].decode()
+    if n7 & 3:
+        o = e8 + 4 - (n7 & 3)
+        if b[e8:o] != _ZPAD[o - e8]: raise _Bad
+    else:
+        o = e8
+    x1.action, = _U_i(b, o)
     o += 4
-    f_msg_2 = remote_domain_event_io_error_msg(f_dom_3, f_srcPath_9, f_devAlias_12, f_action_15)
-    return remote_domain_event_callback_io_error_msg(f_callbackID_1, f_msg_2), o
+    return v, o
 
 
 def _e_remote_domain_event_callback_io_error_msg(v: remote_domain_event_callback_io_error_msg, w: bytearray) -> None:
@@ -1545,7 +1730,7 @@ def _e_remote_domain_event_callback_io_error_msg(v: remote_domain_event_callback
     s3 = x2.name.encode('utf-8', 'surrogateescape')
     n4 = len(s3)
     if n4 > 4194304: raise _Bad
-    w += _S_iI.pack(v.callbackID, n4)
+    w += _P_iI(v.callbackID, n4)
     w += s3
     if n4 & 3: w += _ZPAD[-n4 & 3]
     x5 = x2.uuid
@@ -1553,50 +1738,66 @@ def _e_remote_domain_event_callback_io_error_msg(v: remote_domain_event_callback
     s6 = x1.srcPath.encode('utf-8', 'surrogateescape')
     n7 = len(s6)
     if n7 > 4194304: raise _Bad
-    w += _S_16siI.pack(x5, x2.id, n7)
+    w += _P_16siI(x5, x2.id, n7)
     w += s6
     if n7 & 3: w += _ZPAD[-n7 & 3]
     s8 = x1.devAlias.encode('utf-8', 'surrogateescape')
     n9 = len(s8)
     if n9 > 4194304: raise _Bad
-    w += _S_I.pack(n9)
+    w += _P_I(n9)
     w += s8
     if n9 & 3: w += _ZPAD[-n9 & 3]
-    w += _S_i.pack(x1.action)
+    w += _P_i(x1.action)
 
 
 def _d_remote_domain_event_callback_io_error_reason_msg(b: bytes, o: int, n: int) -> tuple[remote_domain_event_callback_io_error_reason_msg, int]:
-    f_callbackID_1, n5 = _S_iI.unpack_from(b, o)
+    big = n - o > 4194304
+    v = _new(remote_domain_event_callback_io_error_reason_msg)
+    x1 = _new(remote_domain_event_io_error_reason_msg)
+    v.msg = x1
+    x2 = _new(remote_nonnull_domain)
+    x1.dom = x2
+    v.callbackID, n3 = _U_iI(b, o)
     o += 8
-    e6 = o + n5
-    if e6 > n or n5 > 4194304: raise _Bad
-    f_name_4 = b[o:e6].decode()
-    o = e6 + (-n5 & 3)
-    if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-    f_uuid_7, f_id_8, n10 = _S_16siI.unpack_from(b, o)
+    e4 = o + n3
+    if e4 > n or big and n3 > 4194304: raise _Bad
+    x2.name = b[o:e4].decode()
+    if n3 & 3:
+        o = e4 + 4 - (n3 & 3)
+        if b[e4:o] != _ZPAD[o - e4]: raise _Bad
+    else:
+        o = e4
+    x2.uuid, x2.id, n5 = _U_16siI(b, o)
     o += 24
-    f_dom_3 = remote_nonnull_domain(f_name_4, f_uuid_7, f_id_8)
-    e11 = o + n10
-    if e11 > n or n10 > 4194304: raise _Bad
-    f_srcPath_9 = b[o:e11].decode()
-    o = e11 + (-n10 & 3)
-    if n10 & 3 and b[e11:o] != _ZPAD[o - e11]: raise _Bad
-    n13 = _S_I.unpack_from(b, o)[0]
+    e6 = o + n5
+    if e6 > n or big and n5 > 4194304: raise _Bad
+    x1.srcPath = b[o:e6].decode()
+    if n5 & 3:
+        o = e6 + 4 - (n5 & 3)
+        if b[e6:o] != _ZPAD[o - e6]: raise _Bad
+    else:
+        o = e6
+    n7, = _U_I(b, o)
     o += 4
-    e14 = o + n13
-    if e14 > n or n13 > 4194304: raise _Bad
-    f_devAlias_12 = b[o:e14].decode()
-    o = e14 + (-n13 & 3)
-    if n13 & 3 and b[e14:o] != _ZPAD[o - e14]: raise _Bad
-    f_action_15, n17 = _S_iI.unpack_from(b, o)
+    e8 = o + n7
+    if e8 > n or big and n7 > 4194304: raise _Bad
+    x1.devAlias = b[o:e8].decode()
+    if n7 & 3:
+        o = e8 + 4 - (n7 & 3)
+        if b[e8:o] != _ZPAD[o - e8]: raise _Bad
+    else:
+        o = e8
+    x1.action, n9 = _U_iI(b, o)
     o += 8
-    e18 = o + n17
-    if e18 > n or n17 > 4194304: raise _Bad
-    f_reason_16 = b[o:e18].decode()
-    o = e18 + (-n17 & 3)
-    if n17 & 3 and b[e18:o] != _ZPAD[o - e18]: raise _Bad
-    f_msg_2 = remote_domain_event_io_error_reason_msg(f_dom_3, f_srcPath_9, f_devAlias_12, f_action_15, f_reason_16)
-    return remote_domain_event_callback_io_error_reason_msg(f_callbackID_1, f_msg_2), o
+    e10 = o + n9
+    if e10 > n or big and n9 > 4194304: raise _Bad
+    x1.reason = b[o:e10].decode()
+    if n9 & 3:
+        o = e10 + 4 - (n9 & 3)
+        if b[e10:o] != _ZPAD[o - e10]: raise _Bad
+    else:
+        o = e10
+    return v, o
 
 
 def _e_remote_domain_event_callback_io_error_reason_msg(v: remote_domain_event_callback_io_error_reason_msg, w: bytearray) -> None:
@@ -1605,7 +1806,7 @@ def _e_remote_domain_event_callback_io_error_reason_msg(v: remote_domain_event_c
     s3 = x2.name.encode('utf-8', 'surrogateescape')
     n4 = len(s3)
     if n4 > 4194304: raise _Bad
-    w += _S_iI.pack(v.callbackID, n4)
+    w += _P_iI(v.callbackID, n4)
     w += s3
     if n4 & 3: w += _ZPAD[-n4 & 3]
     x5 = x2.uuid
@@ -1613,55 +1814,66 @@ def _e_remote_domain_event_callback_io_error_reason_msg(v: remote_domain_event_c
     s6 = x1.srcPath.encode('utf-8', 'surrogateescape')
     n7 = len(s6)
     if n7 > 4194304: raise _Bad
-    w += _S_16siI.pack(x5, x2.id, n7)
+    w += _P_16siI(x5, x2.id, n7)
     w += s6
     if n7 & 3: w += _ZPAD[-n7 & 3]
     s8 = x1.devAlias.encode('utf-8', 'surrogateescape')
     n9 = len(s8)
     if n9 > 4194304: raise _Bad
-    w += _S_I.pack(n9)
+    w += _P_I(n9)
     w += s8
     if n9 & 3: w += _ZPAD[-n9 & 3]
     s10 = x1.reason.encode('utf-8', 'surrogateescape')
     n11 = len(s10)
     if n11 > 4194304: raise _Bad
-    w += _S_iI.pack(x1.action, n11)
+    w += _P_iI(x1.action, n11)
     w += s10
     if n11 & 3: w += _ZPAD[-n11 & 3]
 
 
 def _d_remote_domain_event_callback_graphics_msg(b: bytes, o: int, n: int) -> tuple[remote_domain_event_callback_graphics_msg, int]:
-    f_callbackID_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_domain_event_callback_graphics_msg)
+    v.callbackID, = _U_i(b, o)
     o += 4
-    f_msg_2, o = _d_remote_domain_event_graphics_msg(b, o, n)
-    return remote_domain_event_callback_graphics_msg(f_callbackID_1, f_msg_2), o
+    v.msg, o = _d_remote_domain_event_graphics_msg(b, o, n)
+    return v, o
 
 
 def _e_remote_domain_event_callback_graphics_msg(v: remote_domain_event_callback_graphics_msg, w: bytearray) -> None:
-    w += _S_i.pack(v.callbackID)
+    w += _P_i(v.callbackID)
     _e_remote_domain_event_graphics_msg(v.msg, w)
 
 
 def _d_remote_domain_event_callback_block_job_msg(b: bytes, o: int, n: int) -> tuple[remote_domain_event_callback_block_job_msg, int]:
-    f_callbackID_1, n5 = _S_iI.unpack_from(b, o)
+    big = n - o > 4194304
+    v = _new(remote_domain_event_callback_block_job_msg)
+    x1 = _new(remote_domain_event_block_job_msg)
+    v.msg = x1
+    x2 = _new(remote_nonnull_domain)
+    x1.dom = x2
+    v.callbackID, n3 = _U_iI(b, o)
     o += 8
-    e6 = o + n5
-    if e6 > n or n5 > 4194304: raise _Bad
-    f_name_4 = b[o:e6].decode()
-    o = e6 + (-n5 & 3)
-    if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-    f_uuid_7, f_id_8, n10 = _S_16siI.unpack_from(b, o)
+    e4 = o + n3
+    if e4 > n or big and n3 > 4194304: raise _Bad
+    x2.name = b[o:e4].decode()
+    if n3 & 3:
+        o = e4 + 4 - (n3 & 3)
+        if b[e4:o] != _ZPAD[o - e4]: raise _Bad
+    else:
+        o = e4
+    x2.uuid, x2.id, n5 = _U_16siI(b, o)
     o += 24
-    f_dom_3 = remote_nonnull_domain(f_name_4, f_uuid_7, f_id_8)
-    e11 = o + n10
-    if e11 > n or n10 > 4194304: raise _Bad
-    f_path_9 = b[o:e11].decode()
-    o = e11 + (-n10 & 3)
-    if n10 & 3 and b[e11:o] != _ZPAD[o - e11]: raise _Bad
-    f_type_12, f_status_13 = _S_ii.unpack_from(b, o)
+    e6 = o + n5
+    if e6 > n or big and n5 > 4194304: raise _Bad
+    x1.path = b[o:e6].decode()
+    if n5 & 3:
+        o = e6 + 4 - (n5 & 3)
+        if b[e6:o] != _ZPAD[o - e6]: raise _Bad
+    else:
+        o = e6
+    x1.type, x1.status = _U_ii(b, o)
     o += 8
-    f_msg_2 = remote_domain_event_block_job_msg(f_dom_3, f_path_9, f_type_12, f_status_13)
-    return remote_domain_event_callback_block_job_msg(f_callbackID_1, f_msg_2), o
+    return v, o
 
 
 def _e_remote_domain_event_callback_block_job_msg(v: remote_domain_event_callback_block_job_msg, w: bytearray) -> None:
@@ -1670,7 +1882,7 @@ def _e_remote_domain_event_callback_block_job_msg(v: remote_domain_event_callbac
     s3 = x2.name.encode('utf-8', 'surrogateescape')
     n4 = len(s3)
     if n4 > 4194304: raise _Bad
-    w += _S_iI.pack(v.callbackID, n4)
+    w += _P_iI(v.callbackID, n4)
     w += s3
     if n4 & 3: w += _ZPAD[-n4 & 3]
     x5 = x2.uuid
@@ -1678,60 +1890,76 @@ def _e_remote_domain_event_callback_block_job_msg(v: remote_domain_event_callbac
     s6 = x1.path.encode('utf-8', 'surrogateescape')
     n7 = len(s6)
     if n7 > 4194304: raise _Bad
-    w += _S_16siI.pack(x5, x2.id, n7)
+    w += _P_16siI(x5, x2.id, n7)
     w += s6
     if n7 & 3: w += _ZPAD[-n7 & 3]
-    w += _S_ii.pack(x1.type, x1.status)
+    w += _P_ii(x1.type, x1.status)
 
 
 def _d_remote_domain_event_callback_disk_change_msg(b: bytes, o: int, n: int) -> tuple[remote_domain_event_callback_disk_change_msg, int]:
-    f_callbackID_1, n5 = _S_iI.unpack_from(b, o)
+    big = n - o > 4194304
+    v = _new(remote_domain_event_callback_disk_change_msg)
+    x1 = _new(remote_domain_event_disk_change_msg)
+    v.msg = x1
+    x2 = _new(remote_nonnull_domain)
+    x1.dom = x2
+    v.callbackID, n3 = _U_iI(b, o)
     o += 8
-    e6 = o + n5
-    if e6 > n or n5 > 4194304: raise _Bad
-    f_name_4 = b[o:e6].decode()
-    o = e6 + (-n5 & 3)
-    if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-    f_uuid_7, f_id_8, n10 = _S_16siI.unpack_from(b, o)
+    e4 = o + n3
+    if e4 > n or big and n3 > 4194304: raise _Bad
+    x2.name = b[o:e4].decode()
+    if n3 & 3:
+        o = e4 + 4 - (n3 & 3)
+        if b[e4:o] != _ZPAD[o - e4]: raise _Bad
+    else:
+        o = e4
+    x2.uuid, x2.id, n5 = _U_16siI(b, o)
     o += 24
-    f_dom_3 = remote_nonnull_domain(f_name_4, f_uuid_7, f_id_8)
-    if n10 == 0:
-        f_oldSrcPath_9 = None
-    elif n10 == 1:
-        n11 = _S_I.unpack_from(b, o)[0]
+    if n5 == 0:
+        x1.oldSrcPath = None
+    elif n5 == 1:
+        n6, = _U_I(b, o)
         o += 4
-        e12 = o + n11
-        if e12 > n or n11 > 4194304: raise _Bad
-        f_oldSrcPath_9 = b[o:e12].decode()
-        o = e12 + (-n11 & 3)
-        if n11 & 3 and b[e12:o] != _ZPAD[o - e12]: raise _Bad
+        e7 = o + n6
+        if e7 > n or big and n6 > 4194304: raise _Bad
+        x1.oldSrcPath = b[o:e7].decode()
+        if n6 & 3:
+            o = e7 + 4 - (n6 & 3)
+            if b[e7:o] != _ZPAD[o - e7]: raise _Bad
+        else:
+            o = e7
     else:
         raise _Bad
-    n14 = _S_I.unpack_from(b, o)[0]
+    n8, = _U_I(b, o)
     o += 4
-    if n14 == 0:
-        f_newSrcPath_13 = None
-    elif n14 == 1:
-        n15 = _S_I.unpack_from(b, o)[0]
+    if n8 == 0:
+        x1.newSrcPath = None
+    elif n8 == 1:
+        n9, = _U_I(b, o)
         o += 4
-        e16 = o + n15
-        if e16 > n or n15 > 4194304: raise _Bad
-        f_newSrcPath_13 = b[o:e16].decode()
-        o = e16 + (-n15 & 3)
-        if n15 & 3 and b[e16:o] != _ZPAD[o - e16]: raise _Bad
+        e10 = o + n9
+        if e10 > n or big and n9 > 4194304: raise _Bad
+        x1.newSrcPath = b[o:e10].decode()
+        if n9 & 3:
+            o = e10 + 4 - (n9 & 3)
+            if b[e10:o] != _ZPAD[o - e10]: raise _Bad
+        else:
+            o = e10
     else:
         raise _Bad
-    n18 = _S_I.unpack_from(b, o)[0]
+    n11, = _U_I(b, o)
     o += 4
-    e19 = o + n18
-    if e19 > n or n18 > 4194304: raise _Bad
-    f_devAlias_17 = b[o:e19].decode()
-    o = e19 + (-n18 & 3)
-    if n18 & 3 and b[e19:o] != _ZPAD[o - e19]: raise _Bad
-    f_reason_20 = _S_i.unpack_from(b, o)[0]
+    e12 = o + n11
+    if e12 > n or big and n11 > 4194304: raise _Bad
+    x1.devAlias = b[o:e12].decode()
+    if n11 & 3:
+        o = e12 + 4 - (n11 & 3)
+        if b[e12:o] != _ZPAD[o - e12]: raise _Bad
+    else:
+        o = e12
+    x1.reason, = _U_i(b, o)
     o += 4
-    f_msg_2 = remote_domain_event_disk_change_msg(f_dom_3, f_oldSrcPath_9, f_newSrcPath_13, f_devAlias_17, f_reason_20)
-    return remote_domain_event_callback_disk_change_msg(f_callbackID_1, f_msg_2), o
+    return v, o
 
 
 def _e_remote_domain_event_callback_disk_change_msg(v: remote_domain_event_callback_disk_change_msg, w: bytearray) -> None:
@@ -1740,13 +1968,13 @@ def _e_remote_domain_event_callback_disk_change_msg(v: remote_domain_event_callb
     s3 = x2.name.encode('utf-8', 'surrogateescape')
     n4 = len(s3)
     if n4 > 4194304: raise _Bad
-    w += _S_iI.pack(v.callbackID, n4)
+    w += _P_iI(v.callbackID, n4)
     w += s3
     if n4 & 3: w += _ZPAD[-n4 & 3]
     x5 = x2.uuid
     if len(x5) != 16: raise _Bad
     x6 = x1.oldSrcPath
-    w += _S_16si.pack(x5, x2.id)
+    w += _P_16si(x5, x2.id)
     if x6 is None:
         w += _FLAG0
     else:
@@ -1754,7 +1982,7 @@ def _e_remote_domain_event_callback_disk_change_msg(v: remote_domain_event_callb
         s7 = x6.encode('utf-8', 'surrogateescape')
         n8 = len(s7)
         if n8 > 4194304: raise _Bad
-        w += _S_I.pack(n8)
+        w += _P_I(n8)
         w += s7
         if n8 & 3: w += _ZPAD[-n8 & 3]
     x9 = x1.newSrcPath
@@ -1765,38 +1993,48 @@ def _e_remote_domain_event_callback_disk_change_msg(v: remote_domain_event_callb
         s10 = x9.encode('utf-8', 'surrogateescape')
         n11 = len(s10)
         if n11 > 4194304: raise _Bad
-        w += _S_I.pack(n11)
+        w += _P_I(n11)
         w += s10
         if n11 & 3: w += _ZPAD[-n11 & 3]
     s12 = x1.devAlias.encode('utf-8', 'surrogateescape')
     n13 = len(s12)
     if n13 > 4194304: raise _Bad
-    w += _S_I.pack(n13)
+    w += _P_I(n13)
     w += s12
     if n13 & 3: w += _ZPAD[-n13 & 3]
-    w += _S_i.pack(x1.reason)
+    w += _P_i(x1.reason)
 
 
 def _d_remote_domain_event_callback_tray_change_msg(b: bytes, o: int, n: int) -> tuple[remote_domain_event_callback_tray_change_msg, int]:
-    f_callbackID_1, n5 = _S_iI.unpack_from(b, o)
+    big = n - o > 4194304
+    v = _new(remote_domain_event_callback_tray_change_msg)
+    x1 = _new(remote_domain_event_tray_change_msg)
+    v.msg = x1
+    x2 = _new(remote_nonnull_domain)
+    x1.dom = x2
+    v.callbackID, n3 = _U_iI(b, o)
     o += 8
-    e6 = o + n5
-    if e6 > n or n5 > 4194304: raise _Bad
-    f_name_4 = b[o:e6].decode()
-    o = e6 + (-n5 & 3)
-    if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-    f_uuid_7, f_id_8, n10 = _S_16siI.unpack_from(b, o)
+    e4 = o + n3
+    if e4 > n or big and n3 > 4194304: raise _Bad
+    x2.name = b[o:e4].decode()
+    if n3 & 3:
+        o = e4 + 4 - (n3 & 3)
+        if b[e4:o] != _ZPAD[o - e4]: raise _Bad
+    else:
+        o = e4
+    x2.uuid, x2.id, n5 = _U_16siI(b, o)
     o += 24
-    f_dom_3 = remote_nonnull_domain(f_name_4, f_uuid_7, f_id_8)
-    e11 = o + n10
-    if e11 > n or n10 > 4194304: raise _Bad
-    f_devAlias_9 = b[o:e11].decode()
-    o = e11 + (-n10 & 3)
-    if n10 & 3 and b[e11:o] != _ZPAD[o - e11]: raise _Bad
-    f_reason_12 = _S_i.unpack_from(b, o)[0]
+    e6 = o + n5
+    if e6 > n or big and n5 > 4194304: raise _Bad
+    x1.devAlias = b[o:e6].decode()
+    if n5 & 3:
+        o = e6 + 4 - (n5 & 3)
+        if b[e6:o] != _ZPAD[o - e6]: raise _Bad
+    else:
+        o = e6
+    x1.reason, = _U_i(b, o)
     o += 4
-    f_msg_2 = remote_domain_event_tray_change_msg(f_dom_3, f_devAlias_9, f_reason_12)
-    return remote_domain_event_callback_tray_change_msg(f_callbackID_1, f_msg_2), o
+    return v, o
 
 
 def _e_remote_domain_event_callback_tray_change_msg(v: remote_domain_event_callback_tray_change_msg, w: bytearray) -> None:
@@ -1805,7 +2043,7 @@ def _e_remote_domain_event_callback_tray_change_msg(v: remote_domain_event_callb
     s3 = x2.name.encode('utf-8', 'surrogateescape')
     n4 = len(s3)
     if n4 > 4194304: raise _Bad
-    w += _S_iI.pack(v.callbackID, n4)
+    w += _P_iI(v.callbackID, n4)
     w += s3
     if n4 & 3: w += _ZPAD[-n4 & 3]
     x5 = x2.uuid
@@ -1813,25 +2051,32 @@ def _e_remote_domain_event_callback_tray_change_msg(v: remote_domain_event_callb
     s6 = x1.devAlias.encode('utf-8', 'surrogateescape')
     n7 = len(s6)
     if n7 > 4194304: raise _Bad
-    w += _S_16siI.pack(x5, x2.id, n7)
+    w += _P_16siI(x5, x2.id, n7)
     w += s6
     if n7 & 3: w += _ZPAD[-n7 & 3]
-    w += _S_i.pack(x1.reason)
+    w += _P_i(x1.reason)
 
 
 def _d_remote_domain_event_callback_pmwakeup_msg(b: bytes, o: int, n: int) -> tuple[remote_domain_event_callback_pmwakeup_msg, int]:
-    f_callbackID_1, f_reason_2, n6 = _S_iiI.unpack_from(b, o)
+    big = n - o > 4194304
+    v = _new(remote_domain_event_callback_pmwakeup_msg)
+    x1 = _new(remote_domain_event_pmwakeup_msg)
+    v.msg = x1
+    x2 = _new(remote_nonnull_domain)
+    x1.dom = x2
+    v.callbackID, v.reason, n3 = _U_iiI(b, o)
     o += 12
-    e7 = o + n6
-    if e7 > n or n6 > 4194304: raise _Bad
-    f_name_5 = b[o:e7].decode()
-    o = e7 + (-n6 & 3)
-    if n6 & 3 and b[e7:o] != _ZPAD[o - e7]: raise _Bad
-    f_uuid_8, f_id_9 = _S_16si.unpack_from(b, o)
+    e4 = o + n3
+    if e4 > n or big and n3 > 4194304: raise _Bad
+    x2.name = b[o:e4].decode()
+    if n3 & 3:
+        o = e4 + 4 - (n3 & 3)
+        if b[e4:o] != _ZPAD[o - e4]: raise _Bad
+    else:
+        o = e4
+    x2.uuid, x2.id = _U_16si(b, o)
     o += 20
-    f_dom_4 = remote_nonnull_domain(f_name_5, f_uuid_8, f_id_9)
-    f_msg_3 = remote_domain_event_pmwakeup_msg(f_dom_4)
-    return remote_domain_event_callback_pmwakeup_msg(f_callbackID_1, f_reason_2, f_msg_3), o
+    return v, o
 
 
 def _e_remote_domain_event_callback_pmwakeup_msg(v: remote_domain_event_callback_pmwakeup_msg, w: bytearray) -> None:
@@ -1840,27 +2085,34 @@ def _e_remote_domain_event_callback_pmwakeup_msg(v: remote_domain_event_callback
     s3 = x2.name.encode('utf-8', 'surrogateescape')
     n4 = len(s3)
     if n4 > 4194304: raise _Bad
-    w += _S_iiI.pack(v.callbackID, v.reason, n4)
+    w += _P_iiI(v.callbackID, v.reason, n4)
     w += s3
     if n4 & 3: w += _ZPAD[-n4 & 3]
     x5 = x2.uuid
     if len(x5) != 16: raise _Bad
-    w += _S_16si.pack(x5, x2.id)
+    w += _P_16si(x5, x2.id)
 
 
 def _d_remote_domain_event_callback_pmsuspend_msg(b: bytes, o: int, n: int) -> tuple[remote_domain_event_callback_pmsuspend_msg, int]:
-    f_callbackID_1, f_reason_2, n6 = _S_iiI.unpack_from(b, o)
+    big = n - o > 4194304
+    v = _new(remote_domain_event_callback_pmsuspend_msg)
+    x1 = _new(remote_domain_event_pmsuspend_msg)
+    v.msg = x1
+    x2 = _new(remote_nonnull_domain)
+    x1.dom = x2
+    v.callbackID, v.reason, n3 = _U_iiI(b, o)
     o += 12
-    e7 = o + n6
-    if e7 > n or n6 > 4194304: raise _Bad
-    f_name_5 = b[o:e7].decode()
-    o = e7 + (-n6 & 3)
-    if n6 & 3 and b[e7:o] != _ZPAD[o - e7]: raise _Bad
-    f_uuid_8, f_id_9 = _S_16si.unpack_from(b, o)
+    e4 = o + n3
+    if e4 > n or big and n3 > 4194304: raise _Bad
+    x2.name = b[o:e4].decode()
+    if n3 & 3:
+        o = e4 + 4 - (n3 & 3)
+        if b[e4:o] != _ZPAD[o - e4]: raise _Bad
+    else:
+        o = e4
+    x2.uuid, x2.id = _U_16si(b, o)
     o += 20
-    f_dom_4 = remote_nonnull_domain(f_name_5, f_uuid_8, f_id_9)
-    f_msg_3 = remote_domain_event_pmsuspend_msg(f_dom_4)
-    return remote_domain_event_callback_pmsuspend_msg(f_callbackID_1, f_reason_2, f_msg_3), o
+    return v, o
 
 
 def _e_remote_domain_event_callback_pmsuspend_msg(v: remote_domain_event_callback_pmsuspend_msg, w: bytearray) -> None:
@@ -1869,27 +2121,34 @@ def _e_remote_domain_event_callback_pmsuspend_msg(v: remote_domain_event_callbac
     s3 = x2.name.encode('utf-8', 'surrogateescape')
     n4 = len(s3)
     if n4 > 4194304: raise _Bad
-    w += _S_iiI.pack(v.callbackID, v.reason, n4)
+    w += _P_iiI(v.callbackID, v.reason, n4)
     w += s3
     if n4 & 3: w += _ZPAD[-n4 & 3]
     x5 = x2.uuid
     if len(x5) != 16: raise _Bad
-    w += _S_16si.pack(x5, x2.id)
+    w += _P_16si(x5, x2.id)
 
 
 def _d_remote_domain_event_callback_balloon_change_msg(b: bytes, o: int, n: int) -> tuple[remote_domain_event_callback_balloon_change_msg, int]:
-    f_callbackID_1, n5 = _S_iI.unpack_from(b, o)
+    big = n - o > 4194304
+    v = _new(remote_domain_event_callback_balloon_change_msg)
+    x1 = _new(remote_domain_event_balloon_change_msg)
+    v.msg = x1
+    x2 = _new(remote_nonnull_domain)
+    x1.dom = x2
+    v.callbackID, n3 = _U_iI(b, o)
     o += 8
-    e6 = o + n5
-    if e6 > n or n5 > 4194304: raise _Bad
-    f_name_4 = b[o:e6].decode()
-    o = e6 + (-n5 & 3)
-    if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-    f_uuid_7, f_id_8, f_actual_9 = _S_16siQ.unpack_from(b, o)
+    e4 = o + n3
+    if e4 > n or big and n3 > 4194304: raise _Bad
+    x2.name = b[o:e4].decode()
+    if n3 & 3:
+        o = e4 + 4 - (n3 & 3)
+        if b[e4:o] != _ZPAD[o - e4]: raise _Bad
+    else:
+        o = e4
+    x2.uuid, x2.id, x1.actual = _U_16siQ(b, o)
     o += 28
-    f_dom_3 = remote_nonnull_domain(f_name_4, f_uuid_7, f_id_8)
-    f_msg_2 = remote_domain_event_balloon_change_msg(f_dom_3, f_actual_9)
-    return remote_domain_event_callback_balloon_change_msg(f_callbackID_1, f_msg_2), o
+    return v, o
 
 
 def _e_remote_domain_event_callback_balloon_change_msg(v: remote_domain_event_callback_balloon_change_msg, w: bytearray) -> None:
@@ -1898,27 +2157,34 @@ def _e_remote_domain_event_callback_balloon_change_msg(v: remote_domain_event_ca
     s3 = x2.name.encode('utf-8', 'surrogateescape')
     n4 = len(s3)
     if n4 > 4194304: raise _Bad
-    w += _S_iI.pack(v.callbackID, n4)
+    w += _P_iI(v.callbackID, n4)
     w += s3
     if n4 & 3: w += _ZPAD[-n4 & 3]
     x5 = x2.uuid
     if len(x5) != 16: raise _Bad
-    w += _S_16siQ.pack(x5, x2.id, x1.actual)
+    w += _P_16siQ(x5, x2.id, x1.actual)
 
 
 def _d_remote_domain_event_callback_pmsuspend_disk_msg(b: bytes, o: int, n: int) -> tuple[remote_domain_event_callback_pmsuspend_disk_msg, int]:
-    f_callbackID_1, f_reason_2, n6 = _S_iiI.unpack_from(b, o)
+    big = n - o > 4194304
+    v = _new(remote_domain_event_callback_pmsuspend_disk_msg)
+    x1 = _new(remote_domain_event_pmsuspend_disk_msg)
+    v.msg = x1
+    x2 = _new(remote_nonnull_domain)
+    x1.dom = x2
+    v.callbackID, v.reason, n3 = _U_iiI(b, o)
     o += 12
-    e7 = o + n6
-    if e7 > n or n6 > 4194304: raise _Bad
-    f_name_5 = b[o:e7].decode()
-    o = e7 + (-n6 & 3)
-    if n6 & 3 and b[e7:o] != _ZPAD[o - e7]: raise _Bad
-    f_uuid_8, f_id_9 = _S_16si.unpack_from(b, o)
+    e4 = o + n3
+    if e4 > n or big and n3 > 4194304: raise _Bad
+    x2.name = b[o:e4].decode()
+    if n3 & 3:
+        o = e4 + 4 - (n3 & 3)
+        if b[e4:o] != _ZPAD[o - e4]: raise _Bad
+    else:
+        o = e4
+    x2.uuid, x2.id = _U_16si(b, o)
     o += 20
-    f_dom_4 = remote_nonnull_domain(f_name_5, f_uuid_8, f_id_9)
-    f_msg_3 = remote_domain_event_pmsuspend_disk_msg(f_dom_4)
-    return remote_domain_event_callback_pmsuspend_disk_msg(f_callbackID_1, f_reason_2, f_msg_3), o
+    return v, o
 
 
 def _e_remote_domain_event_callback_pmsuspend_disk_msg(v: remote_domain_event_callback_pmsuspend_disk_msg, w: bytearray) -> None:
@@ -1927,27 +2193,34 @@ def _e_remote_domain_event_callback_pmsuspend_disk_msg(v: remote_domain_event_ca
     s3 = x2.name.encode('utf-8', 'surrogateescape')
     n4 = len(s3)
     if n4 > 4194304: raise _Bad
-    w += _S_iiI.pack(v.callbackID, v.reason, n4)
+    w += _P_iiI(v.callbackID, v.reason, n4)
     w += s3
     if n4 & 3: w += _ZPAD[-n4 & 3]
     x5 = x2.uuid
     if len(x5) != 16: raise _Bad
-    w += _S_16si.pack(x5, x2.id)
+    w += _P_16si(x5, x2.id)
 
 
 def _d_remote_domain_event_callback_control_error_msg(b: bytes, o: int, n: int) -> tuple[remote_domain_event_callback_control_error_msg, int]:
-    f_callbackID_1, n5 = _S_iI.unpack_from(b, o)
+    big = n - o > 4194304
+    v = _new(remote_domain_event_callback_control_error_msg)
+    x1 = _new(remote_domain_event_control_error_msg)
+    v.msg = x1
+    x2 = _new(remote_nonnull_domain)
+    x1.dom = x2
+    v.callbackID, n3 = _U_iI(b, o)
     o += 8
-    e6 = o + n5
-    if e6 > n or n5 > 4194304: raise _Bad
-    f_name_4 = b[o:e6].decode()
-    o = e6 + (-n5 & 3)
-    if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-    f_uuid_7, f_id_8 = _S_16si.unpack_from(b, o)
+    e4 = o + n3
+    if e4 > n or big and n3 > 4194304: raise _Bad
+    x2.name = b[o:e4].decode()
+    if n3 & 3:
+        o = e4 + 4 - (n3 & 3)
+        if b[e4:o] != _ZPAD[o - e4]: raise _Bad
+    else:
+        o = e4
+    x2.uuid, x2.id = _U_16si(b, o)
     o += 20
-    f_dom_3 = remote_nonnull_domain(f_name_4, f_uuid_7, f_id_8)
-    f_msg_2 = remote_domain_event_control_error_msg(f_dom_3)
-    return remote_domain_event_callback_control_error_msg(f_callbackID_1, f_msg_2), o
+    return v, o
 
 
 def _e_remote_domain_event_callback_control_error_msg(v: remote_domain_event_callback_control_error_msg, w: bytearray) -> None:
@@ -1956,26 +2229,32 @@ def _e_remote_domain_event_callback_control_error_msg(v: remote_domain_event_cal
     s3 = x2.name.encode('utf-8', 'surrogateescape')
     n4 = len(s3)
     if n4 > 4194304: raise _Bad
-    w += _S_iI.pack(v.callbackID, n4)
+    w += _P_iI(v.callbackID, n4)
     w += s3
     if n4 & 3: w += _ZPAD[-n4 & 3]
     x5 = x2.uuid
     if len(x5) != 16: raise _Bad
-    w += _S_16si.pack(x5, x2.id)
+    w += _P_16si(x5, x2.id)
 
 
 def _d_remote_domain_open_graphics_fd_args(b: bytes, o: int, n: int) -> tuple[remote_domain_open_graphics_fd_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_open_graphics_fd_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_idx_7, f_flags_8 = _S_16siII.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.idx, v.flags = _U_16siII(b, o)
     o += 28
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_open_graphics_fd_args(f_dom_1, f_idx_7, f_flags_8), o
+    return v, o
 
 
 def _e_remote_domain_open_graphics_fd_args(v: remote_domain_open_graphics_fd_args, w: bytearray) -> None:
@@ -1983,26 +2262,32 @@ def _e_remote_domain_open_graphics_fd_args(v: remote_domain_open_graphics_fd_arg
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siII.pack(x4, x1.id, v.idx, v.flags)
+    w += _P_16siII(x4, x1.id, v.idx, v.flags)
 
 
 def _d_remote_domain_get_time_args(b: bytes, o: int, n: int) -> tuple[remote_domain_get_time_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_get_time_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_flags_7 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.flags = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_get_time_args(f_dom_1, f_flags_7), o
+    return v, o
 
 
 def _e_remote_domain_get_time_args(v: remote_domain_get_time_args, w: bytearray) -> None:
@@ -2010,36 +2295,43 @@ def _e_remote_domain_get_time_args(v: remote_domain_get_time_args, w: bytearray)
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, v.flags)
+    w += _P_16siI(x4, x1.id, v.flags)
 
 
 def _d_remote_domain_get_time_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_get_time_ret, int]:
-    f_seconds_1, f_nseconds_2 = _S_qI.unpack_from(b, o)
+    v = _new(remote_domain_get_time_ret)
+    v.seconds, v.nseconds = _U_qI(b, o)
     o += 12
-    return remote_domain_get_time_ret(f_seconds_1, f_nseconds_2), o
+    return v, o
 
 
 def _e_remote_domain_get_time_ret(v: remote_domain_get_time_ret, w: bytearray) -> None:
-    w += _S_qI.pack(v.seconds, v.nseconds)
+    w += _P_qI(v.seconds, v.nseconds)
 
 
 def _d_remote_domain_set_time_args(b: bytes, o: int, n: int) -> tuple[remote_domain_set_time_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_set_time_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_seconds_7, f_nseconds_8, f_flags_9 = _S_16siqII.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.seconds, v.nseconds, v.flags = _U_16siqII(b, o)
     o += 36
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_set_time_args(f_dom_1, f_seconds_7, f_nseconds_8, f_flags_9), o
+    return v, o
 
 
 def _e_remote_domain_set_time_args(v: remote_domain_set_time_args, w: bytearray) -> None:
@@ -2047,32 +2339,42 @@ def _e_remote_domain_set_time_args(v: remote_domain_set_time_args, w: bytearray)
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siqII.pack(x4, x1.id, v.seconds, v.nseconds, v.flags)
+    w += _P_16siqII(x4, x1.id, v.seconds, v.nseconds, v.flags)
 
 
 def _d_remote_domain_event_callback_device_removed_msg(b: bytes, o: int, n: int) -> tuple[remote_domain_event_callback_device_removed_msg, int]:
-    f_callbackID_1, n5 = _S_iI.unpack_from(b, o)
+    big = n - o > 4194304
+    v = _new(remote_domain_event_callback_device_removed_msg)
+    x1 = _new(remote_domain_event_device_removed_msg)
+    v.msg = x1
+    x2 = _new(remote_nonnull_domain)
+    x1.dom = x2
+    v.callbackID, n3 = _U_iI(b, o)
     o += 8
-    e6 = o + n5
-    if e6 > n or n5 > 4194304: raise _Bad
-    f_name_4 = b[o:e6].decode()
-    o = e6 + (-n5 & 3)
-    if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-    f_uuid_7, f_id_8, n10 = _S_16siI.unpack_from(b, o)
+    e4 = o + n3
+    if e4 > n or big and n3 > 4194304: raise _Bad
+    x2.name = b[o:e4].decode()
+    if n3 & 3:
+        o = e4 + 4 - (n3 & 3)
+        if b[e4:o] != _ZPAD[o - e4]: raise _Bad
+    else:
+        o = e4
+    x2.uuid, x2.id, n5 = _U_16siI(b, o)
     o += 24
-    f_dom_3 = remote_nonnull_domain(f_name_4, f_uuid_7, f_id_8)
-    e11 = o + n10
-    if e11 > n or n10 > 4194304: raise _Bad
-    f_devAlias_9 = b[o:e11].decode()
-    o = e11 + (-n10 & 3)
-    if n10 & 3 and b[e11:o] != _ZPAD[o - e11]: raise _Bad
-    f_msg_2 = remote_domain_event_device_removed_msg(f_dom_3, f_devAlias_9)
-    return remote_domain_event_callback_device_removed_msg(f_callbackID_1, f_msg_2), o
+    e6 = o + n5
+    if e6 > n or big and n5 > 4194304: raise _Bad
+    x1.devAlias = b[o:e6].decode()
+    if n5 & 3:
+        o = e6 + 4 - (n5 & 3)
+        if b[e6:o] != _ZPAD[o - e6]: raise _Bad
+    else:
+        o = e6
+    return v, o
 
 
 def _e_remote_domain_event_callback_device_removed_msg(v: remote_domain_event_callback_device_removed_msg, w: bytearray) -> None:
@@ -2081,7 +2383,7 @@ def _e_remote_domain_event_callback_device_removed_msg(v: remote_domain_event_ca
     s3 = x2.name.encode('utf-8', 'surrogateescape')
     n4 = len(s3)
     if n4 > 4194304: raise _Bad
-    w += _S_iI.pack(v.callbackID, n4)
+    w += _P_iI(v.callbackID, n4)
     w += s3
     if n4 & 3: w += _ZPAD[-n4 & 3]
     x5 = x2.uuid
@@ -2089,30 +2391,39 @@ def _e_remote_domain_event_callback_device_removed_msg(v: remote_domain_event_ca
     s6 = x1.devAlias.encode('utf-8', 'surrogateescape')
     n7 = len(s6)
     if n7 > 4194304: raise _Bad
-    w += _S_16siI.pack(x5, x2.id, n7)
+    w += _P_16siI(x5, x2.id, n7)
     w += s6
     if n7 & 3: w += _ZPAD[-n7 & 3]
 
 
 def _d_remote_domain_event_block_job_2_msg(b: bytes, o: int, n: int) -> tuple[remote_domain_event_block_job_2_msg, int]:
-    f_callbackID_1, n4 = _S_iI.unpack_from(b, o)
+    big = n - o > 4194304
+    v = _new(remote_domain_event_block_job_2_msg)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    v.callbackID, n2 = _U_iI(b, o)
     o += 8
-    e5 = o + n4
-    if e5 > n or n4 > 4194304: raise _Bad
-    f_name_3 = b[o:e5].decode()
-    o = e5 + (-n4 & 3)
-    if n4 & 3 and b[e5:o] != _ZPAD[o - e5]: raise _Bad
-    f_uuid_6, f_id_7, n9 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_2 = remote_nonnull_domain(f_name_3, f_uuid_6, f_id_7)
-    e10 = o + n9
-    if e10 > n or n9 > 4194304: raise _Bad
-    f_dst_8 = b[o:e10].decode()
-    o = e10 + (-n9 & 3)
-    if n9 & 3 and b[e10:o] != _ZPAD[o - e10]: raise _Bad
-    f_type_11, f_status_12 = _S_ii.unpack_from(b, o)
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    v.dst = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    v.type, v.status = _U_ii(b, o)
     o += 8
-    return remote_domain_event_block_job_2_msg(f_callbackID_1, f_dom_2, f_dst_8, f_type_11, f_status_12), o
+    return v, o
 
 
 def _e_remote_domain_event_block_job_2_msg(v: remote_domain_event_block_job_2_msg, w: bytearray) -> None:
@@ -2120,7 +2431,7 @@ def _e_remote_domain_event_block_job_2_msg(v: remote_domain_event_block_job_2_ms
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_iI.pack(v.callbackID, n3)
+    w += _P_iI(v.callbackID, n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -2128,37 +2439,91 @@ def _e_remote_domain_event_block_job_2_msg(v: remote_domain_event_block_job_2_ms
     s5 = v.dst.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
-    w += _S_ii.pack(v.type, v.status)
+    w += _P_ii(v.type, v.status)
 
 
 def _d_remote_domain_event_callback_tunable_msg(b: bytes, o: int, n: int) -> tuple[remote_domain_event_callback_tunable_msg, int]:
-    f_callbackID_1, n4 = _S_iI.unpack_from(b, o)
+    big = n - o > 4194304
+    v = _new(remote_domain_event_callback_tunable_msg)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    v.callbackID, n2 = _U_iI(b, o)
     o += 8
-    e5 = o + n4
-    if e5 > n or n4 > 4194304: raise _Bad
-    f_name_3 = b[o:e5].decode()
-    o = e5 + (-n4 & 3)
-    if n4 & 3 and b[e5:o] != _ZPAD[o - e5]: raise _Bad
-    f_uuid_6, f_id_7, n9 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_2 = remote_nonnull_domain(f_name_3, f_uuid_6, f_id_7)
-    if n9 > 2048 or n9 * 12 > n - o: raise _Bad
-    f_params_8 = []
-    for _ in range(n9):
-        n12 = _S_I.unpack_from(b, o)[0]
+    if n4 > 2048 or n4 * 12 > n - o: raise _Bad
+    x6: list[Any] = []
+    v.params = x6
+    L_U_I = _U_I
+    L_U_Q = _U_Q
+    L_U_d = _U_d
+    L_U_i = _U_i
+    L_U_q = _U_q
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_typed_param = remote_typed_param
+    L_remote_typed_param_value = remote_typed_param_value
+    for _ in range(n4):
+        it5 = L_new(L_remote_typed_param)
+        n7, = L_U_I(b, o)
         o += 4
-        e13 = o + n12
-        if e13 > n or n12 > 4194304: raise _Bad
-        f_field_11 = b[o:e13].decode()
-        o = e13 + (-n12 & 3)
-        if n12 & 3 and b[e13:o] != _ZPAD[o - e13]: raise _Bad
-        f_value_14, o = _d_remote_typed_param_value(b, o, n)
-        it10 = remote_typed_param(f_field_11, f_value_14)
-        f_params_8.append(it10)
-    return remote_domain_event_callback_tunable_msg(f_callbackID_1, f_dom_2, f_params_8), o
+        e8 = o + n7
+        if e8 > n or big and n7 > 4194304: raise _Bad
+        it5.field = b[o:e8].decode()
+        if n7 & 3:
+            o = e8 + 4 - (n7 & 3)
+            if b[e8:o] != L_ZPAD[o - e8]: raise _Bad
+        else:
+            o = e8
+        x9 = L_new(L_remote_typed_param_value)
+        d10, = L_U_i(b, o)
+        o += 4
+        if d10 == 1:
+            x9.value, = L_U_i(b, o)
+            o += 4
+        elif d10 == 2:
+            x9.value, = L_U_I(b, o)
+            o += 4
+        elif d10 == 3:
+            x9.value, = L_U_q(b, o)
+            o += 8
+        elif d10 == 4:
+            x9.value, = L_U_Q(b, o)
+            o += 8
+        elif d10 == 5:
+            x9.value, = L_U_d(b, o)
+            o += 8
+        elif d10 == 6:
+            x9.value, = L_U_i(b, o)
+            o += 4
+        elif d10 == 7:
+            n11, = L_U_I(b, o)
+            o += 4
+            e12 = o + n11
+            if e12 > n or big and n11 > 4194304: raise _Bad
+            x9.value = b[o:e12].decode()
+            if n11 & 3:
+                o = e12 + 4 - (n11 & 3)
+                if b[e12:o] != L_ZPAD[o - e12]: raise _Bad
+            else:
+                o = e12
+        else:
+            raise _Bad
+        x9.type = d10
+        it5.value = x9
+        x6.append(it5)
+    return v, o
 
 
 def _e_remote_domain_event_callback_tunable_msg(v: remote_domain_event_callback_tunable_msg, w: bytearray) -> None:
@@ -2166,7 +2531,7 @@ def _e_remote_domain_event_callback_tunable_msg(v: remote_domain_event_callback_
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_iI.pack(v.callbackID, n3)
+    w += _P_iI(v.callbackID, n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -2174,42 +2539,54 @@ def _e_remote_domain_event_callback_tunable_msg(v: remote_domain_event_callback_
     x5 = v.params
     n6 = len(x5)
     if n6 > 2048: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     for it7 in x5:
         s8 = it7.field.encode('utf-8', 'surrogateescape')
         n9 = len(s8)
         if n9 > 4194304: raise _Bad
-        w += _S_I.pack(n9)
+        w += _P_I(n9)
         w += s8
         if n9 & 3: w += _ZPAD[-n9 & 3]
         _e_remote_typed_param_value(it7.value, w)
 
 
 def _d_remote_domain_fsfreeze_args(b: bytes, o: int, n: int) -> tuple[remote_domain_fsfreeze_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_fsfreeze_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    if n8 > 256 or n8 * 4 > n - o: raise _Bad
-    f_mountpoints_7 = []
-    for _ in range(n8):
-        n10 = _S_I.unpack_from(b, o)[0]
+    if n4 > 256 or n4 * 4 > n - o: raise _Bad
+    x6: list[Any] = []
+    v.mountpoints = x6
+    L_U_I = _U_I
+    L_ZPAD = _ZPAD
+    for _ in range(n4):
+        n7, = L_U_I(b, o)
         o += 4
-        e11 = o + n10
-        if e11 > n or n10 > 4194304: raise _Bad
-        it9 = b[o:e11].decode()
-        o = e11 + (-n10 & 3)
-        if n10 & 3 and b[e11:o] != _ZPAD[o - e11]: raise _Bad
-        f_mountpoints_7.append(it9)
-    f_flags_12 = _S_I.unpack_from(b, o)[0]
+        e8 = o + n7
+        if e8 > n or big and n7 > 4194304: raise _Bad
+        it5 = b[o:e8].decode()
+        if n7 & 3:
+            o = e8 + 4 - (n7 & 3)
+            if b[e8:o] != L_ZPAD[o - e8]: raise _Bad
+        else:
+            o = e8
+        x6.append(it5)
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_domain_fsfreeze_args(f_dom_1, f_mountpoints_7, f_flags_12), o
+    return v, o
 
 
 def _e_remote_domain_fsfreeze_args(v: remote_domain_fsfreeze_args, w: bytearray) -> None:
@@ -2217,7 +2594,7 @@ def _e_remote_domain_fsfreeze_args(v: remote_domain_fsfreeze_args, w: bytearray)
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -2225,52 +2602,65 @@ def _e_remote_domain_fsfreeze_args(v: remote_domain_fsfreeze_args, w: bytearray)
     x5 = v.mountpoints
     n6 = len(x5)
     if n6 > 256: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     for it7 in x5:
         s8 = it7.encode('utf-8', 'surrogateescape')
         n9 = len(s8)
         if n9 > 4194304: raise _Bad
-        w += _S_I.pack(n9)
+        w += _P_I(n9)
         w += s8
         if n9 & 3: w += _ZPAD[-n9 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_domain_fsfreeze_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_fsfreeze_ret, int]:
-    f_filesystems_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_domain_fsfreeze_ret)
+    v.filesystems, = _U_i(b, o)
     o += 4
-    return remote_domain_fsfreeze_ret(f_filesystems_1), o
+    return v, o
 
 
 def _e_remote_domain_fsfreeze_ret(v: remote_domain_fsfreeze_ret, w: bytearray) -> None:
-    w += _S_i.pack(v.filesystems)
+    w += _P_i(v.filesystems)
 
 
 def _d_remote_domain_fsthaw_args(b: bytes, o: int, n: int) -> tuple[remote_domain_fsthaw_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_fsthaw_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    if n8 > 256 or n8 * 4 > n - o: raise _Bad
-    f_mountpoints_7 = []
-    for _ in range(n8):
-        n10 = _S_I.unpack_from(b, o)[0]
+    if n4 > 256 or n4 * 4 > n - o: raise _Bad
+    x6: list[Any] = []
+    v.mountpoints = x6
+    L_U_I = _U_I
+    L_ZPAD = _ZPAD
+    for _ in range(n4):
+        n7, = L_U_I(b, o)
         o += 4
-        e11 = o + n10
-        if e11 > n or n10 > 4194304: raise _Bad
-        it9 = b[o:e11].decode()
-        o = e11 + (-n10 & 3)
-        if n10 & 3 and b[e11:o] != _ZPAD[o - e11]: raise _Bad
-        f_mountpoints_7.append(it9)
-    f_flags_12 = _S_I.unpack_from(b, o)[0]
+        e8 = o + n7
+        if e8 > n or big and n7 > 4194304: raise _Bad
+        it5 = b[o:e8].decode()
+        if n7 & 3:
+            o = e8 + 4 - (n7 & 3)
+            if b[e8:o] != L_ZPAD[o - e8]: raise _Bad
+        else:
+            o = e8
+        x6.append(it5)
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_domain_fsthaw_args(f_dom_1, f_mountpoints_7, f_flags_12), o
+    return v, o
 
 
 def _e_remote_domain_fsthaw_args(v: remote_domain_fsthaw_args, w: bytearray) -> None:
@@ -2278,7 +2668,7 @@ def _e_remote_domain_fsthaw_args(v: remote_domain_fsthaw_args, w: bytearray) -> 
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -2286,187 +2676,212 @@ def _e_remote_domain_fsthaw_args(v: remote_domain_fsthaw_args, w: bytearray) -> 
     x5 = v.mountpoints
     n6 = len(x5)
     if n6 > 256: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     for it7 in x5:
         s8 = it7.encode('utf-8', 'surrogateescape')
         n9 = len(s8)
         if n9 > 4194304: raise _Bad
-        w += _S_I.pack(n9)
+        w += _P_I(n9)
         w += s8
         if n9 & 3: w += _ZPAD[-n9 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_domain_fsthaw_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_fsthaw_ret, int]:
-    f_filesystems_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_domain_fsthaw_ret)
+    v.filesystems, = _U_i(b, o)
     o += 4
-    return remote_domain_fsthaw_ret(f_filesystems_1), o
+    return v, o
 
 
 def _e_remote_domain_fsthaw_ret(v: remote_domain_fsthaw_ret, w: bytearray) -> None:
-    w += _S_i.pack(v.filesystems)
+    w += _P_i(v.filesystems)
 
 
 def _d_remote_node_get_free_pages_args(b: bytes, o: int, n: int) -> tuple[remote_node_get_free_pages_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    v = _new(remote_node_get_free_pages_args)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 1024 or n2 * 4 > n - o: raise _Bad
-    f_pages_1 = list(_unpack_from('>%dI' % n2, b, o))
-    o += 4 * n2
-    f_startCell_3, f_cellCount_4, f_flags_5 = _S_iII.unpack_from(b, o)
+    if n1 > 1024 or n1 * 4 > n - o: raise _Bad
+    v.pages = list(_unpack_from('>%dI' % n1, b, o))
+    o += 4 * n1
+    v.startCell, v.cellCount, v.flags = _U_iII(b, o)
     o += 12
-    return remote_node_get_free_pages_args(f_pages_1, f_startCell_3, f_cellCount_4, f_flags_5), o
+    return v, o
 
 
 def _e_remote_node_get_free_pages_args(v: remote_node_get_free_pages_args, w: bytearray) -> None:
     x1 = v.pages
     n2 = len(x1)
     if n2 > 1024: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += _pack('>%dI' % len(x1), *x1)
-    w += _S_iII.pack(v.startCell, v.cellCount, v.flags)
+    w += _P_iII(v.startCell, v.cellCount, v.flags)
 
 
 def _d_remote_node_get_free_pages_ret(b: bytes, o: int, n: int) -> tuple[remote_node_get_free_pages_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    v = _new(remote_node_get_free_pages_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 1024 or n2 * 8 > n - o: raise _Bad
-    f_counts_1 = list(_unpack_from('>%dQ' % n2, b, o))
-    o += 8 * n2
-    return remote_node_get_free_pages_ret(f_counts_1), o
+    if n1 > 1024 or n1 * 8 > n - o: raise _Bad
+    v.counts = list(_unpack_from('>%dQ' % n1, b, o))
+    o += 8 * n1
+    return v, o
 
 
 def _e_remote_node_get_free_pages_ret(v: remote_node_get_free_pages_ret, w: bytearray) -> None:
     x1 = v.counts
     n2 = len(x1)
     if n2 > 1024: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += _pack('>%dQ' % len(x1), *x1)
 
 
 def _d_remote_node_alloc_pages_args(b: bytes, o: int, n: int) -> tuple[remote_node_alloc_pages_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    v = _new(remote_node_alloc_pages_args)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 1024 or n2 * 4 > n - o: raise _Bad
-    f_pageSizes_1 = list(_unpack_from('>%dI' % n2, b, o))
-    o += 4 * n2
-    n4 = _S_I.unpack_from(b, o)[0]
+    if n1 > 1024 or n1 * 4 > n - o: raise _Bad
+    v.pageSizes = list(_unpack_from('>%dI' % n1, b, o))
+    o += 4 * n1
+    n2, = _U_I(b, o)
     o += 4
-    if n4 > 1024 or n4 * 8 > n - o: raise _Bad
-    f_pageCounts_3 = list(_unpack_from('>%dQ' % n4, b, o))
-    o += 8 * n4
-    f_startCell_5, f_cellCount_6, f_flags_7 = _S_iII.unpack_from(b, o)
+    if n2 > 1024 or n2 * 8 > n - o: raise _Bad
+    v.pageCounts = list(_unpack_from('>%dQ' % n2, b, o))
+    o += 8 * n2
+    v.startCell, v.cellCount, v.flags = _U_iII(b, o)
     o += 12
-    return remote_node_alloc_pages_args(f_pageSizes_1, f_pageCounts_3, f_startCell_5, f_cellCount_6, f_flags_7), o
+    return v, o
 
 
 def _e_remote_node_alloc_pages_args(v: remote_node_alloc_pages_args, w: bytearray) -> None:
     x1 = v.pageSizes
     n2 = len(x1)
     if n2 > 1024: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += _pack('>%dI' % len(x1), *x1)
     x3 = v.pageCounts
     n4 = len(x3)
     if n4 > 1024: raise _Bad
-    w += _S_I.pack(n4)
+    w += _P_I(n4)
     w += _pack('>%dQ' % len(x3), *x3)
-    w += _S_iII.pack(v.startCell, v.cellCount, v.flags)
+    w += _P_iII(v.startCell, v.cellCount, v.flags)
 
 
 def _d_remote_node_alloc_pages_ret(b: bytes, o: int, n: int) -> tuple[remote_node_alloc_pages_ret, int]:
-    f_ret_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_node_alloc_pages_ret)
+    v.ret, = _U_i(b, o)
     o += 4
-    return remote_node_alloc_pages_ret(f_ret_1), o
+    return v, o
 
 
 def _e_remote_node_alloc_pages_ret(v: remote_node_alloc_pages_ret, w: bytearray) -> None:
-    w += _S_i.pack(v.ret)
+    w += _P_i(v.ret)
 
 
 def _d_remote_network_dhcp_lease(b: bytes, o: int, n: int) -> tuple[remote_network_dhcp_lease, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_network_dhcp_lease)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_iface_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    f_expirytime_4, f_type_5, n7 = _S_qiI.unpack_from(b, o)
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.iface = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    v.expirytime, v.type, n3 = _U_qiI(b, o)
     o += 16
-    if n7 == 0:
-        f_mac_6 = None
-    elif n7 == 1:
-        n8 = _S_I.unpack_from(b, o)[0]
+    if n3 == 0:
+        v.mac = None
+    elif n3 == 1:
+        n4, = _U_I(b, o)
         o += 4
-        e9 = o + n8
-        if e9 > n or n8 > 4194304: raise _Bad
-        f_mac_6 = b[o:e9].decode()
-        o = e9 + (-n8 & 3)
-        if n8 & 3 and b[e9:o] != _ZPAD[o - e9]: raise _Bad
+        e5 = o + n4
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        v.mac = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
     else:
         raise _Bad
-    n11 = _S_I.unpack_from(b, o)[0]
+    n6, = _U_I(b, o)
     o += 4
+    if n6 == 0:
+        v.iaid = None
+    elif n6 == 1:
+        n7, = _U_I(b, o)
+        o += 4
+        e8 = o + n7
+        if e8 > n or big and n7 > 4194304: raise _Bad
+        v.iaid = b[o:e8].decode()
+        if n7 & 3:
+            o = e8 + 4 - (n7 & 3)
+            if b[e8:o] != _ZPAD[o - e8]: raise _Bad
+        else:
+            o = e8
+    else:
+        raise _Bad
+    n9, = _U_I(b, o)
+    o += 4
+    e10 = o + n9
+    if e10 > n or big and n9 > 4194304: raise _Bad
+    v.ipaddr = b[o:e10].decode()
+    if n9 & 3:
+        o = e10 + 4 - (n9 & 3)
+        if b[e10:o] != _ZPAD[o - e10]: raise _Bad
+    else:
+        o = e10
+    v.prefix, n11 = _U_II(b, o)
+    o += 8
     if n11 == 0:
-        f_iaid_10 = None
+        v.hostname = None
     elif n11 == 1:
-        n12 = _S_I.unpack_from(b, o)[0]
+        n12, = _U_I(b, o)
         o += 4
         e13 = o + n12
-        if e13 > n or n12 > 4194304: raise _Bad
-        f_iaid_10 = b[o:e13].decode()
-        o = e13 + (-n12 & 3)
-        if n12 & 3 and b[e13:o] != _ZPAD[o - e13]: raise _Bad
+        if e13 > n or big and n12 > 4194304: raise _Bad
+        v.hostname = b[o:e13].decode()
+        if n12 & 3:
+            o = e13 + 4 - (n12 & 3)
+            if b[e13:o] != _ZPAD[o - e13]: raise _Bad
+        else:
+            o = e13
     else:
         raise _Bad
-    n15 = _S_I.unpack_from(b, o)[0]
+    n14, = _U_I(b, o)
     o += 4
-    e16 = o + n15
-    if e16 > n or n15 > 4194304: raise _Bad
-    f_ipaddr_14 = b[o:e16].decode()
-    o = e16 + (-n15 & 3)
-    if n15 & 3 and b[e16:o] != _ZPAD[o - e16]: raise _Bad
-    f_prefix_17, n19 = _S_II.unpack_from(b, o)
-    o += 8
-    if n19 == 0:
-        f_hostname_18 = None
-    elif n19 == 1:
-        n20 = _S_I.unpack_from(b, o)[0]
+    if n14 == 0:
+        v.clientid = None
+    elif n14 == 1:
+        n15, = _U_I(b, o)
         o += 4
-        e21 = o + n20
-        if e21 > n or n20 > 4194304: raise _Bad
-        f_hostname_18 = b[o:e21].decode()
-        o = e21 + (-n20 & 3)
-        if n20 & 3 and b[e21:o] != _ZPAD[o - e21]: raise _Bad
+        e16 = o + n15
+        if e16 > n or big and n15 > 4194304: raise _Bad
+        v.clientid = b[o:e16].decode()
+        if n15 & 3:
+            o = e16 + 4 - (n15 & 3)
+            if b[e16:o] != _ZPAD[o - e16]: raise _Bad
+        else:
+            o = e16
     else:
         raise _Bad
-    n23 = _S_I.unpack_from(b, o)[0]
-    o += 4
-    if n23 == 0:
-        f_clientid_22 = None
-    elif n23 == 1:
-        n24 = _S_I.unpack_from(b, o)[0]
-        o += 4
-        e25 = o + n24
-        if e25 > n or n24 > 4194304: raise _Bad
-        f_clientid_22 = b[o:e25].decode()
-        o = e25 + (-n24 & 3)
-        if n24 & 3 and b[e25:o] != _ZPAD[o - e25]: raise _Bad
-    else:
-        raise _Bad
-    return remote_network_dhcp_lease(f_iface_1, f_expirytime_4, f_type_5, f_mac_6, f_iaid_10, f_ipaddr_14, f_prefix_17, f_hostname_18, f_clientid_22), o
+    return v, o
 
 
 def _e_remote_network_dhcp_lease(v: remote_network_dhcp_lease, w: bytearray) -> None:
     s1 = v.iface.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
     x3 = v.mac
-    w += _S_qi.pack(v.expirytime, v.type)
+    w += _P_qi(v.expirytime, v.type)
     if x3 is None:
         w += _FLAG0
     else:
@@ -2474,7 +2889,7 @@ def _e_remote_network_dhcp_lease(v: remote_network_dhcp_lease, w: bytearray) -> 
         s4 = x3.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
     x6 = v.iaid
@@ -2485,17 +2900,17 @@ def _e_remote_network_dhcp_lease(v: remote_network_dhcp_lease, w: bytearray) -> 
         s7 = x6.encode('utf-8', 'surrogateescape')
         n8 = len(s7)
         if n8 > 4194304: raise _Bad
-        w += _S_I.pack(n8)
+        w += _P_I(n8)
         w += s7
         if n8 & 3: w += _ZPAD[-n8 & 3]
     s9 = v.ipaddr.encode('utf-8', 'surrogateescape')
     n10 = len(s9)
     if n10 > 4194304: raise _Bad
-    w += _S_I.pack(n10)
+    w += _P_I(n10)
     w += s9
     if n10 & 3: w += _ZPAD[-n10 & 3]
     x11 = v.hostname
-    w += _S_I.pack(v.prefix)
+    w += _P_I(v.prefix)
     if x11 is None:
         w += _FLAG0
     else:
@@ -2503,7 +2918,7 @@ def _e_remote_network_dhcp_lease(v: remote_network_dhcp_lease, w: bytearray) -> 
         s12 = x11.encode('utf-8', 'surrogateescape')
         n13 = len(s12)
         if n13 > 4194304: raise _Bad
-        w += _S_I.pack(n13)
+        w += _P_I(n13)
         w += s12
         if n13 & 3: w += _ZPAD[-n13 & 3]
     x14 = v.clientid
@@ -2514,37 +2929,46 @@ def _e_remote_network_dhcp_lease(v: remote_network_dhcp_lease, w: bytearray) -> 
         s15 = x14.encode('utf-8', 'surrogateescape')
         n16 = len(s15)
         if n16 > 4194304: raise _Bad
-        w += _S_I.pack(n16)
+        w += _P_I(n16)
         w += s15
         if n16 & 3: w += _ZPAD[-n16 & 3]
 
 
 def _d_remote_network_get_dhcp_leases_args(b: bytes, o: int, n: int) -> tuple[remote_network_get_dhcp_leases_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_network_get_dhcp_leases_args)
+    x1 = _new(remote_nonnull_network)
+    v.net = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, n7 = _S_16sI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, n4 = _U_16sI(b, o)
     o += 20
-    f_net_1 = remote_nonnull_network(f_name_2, f_uuid_5)
-    if n7 == 0:
-        f_mac_6 = None
-    elif n7 == 1:
-        n8 = _S_I.unpack_from(b, o)[0]
+    if n4 == 0:
+        v.mac = None
+    elif n4 == 1:
+        n5, = _U_I(b, o)
         o += 4
-        e9 = o + n8
-        if e9 > n or n8 > 4194304: raise _Bad
-        f_mac_6 = b[o:e9].decode()
-        o = e9 + (-n8 & 3)
-        if n8 & 3 and b[e9:o] != _ZPAD[o - e9]: raise _Bad
+        e6 = o + n5
+        if e6 > n or big and n5 > 4194304: raise _Bad
+        v.mac = b[o:e6].decode()
+        if n5 & 3:
+            o = e6 + 4 - (n5 & 3)
+            if b[e6:o] != _ZPAD[o - e6]: raise _Bad
+        else:
+            o = e6
     else:
         raise _Bad
-    f_need_results_10, f_flags_11 = _S_iI.unpack_from(b, o)
+    v.need_results, v.flags = _U_iI(b, o)
     o += 8
-    return remote_network_get_dhcp_leases_args(f_net_1, f_mac_6, f_need_results_10, f_flags_11), o
+    return v, o
 
 
 def _e_remote_network_get_dhcp_leases_args(v: remote_network_get_dhcp_leases_args, w: bytearray) -> None:
@@ -2552,13 +2976,13 @@ def _e_remote_network_get_dhcp_leases_args(v: remote_network_get_dhcp_leases_arg
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
     x5 = v.mac
-    w += _S_16s.pack(x4)
+    w += _P_16s(x4)
     if x5 is None:
         w += _FLAG0
     else:
@@ -2566,60 +2990,116 @@ def _e_remote_network_get_dhcp_leases_args(v: remote_network_get_dhcp_leases_arg
         s6 = x5.encode('utf-8', 'surrogateescape')
         n7 = len(s6)
         if n7 > 4194304: raise _Bad
-        w += _S_I.pack(n7)
+        w += _P_I(n7)
         w += s6
         if n7 & 3: w += _ZPAD[-n7 & 3]
-    w += _S_iI.pack(v.need_results, v.flags)
+    w += _P_iI(v.need_results, v.flags)
 
 
 def _d_remote_network_get_dhcp_leases_ret(b: bytes, o: int, n: int) -> tuple[remote_network_get_dhcp_leases_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    v = _new(remote_network_get_dhcp_leases_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 65536 or n2 * 40 > n - o: raise _Bad
-    f_leases_1 = []
-    for _ in range(n2):
-        it3, o = _d_remote_network_dhcp_lease(b, o, n)
-        f_leases_1.append(it3)
-    f_ret_4 = _S_I.unpack_from(b, o)[0]
+    if n1 > 65536 or n1 * 40 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.leases = x3
+    for _ in range(n1):
+        it2, o = _d_remote_network_dhcp_lease(b, o, n)
+        x3.append(it2)
+    v.ret, = _U_I(b, o)
     o += 4
-    return remote_network_get_dhcp_leases_ret(f_leases_1, f_ret_4), o
+    return v, o
 
 
 def _e_remote_network_get_dhcp_leases_ret(v: remote_network_get_dhcp_leases_ret, w: bytearray) -> None:
     x1 = v.leases
     n2 = len(x1)
     if n2 > 65536: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
         _e_remote_network_dhcp_lease(it3, w)
-    w += _S_I.pack(v.ret)
+    w += _P_I(v.ret)
 
 
 def _d_remote_domain_stats_record(b: bytes, o: int, n: int) -> tuple[remote_domain_stats_record, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_stats_record)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    if n8 > 262144 or n8 * 12 > n - o: raise _Bad
-    f_params_7 = []
-    for _ in range(n8):
-        n11 = _S_I.unpack_from(b, o)[0]
+    if n4 > 262144 or n4 * 12 > n - o: raise _Bad
+    x6: list[Any] = []
+    v.params = x6
+    L_U_I = _U_I
+    L_U_Q = _U_Q
+    L_U_d = _U_d
+    L_U_i = _U_i
+    L_U_q = _U_q
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_typed_param = remote_typed_param
+    L_remote_typed_param_value = remote_typed_param_value
+    for _ in range(n4):
+        it5 = L_new(L_remote_typed_param)
+        n7, = L_U_I(b, o)
         o += 4
-        e12 = o + n11
-        if e12 > n or n11 > 4194304: raise _Bad
-        f_field_10 = b[o:e12].decode()
-        o = e12 + (-n11 & 3)
-        if n11 & 3 and b[e12:o] != _ZPAD[o - e12]: raise _Bad
-        f_value_13, o = _d_remote_typed_param_value(b, o, n)
-        it9 = remote_typed_param(f_field_10, f_value_13)
-        f_params_7.append(it9)
-    return remote_domain_stats_record(f_dom_1, f_params_7), o
+        e8 = o + n7
+        if e8 > n or big and n7 > 4194304: raise _Bad
+        it5.field = b[o:e8].decode()
+        if n7 & 3:
+            o = e8 + 4 - (n7 & 3)
+            if b[e8:o] != L_ZPAD[o - e8]: raise _Bad
+        else:
+            o = e8
+        x9 = L_new(L_remote_typed_param_value)
+        d10, = L_U_i(b, o)
+        o += 4
+        if d10 == 1:
+            x9.value, = L_U_i(b, o)
+            o += 4
+        elif d10 == 2:
+            x9.value, = L_U_I(b, o)
+            o += 4
+        elif d10 == 3:
+            x9.value, = L_U_q(b, o)
+            o += 8
+        elif d10 == 4:
+            x9.value, = L_U_Q(b, o)
+            o += 8
+        elif d10 == 5:
+            x9.value, = L_U_d(b, o)
+            o += 8
+        elif d10 == 6:
+            x9.value, = L_U_i(b, o)
+            o += 4
+        elif d10 == 7:
+            n11, = L_U_I(b, o)
+            o += 4
+            e12 = o + n11
+            if e12 > n or big and n11 > 4194304: raise _Bad
+            x9.value = b[o:e12].decode()
+            if n11 & 3:
+                o = e12 + 4 - (n11 & 3)
+                if b[e12:o] != L_ZPAD[o - e12]: raise _Bad
+            else:
+                o = e12
+        else:
+            raise _Bad
+        x9.type = d10
+        it5.value = x9
+        x6.append(it5)
+    return v, o
 
 
 def _e_remote_domain_stats_record(v: remote_domain_stats_record, w: bytearray) -> None:
@@ -2627,7 +3107,7 @@ def _e_remote_domain_stats_record(v: remote_domain_stats_record, w: bytearray) -
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -2635,69 +3115,86 @@ def _e_remote_domain_stats_record(v: remote_domain_stats_record, w: bytearray) -
     x5 = v.params
     n6 = len(x5)
     if n6 > 262144: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     for it7 in x5:
         s8 = it7.field.encode('utf-8', 'surrogateescape')
         n9 = len(s8)
         if n9 > 4194304: raise _Bad
-        w += _S_I.pack(n9)
+        w += _P_I(n9)
         w += s8
         if n9 & 3: w += _ZPAD[-n9 & 3]
         _e_remote_typed_param_value(it7.value, w)
 
 
 def _d_remote_connect_get_all_domain_stats_args(b: bytes, o: int, n: int) -> tuple[remote_connect_get_all_domain_stats_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_connect_get_all_domain_stats_args)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 16384 or n2 * 24 > n - o: raise _Bad
-    f_doms_1 = []
-    for _ in range(n2):
-        n5 = _S_I.unpack_from(b, o)[0]
+    if n1 > 16384 or n1 * 24 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.doms = x3
+    L_U_16si = _U_16si
+    L_U_I = _U_I
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_nonnull_domain = remote_nonnull_domain
+    for _ in range(n1):
+        it2 = L_new(L_remote_nonnull_domain)
+        n4, = L_U_I(b, o)
         o += 4
-        e6 = o + n5
-        if e6 > n or n5 > 4194304: raise _Bad
-        f_name_4 = b[o:e6].decode()
-        o = e6 + (-n5 & 3)
-        if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-        f_uuid_7, f_id_8 = _S_16si.unpack_from(b, o)
+        e5 = o + n4
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        it2.name = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != L_ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
+        it2.uuid, it2.id = L_U_16si(b, o)
         o += 20
-        it3 = remote_nonnull_domain(f_name_4, f_uuid_7, f_id_8)
-        f_doms_1.append(it3)
-    f_stats_9, f_flags_10 = _S_II.unpack_from(b, o)
+        x3.append(it2)
+    v.stats, v.flags = _U_II(b, o)
     o += 8
-    return remote_connect_get_all_domain_stats_args(f_doms_1, f_stats_9, f_flags_10), o
+    return v, o
 
 
 def _e_remote_connect_get_all_domain_stats_args(v: remote_connect_get_all_domain_stats_args, w: bytearray) -> None:
     x1 = v.doms
     n2 = len(x1)
     if n2 > 16384: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
         s4 = it3.name.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
         x6 = it3.uuid
         if len(x6) != 16: raise _Bad
-        w += _S_16si.pack(x6, it3.id)
-    w += _S_II.pack(v.stats, v.flags)
+        w += _P_16si(x6, it3.id)
+    w += _P_II(v.stats, v.flags)
 
 
 def _d_remote_domain_event_callback_agent_lifecycle_msg(b: bytes, o: int, n: int) -> tuple[remote_domain_event_callback_agent_lifecycle_msg, int]:
-    f_callbackID_1, n4 = _S_iI.unpack_from(b, o)
+    big = n - o > 4194304
+    v = _new(remote_domain_event_callback_agent_lifecycle_msg)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    v.callbackID, n2 = _U_iI(b, o)
     o += 8
-    e5 = o + n4
-    if e5 > n or n4 > 4194304: raise _Bad
-    f_name_3 = b[o:e5].decode()
-    o = e5 + (-n4 & 3)
-    if n4 & 3 and b[e5:o] != _ZPAD[o - e5]: raise _Bad
-    f_uuid_6, f_id_7, f_state_8, f_reason_9 = _S_16siii.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.state, v.reason = _U_16siii(b, o)
     o += 28
-    f_dom_2 = remote_nonnull_domain(f_name_3, f_uuid_6, f_id_7)
-    return remote_domain_event_callback_agent_lifecycle_msg(f_callbackID_1, f_dom_2, f_state_8, f_reason_9), o
+    return v, o
 
 
 def _e_remote_domain_event_callback_agent_lifecycle_msg(v: remote_domain_event_callback_agent_lifecycle_msg, w: bytearray) -> None:
@@ -2705,130 +3202,234 @@ def _e_remote_domain_event_callback_agent_lifecycle_msg(v: remote_domain_event_c
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_iI.pack(v.callbackID, n3)
+    w += _P_iI(v.callbackID, n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siii.pack(x4, x1.id, v.state, v.reason)
+    w += _P_16siii(x4, x1.id, v.state, v.reason)
 
 
 def _d_remote_connect_get_all_domain_stats_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_get_all_domain_stats_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_connect_get_all_domain_stats_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 16384 or n2 * 28 > n - o: raise _Bad
-    f_retStats_1 = []
-    for _ in range(n2):
-        f_dom_4, o = _d_remote_nonnull_domain(b, o, n)
-        n6 = _S_I.unpack_from(b, o)[0]
+    if n1 > 16384 or n1 * 28 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.retStats = x3
+    L_U_16siI = _U_16siI
+    L_U_I = _U_I
+    L_U_Q = _U_Q
+    L_U_d = _U_d
+    L_U_i = _U_i
+    L_U_q = _U_q
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_domain_stats_record = remote_domain_stats_record
+    L_remote_nonnull_domain = remote_nonnull_domain
+    L_remote_typed_param = remote_typed_param
+    L_remote_typed_param_value = remote_typed_param_value
+    for _ in range(n1):
+        it2 = L_new(L_remote_domain_stats_record)
+        x4 = L_new(L_remote_nonnull_domain)
+        it2.dom = x4
+        n5, = L_U_I(b, o)
         o += 4
-        if n6 > 262144 or n6 * 12 > n - o: raise _Bad
-        f_params_5 = []
-        for _ in range(n6):
-            it7, o = _d_remote_typed_param(b, o, n)
-            f_params_5.append(it7)
-        it3 = remote_domain_stats_record(f_dom_4, f_params_5)
-        f_retStats_1.append(it3)
-    return remote_connect_get_all_domain_stats_ret(f_retStats_1), o
+        e6 = o + n5
+        if e6 > n or big and n5 > 4194304: raise _Bad
+        x4.name = b[o:e6].decode()
+        if n5 & 3:
+            o = e6 + 4 - (n5 & 3)
+            if b[e6:o] != L_ZPAD[o - e6]: raise _Bad
+        else:
+            o = e6
+        x4.uuid, x4.id, n7 = L_U_16siI(b, o)
+        o += 24
+        if n7 > 262144 or n7 * 12 > n - o: raise _Bad
+        x9: list[Any] = []
+        it2.params = x9
+        for _ in range(n7):
+            it8 = L_new(L_remote_typed_param)
+            n10, = L_U_I(b, o)
+            o += 4
+            e11 = o + n10
+            if e11 > n or big and n10 > 4194304: raise _Bad
+            it8.field = b[o:e11].decode()
+            if n10 & 3:
+                o = e11 + 4 - (n10 & 3)
+                if b[e11:o] != L_ZPAD[o - e11]: raise _Bad
+            else:
+                o = e11
+            x12 = L_new(L_remote_typed_param_value)
+            d13, = L_U_i(b, o)
+            o += 4
+            if d13 == 1:
+                x12.value, = L_U_i(b, o)
+                o += 4
+            elif d13 == 2:
+                x12.value, = L_U_I(b, o)
+                o += 4
+            elif d13 == 3:
+                x12.value, = L_U_q(b, o)
+                o += 8
+            elif d13 == 4:
+                x12.value, = L_U_Q(b, o)
+                o += 8
+            elif d13 == 5:
+                x12.value, = L_U_d(b, o)
+                o += 8
+            elif d13 == 6:
+                x12.value, = L_U_i(b, o)
+                o += 4
+            elif d13 == 7:
+                n14, = L_U_I(b, o)
+                o += 4
+                e15 = o + n14
+                if e15 > n or big and n14 > 4194304: raise _Bad
+                x12.value = b[o:e15].decode()
+                if n14 & 3:
+                    o = e15 + 4 - (n14 & 3)
+                    if b[e15:o] != L_ZPAD[o - e15]: raise _Bad
+                else:
+                    o = e15
+            else:
+                raise _Bad
+            x12.type = d13
+            it8.value = x12
+            x9.append(it8)
+        x3.append(it2)
+    return v, o
 
 
 def _e_remote_connect_get_all_domain_stats_ret(v: remote_connect_get_all_domain_stats_ret, w: bytearray) -> None:
     x1 = v.retStats
     n2 = len(x1)
     if n2 > 16384: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
-        _e_remote_nonnull_domain(it3.dom, w)
-        x4 = it3.params
-        n5 = len(x4)
-        if n5 > 262144: raise _Bad
-        w += _S_I.pack(n5)
-        for it6 in x4:
-            _e_remote_typed_param(it6, w)
+        x4 = it3.dom
+        s5 = x4.name.encode('utf-8', 'surrogateescape')
+        n6 = len(s5)
+        if n6 > 4194304: raise _Bad
+        w += _P_I(n6)
+        w += s5
+        if n6 & 3: w += _ZPAD[-n6 & 3]
+        x7 = x4.uuid
+        if len(x7) != 16: raise _Bad
+        x8 = it3.params
+        n9 = len(x8)
+        if n9 > 262144: raise _Bad
+        w += _P_16siI(x7, x4.id, n9)
+        for it10 in x8:
+            _e_remote_typed_param(it10, w)
 
 
 def _d_remote_domain_fsinfo(b: bytes, o: int, n: int) -> tuple[remote_domain_fsinfo, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_fsinfo)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_mountpoint_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    n5 = _S_I.unpack_from(b, o)[0]
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.mountpoint = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    n3, = _U_I(b, o)
+    o += 4
+    e4 = o + n3
+    if e4 > n or big and n3 > 4194304: raise _Bad
+    v.name = b[o:e4].decode()
+    if n3 & 3:
+        o = e4 + 4 - (n3 & 3)
+        if b[e4:o] != _ZPAD[o - e4]: raise _Bad
+    else:
+        o = e4
+    n5, = _U_I(b, o)
     o += 4
     e6 = o + n5
-    if e6 > n or n5 > 4194304: raise _Bad
-    f_name_4 = b[o:e6].decode()
-    o = e6 + (-n5 & 3)
-    if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-    n8 = _S_I.unpack_from(b, o)[0]
+    if e6 > n or big and n5 > 4194304: raise _Bad
+    v.fstype = b[o:e6].decode()
+    if n5 & 3:
+        o = e6 + 4 - (n5 & 3)
+        if b[e6:o] != _ZPAD[o - e6]: raise _Bad
+    else:
+        o = e6
+    n7, = _U_I(b, o)
     o += 4
-    e9 = o + n8
-    if e9 > n or n8 > 4194304: raise _Bad
-    f_fstype_7 = b[o:e9].decode()
-    o = e9 + (-n8 & 3)
-    if n8 & 3 and b[e9:o] != _ZPAD[o - e9]: raise _Bad
-    n11 = _S_I.unpack_from(b, o)[0]
-    o += 4
-    if n11 > 256 or n11 * 4 > n - o: raise _Bad
-    f_dev_aliases_10 = []
-    for _ in range(n11):
-        n13 = _S_I.unpack_from(b, o)[0]
+    if n7 > 256 or n7 * 4 > n - o: raise _Bad
+    x9: list[Any] = []
+    v.dev_aliases = x9
+    L_U_I = _U_I
+    L_ZPAD = _ZPAD
+    for _ in range(n7):
+        n10, = L_U_I(b, o)
         o += 4
-        e14 = o + n13
-        if e14 > n or n13 > 4194304: raise _Bad
-        it12 = b[o:e14].decode()
-        o = e14 + (-n13 & 3)
-        if n13 & 3 and b[e14:o] != _ZPAD[o - e14]: raise _Bad
-        f_dev_aliases_10.append(it12)
-    return remote_domain_fsinfo(f_mountpoint_1, f_name_4, f_fstype_7, f_dev_aliases_10), o
+        e11 = o + n10
+        if e11 > n or big and n10 > 4194304: raise _Bad
+        it8 = b[o:e11].decode()
+        if n10 & 3:
+            o = e11 + 4 - (n10 & 3)
+            if b[e11:o] != L_ZPAD[o - e11]: raise _Bad
+        else:
+            o = e11
+        x9.append(it8)
+    return v, o
 
 
 def _e_remote_domain_fsinfo(v: remote_domain_fsinfo, w: bytearray) -> None:
     s1 = v.mountpoint.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
     s3 = v.name.encode('utf-8', 'surrogateescape')
     n4 = len(s3)
     if n4 > 4194304: raise _Bad
-    w += _S_I.pack(n4)
+    w += _P_I(n4)
     w += s3
     if n4 & 3: w += _ZPAD[-n4 & 3]
     s5 = v.fstype.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_I.pack(n6)
+    w += _P_I(n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
     x7 = v.dev_aliases
     n8 = len(x7)
     if n8 > 256: raise _Bad
-    w += _S_I.pack(n8)
+    w += _P_I(n8)
     for it9 in x7:
         s10 = it9.encode('utf-8', 'surrogateescape')
         n11 = len(s10)
         if n11 > 4194304: raise _Bad
-        w += _S_I.pack(n11)
+        w += _P_I(n11)
         w += s10
         if n11 & 3: w += _ZPAD[-n11 & 3]
 
 
 def _d_remote_domain_get_fsinfo_args(b: bytes, o: int, n: int) -> tuple[remote_domain_get_fsinfo_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_get_fsinfo_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_flags_7 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.flags = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_get_fsinfo_args(f_dom_1, f_flags_7), o
+    return v, o
 
 
 def _e_remote_domain_get_fsinfo_args(v: remote_domain_get_fsinfo_args, w: bytearray) -> None:
@@ -2836,97 +3437,117 @@ def _e_remote_domain_get_fsinfo_args(v: remote_domain_get_fsinfo_args, w: bytear
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, v.flags)
+    w += _P_16siI(x4, x1.id, v.flags)
 
 
 def _d_remote_domain_get_fsinfo_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_get_fsinfo_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_get_fsinfo_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 256 or n2 * 16 > n - o: raise _Bad
-    f_info_1 = []
-    for _ in range(n2):
-        n5 = _S_I.unpack_from(b, o)[0]
+    if n1 > 256 or n1 * 16 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.info = x3
+    L_U_I = _U_I
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_domain_fsinfo = remote_domain_fsinfo
+    for _ in range(n1):
+        it2 = L_new(L_remote_domain_fsinfo)
+        n4, = L_U_I(b, o)
         o += 4
-        e6 = o + n5
-        if e6 > n or n5 > 4194304: raise _Bad
-        f_mountpoint_4 = b[o:e6].decode()
-        o = e6 + (-n5 & 3)
-        if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-        n8 = _S_I.unpack_from(b, o)[0]
+        e5 = o + n4
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        it2.mountpoint = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != L_ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
+        n6, = L_U_I(b, o)
+        o += 4
+        e7 = o + n6
+        if e7 > n or big and n6 > 4194304: raise _Bad
+        it2.name = b[o:e7].decode()
+        if n6 & 3:
+            o = e7 + 4 - (n6 & 3)
+            if b[e7:o] != L_ZPAD[o - e7]: raise _Bad
+        else:
+            o = e7
+        n8, = L_U_I(b, o)
         o += 4
         e9 = o + n8
-        if e9 > n or n8 > 4194304: raise _Bad
-        f_name_7 = b[o:e9].decode()
-        o = e9 + (-n8 & 3)
-        if n8 & 3 and b[e9:o] != _ZPAD[o - e9]: raise _Bad
-        n11 = _S_I.unpack_from(b, o)[0]
+        if e9 > n or big and n8 > 4194304: raise _Bad
+        it2.fstype = b[o:e9].decode()
+        if n8 & 3:
+            o = e9 + 4 - (n8 & 3)
+            if b[e9:o] != L_ZPAD[o - e9]: raise _Bad
+        else:
+            o = e9
+        n10, = L_U_I(b, o)
         o += 4
-        e12 = o + n11
-        if e12 > n or n11 > 4194304: raise _Bad
-        f_fstype_10 = b[o:e12].decode()
-        o = e12 + (-n11 & 3)
-        if n11 & 3 and b[e12:o] != _ZPAD[o - e12]: raise _Bad
-        n14 = _S_I.unpack_from(b, o)[0]
-        o += 4
-        if n14 > 256 or n14 * 4 > n - o: raise _Bad
-        f_dev_aliases_13 = []
-        for _ in range(n14):
-            n16 = _S_I.unpack_from(b, o)[0]
+        if n10 > 256 or n10 * 4 > n - o: raise _Bad
+        x12: list[Any] = []
+        it2.dev_aliases = x12
+        for _ in range(n10):
+            n13, = L_U_I(b, o)
             o += 4
-            e17 = o + n16
-            if e17 > n or n16 > 4194304: raise _Bad
-            it15 = b[o:e17].decode()
-            o = e17 + (-n16 & 3)
-            if n16 & 3 and b[e17:o] != _ZPAD[o - e17]: raise _Bad
-            f_dev_aliases_13.append(it15)
-        it3 = remote_domain_fsinfo(f_mountpoint_4, f_name_7, f_fstype_10, f_dev_aliases_13)
-        f_info_1.append(it3)
-    f_ret_18 = _S_I.unpack_from(b, o)[0]
+            e14 = o + n13
+            if e14 > n or big and n13 > 4194304: raise _Bad
+            it11 = b[o:e14].decode()
+            if n13 & 3:
+                o = e14 + 4 - (n13 & 3)
+                if b[e14:o] != L_ZPAD[o - e14]: raise _Bad
+            else:
+                o = e14
+            x12.append(it11)
+        x3.append(it2)
+    v.ret, = _U_I(b, o)
     o += 4
-    return remote_domain_get_fsinfo_ret(f_info_1, f_ret_18), o
+    return v, o
 
 
 def _e_remote_domain_get_fsinfo_ret(v: remote_domain_get_fsinfo_ret, w: bytearray) -> None:
     x1 = v.info
     n2 = len(x1)
     if n2 > 256: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
         s4 = it3.mountpoint.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
         s6 = it3.name.encode('utf-8', 'surrogateescape')
         n7 = len(s6)
         if n7 > 4194304: raise _Bad
-        w += _S_I.pack(n7)
+        w += _P_I(n7)
         w += s6
         if n7 & 3: w += _ZPAD[-n7 & 3]
         s8 = it3.fstype.encode('utf-8', 'surrogateescape')
         n9 = len(s8)
         if n9 > 4194304: raise _Bad
-        w += _S_I.pack(n9)
+        w += _P_I(n9)
         w += s8
         if n9 & 3: w += _ZPAD[-n9 & 3]
         x10 = it3.dev_aliases
         n11 = len(x10)
         if n11 > 256: raise _Bad
-        w += _S_I.pack(n11)
+        w += _P_I(n11)
         for it12 in x10:
             s13 = it12.encode('utf-8', 'surrogateescape')
             n14 = len(s13)
             if n14 > 4194304: raise _Bad
-            w += _S_I.pack(n14)
+            w += _P_I(n14)
             w += s13
             if n14 & 3: w += _ZPAD[-n14 & 3]
-    w += _S_I.pack(v.ret)
+    w += _P_I(v.ret)
 
 
 _c_remote_connect_get_domain_capabilities_args = _Codec('remote_connect_get_domain_capabilities_args', _e_remote_connect_get_domain_capabilities_args, _d_remote_connect_get_domain_capabilities_args)

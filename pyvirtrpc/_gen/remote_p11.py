@@ -12,6 +12,8 @@ from struct import Struct as _Struct
 from struct import pack as _pack
 from struct import unpack_from as _unpack_from
 
+_new = object.__new__  # decoders fill __slots__ directly instead of calling __init__
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: it costs milliseconds at start-up
     from typing import Any, Optional, Union
@@ -27,8 +29,6 @@ from .._xdr import XdrStruct as _XdrStruct
 from .._xdr import XdrUnion as _XdrUnion
 from .._xdr import dec_chars as _dec_chars
 from .._xdr import enc_chars as _enc_chars
-from .._xdr import enum_member as _enum_member
-from .remote import _d_remote_typed_param_value
 from .remote import _e_remote_typed_param_value
 from .remote import remote_nonnull_domain
 from .remote import remote_nonnull_node_device
@@ -36,6 +36,7 @@ from .remote import remote_nonnull_secret
 from .remote import remote_nonnull_storage_pool
 from .remote import remote_nonnull_storage_vol
 from .remote import remote_typed_param
+from .remote import remote_typed_param_value
 
 __all__: list[str] = []  # import names explicitly
 
@@ -46,11 +47,39 @@ _S_16siII = _Struct('>16siII')
 _S_16sii = _Struct('>16sii')
 _S_16siiI = _Struct('>16siiI')
 _S_I = _Struct('>I')
+_S_Q = _Struct('>Q')
+_S_d = _Struct('>d')
 _S_i = _Struct('>i')
 _S_i16siI = _Struct('>i16siI')
 _S_iI = _Struct('>iI')
 _S_iQQ = _Struct('>iQQ')
 _S_ii = _Struct('>ii')
+_S_q = _Struct('>q')
+_P_16s = _S_16s.pack
+_P_16si = _S_16si.pack
+_P_16siI = _S_16siI.pack
+_P_16siII = _S_16siII.pack
+_P_16sii = _S_16sii.pack
+_P_I = _S_I.pack
+_P_i = _S_i.pack
+_P_i16siI = _S_i16siI.pack
+_P_iI = _S_iI.pack
+_P_iQQ = _S_iQQ.pack
+_P_ii = _S_ii.pack
+_U_16s = _S_16s.unpack_from
+_U_16siI = _S_16siI.unpack_from
+_U_16siII = _S_16siII.unpack_from
+_U_16sii = _S_16sii.unpack_from
+_U_16siiI = _S_16siiI.unpack_from
+_U_I = _S_I.unpack_from
+_U_Q = _S_Q.unpack_from
+_U_d = _S_d.unpack_from
+_U_i = _S_i.unpack_from
+_U_i16siI = _S_i16siI.unpack_from
+_U_iI = _S_iI.unpack_from
+_U_iQQ = _S_iQQ.unpack_from
+_U_ii = _S_ii.unpack_from
+_U_q = _S_q.unpack_from
 
 if TYPE_CHECKING:
     remote_storage_pool = Optional[remote_nonnull_storage_pool]  # typedef
@@ -867,21 +896,25 @@ class remote_secret_event_value_changed_msg(_XdrStruct):
 # ------------------------------------------------------------------- codecs
 
 def _d_remote_storage_pool(b: bytes, o: int, n: int) -> tuple[Optional[remote_nonnull_storage_pool], int]:
-    n1 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    n1, = _U_I(b, o)
     o += 4
     if n1 == 0:
         v = None
     elif n1 == 1:
-        n3 = _S_I.unpack_from(b, o)[0]
+        v = _new(remote_nonnull_storage_pool)
+        n2, = _U_I(b, o)
         o += 4
-        e4 = o + n3
-        if e4 > n or n3 > 4194304: raise _Bad
-        f_name_2 = b[o:e4].decode()
-        o = e4 + (-n3 & 3)
-        if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-        f_uuid_5 = _S_16s.unpack_from(b, o)[0]
+        e3 = o + n2
+        if e3 > n or big and n2 > 4194304: raise _Bad
+        v.name = b[o:e3].decode()
+        if n2 & 3:
+            o = e3 + 4 - (n2 & 3)
+            if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+        else:
+            o = e3
+        v.uuid, = _U_16s(b, o)
         o += 16
-        v = remote_nonnull_storage_pool(f_name_2, f_uuid_5)
     else:
         raise _Bad
     return v, o
@@ -895,28 +928,32 @@ def _e_remote_storage_pool(v: Optional[remote_nonnull_storage_pool], w: bytearra
         s1 = v.name.encode('utf-8', 'surrogateescape')
         n2 = len(s1)
         if n2 > 4194304: raise _Bad
-        w += _S_I.pack(n2)
+        w += _P_I(n2)
         w += s1
         if n2 & 3: w += _ZPAD[-n2 & 3]
         x3 = v.uuid
         if len(x3) != 16: raise _Bad
-        w += _S_16s.pack(x3)
+        w += _P_16s(x3)
 
 
 def _d_remote_node_device(b: bytes, o: int, n: int) -> tuple[Optional[remote_nonnull_node_device], int]:
-    n1 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    n1, = _U_I(b, o)
     o += 4
     if n1 == 0:
         v = None
     elif n1 == 1:
-        n3 = _S_I.unpack_from(b, o)[0]
+        v = _new(remote_nonnull_node_device)
+        n2, = _U_I(b, o)
         o += 4
-        e4 = o + n3
-        if e4 > n or n3 > 4194304: raise _Bad
-        f_name_2 = b[o:e4].decode()
-        o = e4 + (-n3 & 3)
-        if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-        v = remote_nonnull_node_device(f_name_2)
+        e3 = o + n2
+        if e3 > n or big and n2 > 4194304: raise _Bad
+        v.name = b[o:e3].decode()
+        if n2 & 3:
+            o = e3 + 4 - (n2 & 3)
+            if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+        else:
+            o = e3
     else:
         raise _Bad
     return v, o
@@ -930,25 +967,29 @@ def _e_remote_node_device(v: Optional[remote_nonnull_node_device], w: bytearray)
         s1 = v.name.encode('utf-8', 'surrogateescape')
         n2 = len(s1)
         if n2 > 4194304: raise _Bad
-        w += _S_I.pack(n2)
+        w += _P_I(n2)
         w += s1
         if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_remote_secret(b: bytes, o: int, n: int) -> tuple[Optional[remote_nonnull_secret], int]:
-    n1 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    n1, = _U_I(b, o)
     o += 4
     if n1 == 0:
         v = None
     elif n1 == 1:
-        f_uuid_2, f_usageType_3, n5 = _S_16siI.unpack_from(b, o)
+        v = _new(remote_nonnull_secret)
+        v.uuid, v.usageType, n2 = _U_16siI(b, o)
         o += 24
-        e6 = o + n5
-        if e6 > n or n5 > 4194304: raise _Bad
-        f_usageID_4 = b[o:e6].decode()
-        o = e6 + (-n5 & 3)
-        if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-        v = remote_nonnull_secret(f_uuid_2, f_usageType_3, f_usageID_4)
+        e3 = o + n2
+        if e3 > n or big and n2 > 4194304: raise _Bad
+        v.usageID = b[o:e3].decode()
+        if n2 & 3:
+            o = e3 + 4 - (n2 & 3)
+            if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+        else:
+            o = e3
     else:
         raise _Bad
     return v, o
@@ -964,38 +1005,92 @@ def _e_remote_secret(v: Optional[remote_nonnull_secret], w: bytearray) -> None:
         s2 = v.usageID.encode('utf-8', 'surrogateescape')
         n3 = len(s2)
         if n3 > 4194304: raise _Bad
-        w += _S_16siI.pack(x1, v.usageType, n3)
+        w += _P_16siI(x1, v.usageType, n3)
         w += s2
         if n3 & 3: w += _ZPAD[-n3 & 3]
 
 
 def _d_remote_domain_set_perf_events_args(b: bytes, o: int, n: int) -> tuple[remote_domain_set_perf_events_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_set_perf_events_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    if n8 > 64 or n8 * 12 > n - o: raise _Bad
-    f_params_7 = []
-    for _ in range(n8):
-        n11 = _S_I.unpack_from(b, o)[0]
+    if n4 > 64 or n4 * 12 > n - o: raise _Bad
+    x6: list[Any] = []
+    v.params = x6
+    L_U_I = _U_I
+    L_U_Q = _U_Q
+    L_U_d = _U_d
+    L_U_i = _U_i
+    L_U_q = _U_q
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_typed_param = remote_typed_param
+    L_remote_typed_param_value = remote_typed_param_value
+    for _ in range(n4):
+        it5 = L_new(L_remote_typed_param)
+        n7, = L_U_I(b, o)
         o += 4
-        e12 = o + n11
-        if e12 > n or n11 > 4194304: raise _Bad
-        f_field_10 = b[o:e12].decode()
-        o = e12 + (-n11 & 3)
-        if n11 & 3 and b[e12:o] != _ZPAD[o - e12]: raise _Bad
-        f_value_13, o = _d_remote_typed_param_value(b, o, n)
-        it9 = remote_typed_param(f_field_10, f_value_13)
-        f_params_7.append(it9)
-    f_flags_14 = _S_I.unpack_from(b, o)[0]
+        e8 = o + n7
+        if e8 > n or big and n7 > 4194304: raise _Bad
+        it5.field = b[o:e8].decode()
+        if n7 & 3:
+            o = e8 + 4 - (n7 & 3)
+            if b[e8:o] != L_ZPAD[o - e8]: raise _Bad
+        else:
+            o = e8
+        x9 = L_new(L_remote_typed_param_value)
+        d10, = L_U_i(b, o)
+        o += 4
+        if d10 == 1:
+            x9.value, = L_U_i(b, o)
+            o += 4
+        elif d10 == 2:
+            x9.value, = L_U_I(b, o)
+            o += 4
+        elif d10 == 3:
+            x9.value, = L_U_q(b, o)
+            o += 8
+        elif d10 == 4:
+            x9.value, = L_U_Q(b, o)
+            o += 8
+        elif d10 == 5:
+            x9.value, = L_U_d(b, o)
+            o += 8
+        elif d10 == 6:
+            x9.value, = L_U_i(b, o)
+            o += 4
+        elif d10 == 7:
+            n11, = L_U_I(b, o)
+            o += 4
+            e12 = o + n11
+            if e12 > n or big and n11 > 4194304: raise _Bad
+            x9.value = b[o:e12].decode()
+            if n11 & 3:
+                o = e12 + 4 - (n11 & 3)
+                if b[e12:o] != L_ZPAD[o - e12]: raise _Bad
+            else:
+                o = e12
+        else:
+            raise _Bad
+        x9.type = d10
+        it5.value = x9
+        x6.append(it5)
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_domain_set_perf_events_args(f_dom_1, f_params_7, f_flags_14), o
+    return v, o
 
 
 def _e_remote_domain_set_perf_events_args(v: remote_domain_set_perf_events_args, w: bytearray) -> None:
@@ -1003,7 +1098,7 @@ def _e_remote_domain_set_perf_events_args(v: remote_domain_set_perf_events_args,
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -1011,30 +1106,36 @@ def _e_remote_domain_set_perf_events_args(v: remote_domain_set_perf_events_args,
     x5 = v.params
     n6 = len(x5)
     if n6 > 64: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     for it7 in x5:
         s8 = it7.field.encode('utf-8', 'surrogateescape')
         n9 = len(s8)
         if n9 > 4194304: raise _Bad
-        w += _S_I.pack(n9)
+        w += _P_I(n9)
         w += s8
         if n9 & 3: w += _ZPAD[-n9 & 3]
         _e_remote_typed_param_value(it7.value, w)
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_domain_get_perf_events_args(b: bytes, o: int, n: int) -> tuple[remote_domain_get_perf_events_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_get_perf_events_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_flags_7 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.flags = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_get_perf_events_args(f_dom_1, f_flags_7), o
+    return v, o
 
 
 def _e_remote_domain_get_perf_events_args(v: remote_domain_get_perf_events_args, w: bytearray) -> None:
@@ -1042,67 +1143,126 @@ def _e_remote_domain_get_perf_events_args(v: remote_domain_get_perf_events_args,
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, v.flags)
+    w += _P_16siI(x4, x1.id, v.flags)
 
 
 def _d_remote_domain_get_perf_events_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_get_perf_events_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_get_perf_events_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 64 or n2 * 12 > n - o: raise _Bad
-    f_params_1 = []
-    for _ in range(n2):
-        n5 = _S_I.unpack_from(b, o)[0]
+    if n1 > 64 or n1 * 12 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.params = x3
+    L_U_I = _U_I
+    L_U_Q = _U_Q
+    L_U_d = _U_d
+    L_U_i = _U_i
+    L_U_q = _U_q
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_typed_param = remote_typed_param
+    L_remote_typed_param_value = remote_typed_param_value
+    for _ in range(n1):
+        it2 = L_new(L_remote_typed_param)
+        n4, = L_U_I(b, o)
         o += 4
-        e6 = o + n5
-        if e6 > n or n5 > 4194304: raise _Bad
-        f_field_4 = b[o:e6].decode()
-        o = e6 + (-n5 & 3)
-        if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-        f_value_7, o = _d_remote_typed_param_value(b, o, n)
-        it3 = remote_typed_param(f_field_4, f_value_7)
-        f_params_1.append(it3)
-    return remote_domain_get_perf_events_ret(f_params_1), o
+        e5 = o + n4
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        it2.field = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != L_ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
+        x6 = L_new(L_remote_typed_param_value)
+        d7, = L_U_i(b, o)
+        o += 4
+        if d7 == 1:
+            x6.value, = L_U_i(b, o)
+            o += 4
+        elif d7 == 2:
+            x6.value, = L_U_I(b, o)
+            o += 4
+        elif d7 == 3:
+            x6.value, = L_U_q(b, o)
+            o += 8
+        elif d7 == 4:
+            x6.value, = L_U_Q(b, o)
+            o += 8
+        elif d7 == 5:
+            x6.value, = L_U_d(b, o)
+            o += 8
+        elif d7 == 6:
+            x6.value, = L_U_i(b, o)
+            o += 4
+        elif d7 == 7:
+            n8, = L_U_I(b, o)
+            o += 4
+            e9 = o + n8
+            if e9 > n or big and n8 > 4194304: raise _Bad
+            x6.value = b[o:e9].decode()
+            if n8 & 3:
+                o = e9 + 4 - (n8 & 3)
+                if b[e9:o] != L_ZPAD[o - e9]: raise _Bad
+            else:
+                o = e9
+        else:
+            raise _Bad
+        x6.type = d7
+        it2.value = x6
+        x3.append(it2)
+    return v, o
 
 
 def _e_remote_domain_get_perf_events_ret(v: remote_domain_get_perf_events_ret, w: bytearray) -> None:
     x1 = v.params
     n2 = len(x1)
     if n2 > 64: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
         s4 = it3.field.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
         _e_remote_typed_param_value(it3.value, w)
 
 
 def _d_remote_domain_pin_iothread_args(b: bytes, o: int, n: int) -> tuple[remote_domain_pin_iothread_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_pin_iothread_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_iothreads_id_7, n9 = _S_16siII.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.iothreads_id, n4 = _U_16siII(b, o)
     o += 28
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    e10 = o + n9
-    if e10 > n or n9 > 2048: raise _Bad
-    f_cpumap_8 = b[o:e10]
-    o = e10 + (-n9 & 3)
-    if n9 & 3 and b[e10:o] != _ZPAD[o - e10]: raise _Bad
-    f_flags_11 = _S_I.unpack_from(b, o)[0]
+    e5 = o + n4
+    if e5 > n or n4 > 2048: raise _Bad
+    v.cpumap = b[o:e5]
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_domain_pin_iothread_args(f_dom_1, f_iothreads_id_7, f_cpumap_8, f_flags_11), o
+    return v, o
 
 
 def _e_remote_domain_pin_iothread_args(v: remote_domain_pin_iothread_args, w: bytearray) -> None:
@@ -1110,7 +1270,7 @@ def _e_remote_domain_pin_iothread_args(v: remote_domain_pin_iothread_args, w: by
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -1118,24 +1278,30 @@ def _e_remote_domain_pin_iothread_args(v: remote_domain_pin_iothread_args, w: by
     s5 = v.cpumap
     n6 = len(s5)
     if n6 > 2048: raise _Bad
-    w += _S_16siII.pack(x4, x1.id, v.iothreads_id, n6)
+    w += _P_16siII(x4, x1.id, v.iothreads_id, n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_domain_add_iothread_args(b: bytes, o: int, n: int) -> tuple[remote_domain_add_iothread_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_add_iothread_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_iothread_id_7, f_flags_8 = _S_16siII.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.iothread_id, v.flags = _U_16siII(b, o)
     o += 28
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_add_iothread_args(f_dom_1, f_iothread_id_7, f_flags_8), o
+    return v, o
 
 
 def _e_remote_domain_add_iothread_args(v: remote_domain_add_iothread_args, w: bytearray) -> None:
@@ -1143,26 +1309,32 @@ def _e_remote_domain_add_iothread_args(v: remote_domain_add_iothread_args, w: by
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siII.pack(x4, x1.id, v.iothread_id, v.flags)
+    w += _P_16siII(x4, x1.id, v.iothread_id, v.flags)
 
 
 def _d_remote_domain_del_iothread_args(b: bytes, o: int, n: int) -> tuple[remote_domain_del_iothread_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_del_iothread_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_iothread_id_7, f_flags_8 = _S_16siII.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.iothread_id, v.flags = _U_16siII(b, o)
     o += 28
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_del_iothread_args(f_dom_1, f_iothread_id_7, f_flags_8), o
+    return v, o
 
 
 def _e_remote_domain_del_iothread_args(v: remote_domain_del_iothread_args, w: bytearray) -> None:
@@ -1170,40 +1342,52 @@ def _e_remote_domain_del_iothread_args(v: remote_domain_del_iothread_args, w: by
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siII.pack(x4, x1.id, v.iothread_id, v.flags)
+    w += _P_16siII(x4, x1.id, v.iothread_id, v.flags)
 
 
 def _d_remote_storage_vol_get_info_flags_args(b: bytes, o: int, n: int) -> tuple[remote_storage_vol_get_info_flags_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_storage_vol_get_info_flags_args)
+    x1 = _new(remote_nonnull_storage_vol)
+    v.vol = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_pool_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    n6 = _S_I.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.pool = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    n4, = _U_I(b, o)
+    o += 4
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    x1.name = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    n6, = _U_I(b, o)
     o += 4
     e7 = o + n6
-    if e7 > n or n6 > 4194304: raise _Bad
-    f_name_5 = b[o:e7].decode()
-    o = e7 + (-n6 & 3)
-    if n6 & 3 and b[e7:o] != _ZPAD[o - e7]: raise _Bad
-    n9 = _S_I.unpack_from(b, o)[0]
+    if e7 > n or big and n6 > 4194304: raise _Bad
+    x1.key = b[o:e7].decode()
+    if n6 & 3:
+        o = e7 + 4 - (n6 & 3)
+        if b[e7:o] != _ZPAD[o - e7]: raise _Bad
+    else:
+        o = e7
+    v.flags, = _U_I(b, o)
     o += 4
-    e10 = o + n9
-    if e10 > n or n9 > 4194304: raise _Bad
-    f_key_8 = b[o:e10].decode()
-    o = e10 + (-n9 & 3)
-    if n9 & 3 and b[e10:o] != _ZPAD[o - e10]: raise _Bad
-    f_flags_11 = _S_I.unpack_from(b, o)[0]
-    o += 4
-    f_vol_1 = remote_nonnull_storage_vol(f_pool_2, f_name_5, f_key_8)
-    return remote_storage_vol_get_info_flags_args(f_vol_1, f_flags_11), o
+    return v, o
 
 
 def _e_remote_storage_vol_get_info_flags_args(v: remote_storage_vol_get_info_flags_args, w: bytearray) -> None:
@@ -1211,54 +1395,64 @@ def _e_remote_storage_vol_get_info_flags_args(v: remote_storage_vol_get_info_fla
     s2 = x1.pool.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     s4 = x1.name.encode('utf-8', 'surrogateescape')
     n5 = len(s4)
     if n5 > 4194304: raise _Bad
-    w += _S_I.pack(n5)
+    w += _P_I(n5)
     w += s4
     if n5 & 3: w += _ZPAD[-n5 & 3]
     s6 = x1.key.encode('utf-8', 'surrogateescape')
     n7 = len(s6)
     if n7 > 4194304: raise _Bad
-    w += _S_I.pack(n7)
+    w += _P_I(n7)
     w += s6
     if n7 & 3: w += _ZPAD[-n7 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_storage_vol_get_info_flags_ret(b: bytes, o: int, n: int) -> tuple[remote_storage_vol_get_info_flags_ret, int]:
-    f_type_1, f_capacity_2, f_allocation_3 = _S_iQQ.unpack_from(b, o)
+    v = _new(remote_storage_vol_get_info_flags_ret)
+    v.type, v.capacity, v.allocation = _U_iQQ(b, o)
     o += 20
-    if not -128 <= f_type_1 <= 255: raise _Bad
-    return remote_storage_vol_get_info_flags_ret(f_type_1, f_capacity_2, f_allocation_3), o
+    if not -128 <= v.type <= 255: raise _Bad
+    return v, o
 
 
 def _e_remote_storage_vol_get_info_flags_ret(v: remote_storage_vol_get_info_flags_ret, w: bytearray) -> None:
     x1 = v.type
     if not -128 <= x1 <= 255: raise _Bad
-    w += _S_iQQ.pack(x1, v.capacity, v.allocation)
+    w += _P_iQQ(x1, v.capacity, v.allocation)
 
 
 def _d_remote_domain_event_callback_device_added_msg(b: bytes, o: int, n: int) -> tuple[remote_domain_event_callback_device_added_msg, int]:
-    f_callbackID_1, n4 = _S_iI.unpack_from(b, o)
+    big = n - o > 4194304
+    v = _new(remote_domain_event_callback_device_added_msg)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    v.callbackID, n2 = _U_iI(b, o)
     o += 8
-    e5 = o + n4
-    if e5 > n or n4 > 4194304: raise _Bad
-    f_name_3 = b[o:e5].decode()
-    o = e5 + (-n4 & 3)
-    if n4 & 3 and b[e5:o] != _ZPAD[o - e5]: raise _Bad
-    f_uuid_6, f_id_7, n9 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_2 = remote_nonnull_domain(f_name_3, f_uuid_6, f_id_7)
-    e10 = o + n9
-    if e10 > n or n9 > 4194304: raise _Bad
-    f_devAlias_8 = b[o:e10].decode()
-    o = e10 + (-n9 & 3)
-    if n9 & 3 and b[e10:o] != _ZPAD[o - e10]: raise _Bad
-    return remote_domain_event_callback_device_added_msg(f_callbackID_1, f_dom_2, f_devAlias_8), o
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    v.devAlias = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    return v, o
 
 
 def _e_remote_domain_event_callback_device_added_msg(v: remote_domain_event_callback_device_added_msg, w: bytearray) -> None:
@@ -1266,7 +1460,7 @@ def _e_remote_domain_event_callback_device_added_msg(v: remote_domain_event_call
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_iI.pack(v.callbackID, n3)
+    w += _P_iI(v.callbackID, n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -1274,45 +1468,52 @@ def _e_remote_domain_event_callback_device_added_msg(v: remote_domain_event_call
     s5 = v.devAlias.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
 
 
 def _d_remote_connect_event_connection_closed_msg(b: bytes, o: int, n: int) -> tuple[remote_connect_event_connection_closed_msg, int]:
-    f_reason_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_connect_event_connection_closed_msg)
+    v.reason, = _U_i(b, o)
     o += 4
-    return remote_connect_event_connection_closed_msg(f_reason_1), o
+    return v, o
 
 
 def _e_remote_connect_event_connection_closed_msg(v: remote_connect_event_connection_closed_msg, w: bytearray) -> None:
-    w += _S_i.pack(v.reason)
+    w += _P_i(v.reason)
 
 
 def _d_remote_connect_storage_pool_event_register_any_args(b: bytes, o: int, n: int) -> tuple[remote_connect_storage_pool_event_register_any_args, int]:
-    f_eventID_1, n3 = _S_iI.unpack_from(b, o)
+    big = n - o > 4194304
+    v = _new(remote_connect_storage_pool_event_register_any_args)
+    v.eventID, n1 = _U_iI(b, o)
     o += 8
-    if n3 == 0:
-        f_pool_2 = None
-    elif n3 == 1:
-        n5 = _S_I.unpack_from(b, o)[0]
+    if n1 == 0:
+        v.pool = None
+    elif n1 == 1:
+        x2 = _new(remote_nonnull_storage_pool)
+        v.pool = x2
+        n3, = _U_I(b, o)
         o += 4
-        e6 = o + n5
-        if e6 > n or n5 > 4194304: raise _Bad
-        f_name_4 = b[o:e6].decode()
-        o = e6 + (-n5 & 3)
-        if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-        f_uuid_7 = _S_16s.unpack_from(b, o)[0]
+        e4 = o + n3
+        if e4 > n or big and n3 > 4194304: raise _Bad
+        x2.name = b[o:e4].decode()
+        if n3 & 3:
+            o = e4 + 4 - (n3 & 3)
+            if b[e4:o] != _ZPAD[o - e4]: raise _Bad
+        else:
+            o = e4
+        x2.uuid, = _U_16s(b, o)
         o += 16
-        f_pool_2 = remote_nonnull_storage_pool(f_name_4, f_uuid_7)
     else:
         raise _Bad
-    return remote_connect_storage_pool_event_register_any_args(f_eventID_1, f_pool_2), o
+    return v, o
 
 
 def _e_remote_connect_storage_pool_event_register_any_args(v: remote_connect_storage_pool_event_register_any_args, w: bytearray) -> None:
     x1 = v.pool
-    w += _S_i.pack(v.eventID)
+    w += _P_i(v.eventID)
     if x1 is None:
         w += _FLAG0
     else:
@@ -1320,46 +1521,54 @@ def _e_remote_connect_storage_pool_event_register_any_args(v: remote_connect_sto
         s2 = x1.name.encode('utf-8', 'surrogateescape')
         n3 = len(s2)
         if n3 > 4194304: raise _Bad
-        w += _S_I.pack(n3)
+        w += _P_I(n3)
         w += s2
         if n3 & 3: w += _ZPAD[-n3 & 3]
         x4 = x1.uuid
         if len(x4) != 16: raise _Bad
-        w += _S_16s.pack(x4)
+        w += _P_16s(x4)
 
 
 def _d_remote_connect_storage_pool_event_register_any_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_storage_pool_event_register_any_ret, int]:
-    f_callbackID_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_connect_storage_pool_event_register_any_ret)
+    v.callbackID, = _U_i(b, o)
     o += 4
-    return remote_connect_storage_pool_event_register_any_ret(f_callbackID_1), o
+    return v, o
 
 
 def _e_remote_connect_storage_pool_event_register_any_ret(v: remote_connect_storage_pool_event_register_any_ret, w: bytearray) -> None:
-    w += _S_i.pack(v.callbackID)
+    w += _P_i(v.callbackID)
 
 
 def _d_remote_connect_storage_pool_event_deregister_any_args(b: bytes, o: int, n: int) -> tuple[remote_connect_storage_pool_event_deregister_any_args, int]:
-    f_callbackID_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_connect_storage_pool_event_deregister_any_args)
+    v.callbackID, = _U_i(b, o)
     o += 4
-    return remote_connect_storage_pool_event_deregister_any_args(f_callbackID_1), o
+    return v, o
 
 
 def _e_remote_connect_storage_pool_event_deregister_any_args(v: remote_connect_storage_pool_event_deregister_any_args, w: bytearray) -> None:
-    w += _S_i.pack(v.callbackID)
+    w += _P_i(v.callbackID)
 
 
 def _d_remote_storage_pool_event_lifecycle_msg(b: bytes, o: int, n: int) -> tuple[remote_storage_pool_event_lifecycle_msg, int]:
-    f_callbackID_1, n4 = _S_iI.unpack_from(b, o)
+    big = n - o > 4194304
+    v = _new(remote_storage_pool_event_lifecycle_msg)
+    x1 = _new(remote_nonnull_storage_pool)
+    v.pool = x1
+    v.callbackID, n2 = _U_iI(b, o)
     o += 8
-    e5 = o + n4
-    if e5 > n or n4 > 4194304: raise _Bad
-    f_name_3 = b[o:e5].decode()
-    o = e5 + (-n4 & 3)
-    if n4 & 3 and b[e5:o] != _ZPAD[o - e5]: raise _Bad
-    f_uuid_6, f_event_7, f_detail_8 = _S_16sii.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, v.event, v.detail = _U_16sii(b, o)
     o += 24
-    f_pool_2 = remote_nonnull_storage_pool(f_name_3, f_uuid_6)
-    return remote_storage_pool_event_lifecycle_msg(f_callbackID_1, f_pool_2, f_event_7, f_detail_8), o
+    return v, o
 
 
 def _e_remote_storage_pool_event_lifecycle_msg(v: remote_storage_pool_event_lifecycle_msg, w: bytearray) -> None:
@@ -1367,26 +1576,32 @@ def _e_remote_storage_pool_event_lifecycle_msg(v: remote_storage_pool_event_life
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_iI.pack(v.callbackID, n3)
+    w += _P_iI(v.callbackID, n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16sii.pack(x4, v.event, v.detail)
+    w += _P_16sii(x4, v.event, v.detail)
 
 
 def _d_remote_storage_pool_event_refresh_msg(b: bytes, o: int, n: int) -> tuple[remote_storage_pool_event_refresh_msg, int]:
-    f_callbackID_1, n4 = _S_iI.unpack_from(b, o)
+    big = n - o > 4194304
+    v = _new(remote_storage_pool_event_refresh_msg)
+    x1 = _new(remote_nonnull_storage_pool)
+    v.pool = x1
+    v.callbackID, n2 = _U_iI(b, o)
     o += 8
-    e5 = o + n4
-    if e5 > n or n4 > 4194304: raise _Bad
-    f_name_3 = b[o:e5].decode()
-    o = e5 + (-n4 & 3)
-    if n4 & 3 and b[e5:o] != _ZPAD[o - e5]: raise _Bad
-    f_uuid_6 = _S_16s.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, = _U_16s(b, o)
     o += 16
-    f_pool_2 = remote_nonnull_storage_pool(f_name_3, f_uuid_6)
-    return remote_storage_pool_event_refresh_msg(f_callbackID_1, f_pool_2), o
+    return v, o
 
 
 def _e_remote_storage_pool_event_refresh_msg(v: remote_storage_pool_event_refresh_msg, w: bytearray) -> None:
@@ -1394,36 +1609,42 @@ def _e_remote_storage_pool_event_refresh_msg(v: remote_storage_pool_event_refres
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_iI.pack(v.callbackID, n3)
+    w += _P_iI(v.callbackID, n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16s.pack(x4)
+    w += _P_16s(x4)
 
 
 def _d_remote_connect_node_device_event_register_any_args(b: bytes, o: int, n: int) -> tuple[remote_connect_node_device_event_register_any_args, int]:
-    f_eventID_1, n3 = _S_iI.unpack_from(b, o)
+    big = n - o > 4194304
+    v = _new(remote_connect_node_device_event_register_any_args)
+    v.eventID, n1 = _U_iI(b, o)
     o += 8
-    if n3 == 0:
-        f_dev_2 = None
-    elif n3 == 1:
-        n5 = _S_I.unpack_from(b, o)[0]
+    if n1 == 0:
+        v.dev = None
+    elif n1 == 1:
+        x2 = _new(remote_nonnull_node_device)
+        v.dev = x2
+        n3, = _U_I(b, o)
         o += 4
-        e6 = o + n5
-        if e6 > n or n5 > 4194304: raise _Bad
-        f_name_4 = b[o:e6].decode()
-        o = e6 + (-n5 & 3)
-        if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-        f_dev_2 = remote_nonnull_node_device(f_name_4)
+        e4 = o + n3
+        if e4 > n or big and n3 > 4194304: raise _Bad
+        x2.name = b[o:e4].decode()
+        if n3 & 3:
+            o = e4 + 4 - (n3 & 3)
+            if b[e4:o] != _ZPAD[o - e4]: raise _Bad
+        else:
+            o = e4
     else:
         raise _Bad
-    return remote_connect_node_device_event_register_any_args(f_eventID_1, f_dev_2), o
+    return v, o
 
 
 def _e_remote_connect_node_device_event_register_any_args(v: remote_connect_node_device_event_register_any_args, w: bytearray) -> None:
     x1 = v.dev
-    w += _S_i.pack(v.eventID)
+    w += _P_i(v.eventID)
     if x1 is None:
         w += _FLAG0
     else:
@@ -1431,43 +1652,51 @@ def _e_remote_connect_node_device_event_register_any_args(v: remote_connect_node
         s2 = x1.name.encode('utf-8', 'surrogateescape')
         n3 = len(s2)
         if n3 > 4194304: raise _Bad
-        w += _S_I.pack(n3)
+        w += _P_I(n3)
         w += s2
         if n3 & 3: w += _ZPAD[-n3 & 3]
 
 
 def _d_remote_connect_node_device_event_register_any_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_node_device_event_register_any_ret, int]:
-    f_callbackID_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_connect_node_device_event_register_any_ret)
+    v.callbackID, = _U_i(b, o)
     o += 4
-    return remote_connect_node_device_event_register_any_ret(f_callbackID_1), o
+    return v, o
 
 
 def _e_remote_connect_node_device_event_register_any_ret(v: remote_connect_node_device_event_register_any_ret, w: bytearray) -> None:
-    w += _S_i.pack(v.callbackID)
+    w += _P_i(v.callbackID)
 
 
 def _d_remote_connect_node_device_event_deregister_any_args(b: bytes, o: int, n: int) -> tuple[remote_connect_node_device_event_deregister_any_args, int]:
-    f_callbackID_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_connect_node_device_event_deregister_any_args)
+    v.callbackID, = _U_i(b, o)
     o += 4
-    return remote_connect_node_device_event_deregister_any_args(f_callbackID_1), o
+    return v, o
 
 
 def _e_remote_connect_node_device_event_deregister_any_args(v: remote_connect_node_device_event_deregister_any_args, w: bytearray) -> None:
-    w += _S_i.pack(v.callbackID)
+    w += _P_i(v.callbackID)
 
 
 def _d_remote_node_device_event_lifecycle_msg(b: bytes, o: int, n: int) -> tuple[remote_node_device_event_lifecycle_msg, int]:
-    f_callbackID_1, n4 = _S_iI.unpack_from(b, o)
+    big = n - o > 4194304
+    v = _new(remote_node_device_event_lifecycle_msg)
+    x1 = _new(remote_nonnull_node_device)
+    v.dev = x1
+    v.callbackID, n2 = _U_iI(b, o)
     o += 8
-    e5 = o + n4
-    if e5 > n or n4 > 4194304: raise _Bad
-    f_name_3 = b[o:e5].decode()
-    o = e5 + (-n4 & 3)
-    if n4 & 3 and b[e5:o] != _ZPAD[o - e5]: raise _Bad
-    f_event_6, f_detail_7 = _S_ii.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    v.event, v.detail = _U_ii(b, o)
     o += 8
-    f_dev_2 = remote_nonnull_node_device(f_name_3)
-    return remote_node_device_event_lifecycle_msg(f_callbackID_1, f_dev_2, f_event_6, f_detail_7), o
+    return v, o
 
 
 def _e_remote_node_device_event_lifecycle_msg(v: remote_node_device_event_lifecycle_msg, w: bytearray) -> None:
@@ -1475,22 +1704,28 @@ def _e_remote_node_device_event_lifecycle_msg(v: remote_node_device_event_lifecy
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_iI.pack(v.callbackID, n3)
+    w += _P_iI(v.callbackID, n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
-    w += _S_ii.pack(v.event, v.detail)
+    w += _P_ii(v.event, v.detail)
 
 
 def _d_remote_node_device_event_update_msg(b: bytes, o: int, n: int) -> tuple[remote_node_device_event_update_msg, int]:
-    f_callbackID_1, n4 = _S_iI.unpack_from(b, o)
+    big = n - o > 4194304
+    v = _new(remote_node_device_event_update_msg)
+    x1 = _new(remote_nonnull_node_device)
+    v.dev = x1
+    v.callbackID, n2 = _U_iI(b, o)
     o += 8
-    e5 = o + n4
-    if e5 > n or n4 > 4194304: raise _Bad
-    f_name_3 = b[o:e5].decode()
-    o = e5 + (-n4 & 3)
-    if n4 & 3 and b[e5:o] != _ZPAD[o - e5]: raise _Bad
-    f_dev_2 = remote_nonnull_node_device(f_name_3)
-    return remote_node_device_event_update_msg(f_callbackID_1, f_dev_2), o
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    return v, o
 
 
 def _e_remote_node_device_event_update_msg(v: remote_node_device_event_update_msg, w: bytearray) -> None:
@@ -1498,80 +1733,102 @@ def _e_remote_node_device_event_update_msg(v: remote_node_device_event_update_ms
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_iI.pack(v.callbackID, n3)
+    w += _P_iI(v.callbackID, n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
 
 
 def _d_remote_domain_ip_addr(b: bytes, o: int, n: int) -> tuple[remote_domain_ip_addr, int]:
-    f_type_1, n3 = _S_iI.unpack_from(b, o)
+    big = n - o > 4194304
+    v = _new(remote_domain_ip_addr)
+    v.type, n1 = _U_iI(b, o)
     o += 8
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_addr_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_prefix_5 = _S_I.unpack_from(b, o)[0]
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.addr = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    v.prefix, = _U_I(b, o)
     o += 4
-    return remote_domain_ip_addr(f_type_1, f_addr_2, f_prefix_5), o
+    return v, o
 
 
 def _e_remote_domain_ip_addr(v: remote_domain_ip_addr, w: bytearray) -> None:
     s1 = v.addr.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_iI.pack(v.type, n2)
+    w += _P_iI(v.type, n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
-    w += _S_I.pack(v.prefix)
+    w += _P_I(v.prefix)
 
 
 def _d_remote_domain_interface(b: bytes, o: int, n: int) -> tuple[remote_domain_interface, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_interface)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_name_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    n5 = _S_I.unpack_from(b, o)[0]
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.name = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    n3, = _U_I(b, o)
     o += 4
-    if n5 == 0:
-        f_hwaddr_4 = None
-    elif n5 == 1:
-        n6 = _S_I.unpack_from(b, o)[0]
+    if n3 == 0:
+        v.hwaddr = None
+    elif n3 == 1:
+        n4, = _U_I(b, o)
         o += 4
-        e7 = o + n6
-        if e7 > n or n6 > 4194304: raise _Bad
-        f_hwaddr_4 = b[o:e7].decode()
-        o = e7 + (-n6 & 3)
-        if n6 & 3 and b[e7:o] != _ZPAD[o - e7]: raise _Bad
+        e5 = o + n4
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        v.hwaddr = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
     else:
         raise _Bad
-    n9 = _S_I.unpack_from(b, o)[0]
+    n6, = _U_I(b, o)
     o += 4
-    if n9 > 2048 or n9 * 12 > n - o: raise _Bad
-    f_addrs_8 = []
-    for _ in range(n9):
-        f_type_11, n13 = _S_iI.unpack_from(b, o)
+    if n6 > 2048 or n6 * 12 > n - o: raise _Bad
+    x8: list[Any] = []
+    v.addrs = x8
+    L_U_I = _U_I
+    L_U_iI = _U_iI
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_domain_ip_addr = remote_domain_ip_addr
+    for _ in range(n6):
+        it7 = L_new(L_remote_domain_ip_addr)
+        it7.type, n9 = L_U_iI(b, o)
         o += 8
-        e14 = o + n13
-        if e14 > n or n13 > 4194304: raise _Bad
-        f_addr_12 = b[o:e14].decode()
-        o = e14 + (-n13 & 3)
-        if n13 & 3 and b[e14:o] != _ZPAD[o - e14]: raise _Bad
-        f_prefix_15 = _S_I.unpack_from(b, o)[0]
+        e10 = o + n9
+        if e10 > n or big and n9 > 4194304: raise _Bad
+        it7.addr = b[o:e10].decode()
+        if n9 & 3:
+            o = e10 + 4 - (n9 & 3)
+            if b[e10:o] != L_ZPAD[o - e10]: raise _Bad
+        else:
+            o = e10
+        it7.prefix, = L_U_I(b, o)
         o += 4
-        it10 = remote_domain_ip_addr(f_type_11, f_addr_12, f_prefix_15)
-        f_addrs_8.append(it10)
-    return remote_domain_interface(f_name_1, f_hwaddr_4, f_addrs_8), o
+        x8.append(it7)
+    return v, o
 
 
 def _e_remote_domain_interface(v: remote_domain_interface, w: bytearray) -> None:
     s1 = v.name.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
     x3 = v.hwaddr
@@ -1582,35 +1839,41 @@ def _e_remote_domain_interface(v: remote_domain_interface, w: bytearray) -> None
         s4 = x3.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
     x6 = v.addrs
     n7 = len(x6)
     if n7 > 2048: raise _Bad
-    w += _S_I.pack(n7)
+    w += _P_I(n7)
     for it8 in x6:
         s9 = it8.addr.encode('utf-8', 'surrogateescape')
         n10 = len(s9)
         if n10 > 4194304: raise _Bad
-        w += _S_iI.pack(it8.type, n10)
+        w += _P_iI(it8.type, n10)
         w += s9
         if n10 & 3: w += _ZPAD[-n10 & 3]
-        w += _S_I.pack(it8.prefix)
+        w += _P_I(it8.prefix)
 
 
 def _d_remote_domain_interface_addresses_args(b: bytes, o: int, n: int) -> tuple[remote_domain_interface_addresses_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_interface_addresses_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_source_7, f_flags_8 = _S_16siII.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.source, v.flags = _U_16siII(b, o)
     o += 28
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_interface_addresses_args(f_dom_1, f_source_7, f_flags_8), o
+    return v, o
 
 
 def _e_remote_domain_interface_addresses_args(v: remote_domain_interface_addresses_args, w: bytearray) -> None:
@@ -1618,63 +1881,91 @@ def _e_remote_domain_interface_addresses_args(v: remote_domain_interface_address
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siII.pack(x4, x1.id, v.source, v.flags)
+    w += _P_16siII(x4, x1.id, v.source, v.flags)
 
 
 def _d_remote_domain_interface_addresses_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_interface_addresses_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_interface_addresses_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 2048 or n2 * 12 > n - o: raise _Bad
-    f_ifaces_1 = []
-    for _ in range(n2):
-        n5 = _S_I.unpack_from(b, o)[0]
+    if n1 > 2048 or n1 * 12 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.ifaces = x3
+    L_U_I = _U_I
+    L_U_iI = _U_iI
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_domain_interface = remote_domain_interface
+    L_remote_domain_ip_addr = remote_domain_ip_addr
+    for _ in range(n1):
+        it2 = L_new(L_remote_domain_interface)
+        n4, = L_U_I(b, o)
         o += 4
-        e6 = o + n5
-        if e6 > n or n5 > 4194304: raise _Bad
-        f_name_4 = b[o:e6].decode()
-        o = e6 + (-n5 & 3)
-        if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-        n8 = _S_I.unpack_from(b, o)[0]
+        e5 = o + n4
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        it2.name = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != L_ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
+        n6, = L_U_I(b, o)
         o += 4
-        if n8 == 0:
-            f_hwaddr_7 = None
-        elif n8 == 1:
-            n9 = _S_I.unpack_from(b, o)[0]
+        if n6 == 0:
+            it2.hwaddr = None
+        elif n6 == 1:
+            n7, = L_U_I(b, o)
             o += 4
-            e10 = o + n9
-            if e10 > n or n9 > 4194304: raise _Bad
-            f_hwaddr_7 = b[o:e10].decode()
-            o = e10 + (-n9 & 3)
-            if n9 & 3 and b[e10:o] != _ZPAD[o - e10]: raise _Bad
+            e8 = o + n7
+            if e8 > n or big and n7 > 4194304: raise _Bad
+            it2.hwaddr = b[o:e8].decode()
+            if n7 & 3:
+                o = e8 + 4 - (n7 & 3)
+                if b[e8:o] != L_ZPAD[o - e8]: raise _Bad
+            else:
+                o = e8
         else:
             raise _Bad
-        n12 = _S_I.unpack_from(b, o)[0]
+        n9, = L_U_I(b, o)
         o += 4
-        if n12 > 2048 or n12 * 12 > n - o: raise _Bad
-        f_addrs_11 = []
-        for _ in range(n12):
-            it13, o = _d_remote_domain_ip_addr(b, o, n)
-            f_addrs_11.append(it13)
-        it3 = remote_domain_interface(f_name_4, f_hwaddr_7, f_addrs_11)
-        f_ifaces_1.append(it3)
-    return remote_domain_interface_addresses_ret(f_ifaces_1), o
+        if n9 > 2048 or n9 * 12 > n - o: raise _Bad
+        x11: list[Any] = []
+        it2.addrs = x11
+        for _ in range(n9):
+            it10 = L_new(L_remote_domain_ip_addr)
+            it10.type, n12 = L_U_iI(b, o)
+            o += 8
+            e13 = o + n12
+            if e13 > n or big and n12 > 4194304: raise _Bad
+            it10.addr = b[o:e13].decode()
+            if n12 & 3:
+                o = e13 + 4 - (n12 & 3)
+                if b[e13:o] != L_ZPAD[o - e13]: raise _Bad
+            else:
+                o = e13
+            it10.prefix, = L_U_I(b, o)
+            o += 4
+            x11.append(it10)
+        x3.append(it2)
+    return v, o
 
 
 def _e_remote_domain_interface_addresses_ret(v: remote_domain_interface_addresses_ret, w: bytearray) -> None:
     x1 = v.ifaces
     n2 = len(x1)
     if n2 > 2048: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
         s4 = it3.name.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
         x6 = it3.hwaddr
@@ -1685,57 +1976,69 @@ def _e_remote_domain_interface_addresses_ret(v: remote_domain_interface_addresse
             s7 = x6.encode('utf-8', 'surrogateescape')
             n8 = len(s7)
             if n8 > 4194304: raise _Bad
-            w += _S_I.pack(n8)
+            w += _P_I(n8)
             w += s7
             if n8 & 3: w += _ZPAD[-n8 & 3]
         x9 = it3.addrs
         n10 = len(x9)
         if n10 > 2048: raise _Bad
-        w += _S_I.pack(n10)
+        w += _P_I(n10)
         for it11 in x9:
             _e_remote_domain_ip_addr(it11, w)
 
 
 def _d_remote_domain_set_user_password_args(b: bytes, o: int, n: int) -> tuple[remote_domain_set_user_password_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_set_user_password_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    if n8 == 0:
-        f_user_7 = None
-    elif n8 == 1:
-        n9 = _S_I.unpack_from(b, o)[0]
+    if n4 == 0:
+        v.user = None
+    elif n4 == 1:
+        n5, = _U_I(b, o)
         o += 4
-        e10 = o + n9
-        if e10 > n or n9 > 4194304: raise _Bad
-        f_user_7 = b[o:e10].decode()
-        o = e10 + (-n9 & 3)
-        if n9 & 3 and b[e10:o] != _ZPAD[o - e10]: raise _Bad
+        e6 = o + n5
+        if e6 > n or big and n5 > 4194304: raise _Bad
+        v.user = b[o:e6].decode()
+        if n5 & 3:
+            o = e6 + 4 - (n5 & 3)
+            if b[e6:o] != _ZPAD[o - e6]: raise _Bad
+        else:
+            o = e6
     else:
         raise _Bad
-    n12 = _S_I.unpack_from(b, o)[0]
+    n7, = _U_I(b, o)
     o += 4
-    if n12 == 0:
-        f_password_11 = None
-    elif n12 == 1:
-        n13 = _S_I.unpack_from(b, o)[0]
+    if n7 == 0:
+        v.password = None
+    elif n7 == 1:
+        n8, = _U_I(b, o)
         o += 4
-        e14 = o + n13
-        if e14 > n or n13 > 4194304: raise _Bad
-        f_password_11 = b[o:e14].decode()
-        o = e14 + (-n13 & 3)
-        if n13 & 3 and b[e14:o] != _ZPAD[o - e14]: raise _Bad
+        e9 = o + n8
+        if e9 > n or big and n8 > 4194304: raise _Bad
+        v.password = b[o:e9].decode()
+        if n8 & 3:
+            o = e9 + 4 - (n8 & 3)
+            if b[e9:o] != _ZPAD[o - e9]: raise _Bad
+        else:
+            o = e9
     else:
         raise _Bad
-    f_flags_15 = _S_I.unpack_from(b, o)[0]
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_domain_set_user_password_args(f_dom_1, f_user_7, f_password_11, f_flags_15), o
+    return v, o
 
 
 def _e_remote_domain_set_user_password_args(v: remote_domain_set_user_password_args, w: bytearray) -> None:
@@ -1743,13 +2046,13 @@ def _e_remote_domain_set_user_password_args(v: remote_domain_set_user_password_a
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
     x5 = v.user
-    w += _S_16si.pack(x4, x1.id)
+    w += _P_16si(x4, x1.id)
     if x5 is None:
         w += _FLAG0
     else:
@@ -1757,7 +2060,7 @@ def _e_remote_domain_set_user_password_args(v: remote_domain_set_user_password_a
         s6 = x5.encode('utf-8', 'surrogateescape')
         n7 = len(s6)
         if n7 > 4194304: raise _Bad
-        w += _S_I.pack(n7)
+        w += _P_I(n7)
         w += s6
         if n7 & 3: w += _ZPAD[-n7 & 3]
     x8 = v.password
@@ -1768,38 +2071,47 @@ def _e_remote_domain_set_user_password_args(v: remote_domain_set_user_password_a
         s9 = x8.encode('utf-8', 'surrogateescape')
         n10 = len(s9)
         if n10 > 4194304: raise _Bad
-        w += _S_I.pack(n10)
+        w += _P_I(n10)
         w += s9
         if n10 & 3: w += _ZPAD[-n10 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_domain_rename_args(b: bytes, o: int, n: int) -> tuple[remote_domain_rename_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_rename_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    if n8 == 0:
-        f_new_name_7 = None
-    elif n8 == 1:
-        n9 = _S_I.unpack_from(b, o)[0]
+    if n4 == 0:
+        v.new_name = None
+    elif n4 == 1:
+        n5, = _U_I(b, o)
         o += 4
-        e10 = o + n9
-        if e10 > n or n9 > 4194304: raise _Bad
-        f_new_name_7 = b[o:e10].decode()
-        o = e10 + (-n9 & 3)
-        if n9 & 3 and b[e10:o] != _ZPAD[o - e10]: raise _Bad
+        e6 = o + n5
+        if e6 > n or big and n5 > 4194304: raise _Bad
+        v.new_name = b[o:e6].decode()
+        if n5 & 3:
+            o = e6 + 4 - (n5 & 3)
+            if b[e6:o] != _ZPAD[o - e6]: raise _Bad
+        else:
+            o = e6
     else:
         raise _Bad
-    f_flags_11 = _S_I.unpack_from(b, o)[0]
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_domain_rename_args(f_dom_1, f_new_name_7, f_flags_11), o
+    return v, o
 
 
 def _e_remote_domain_rename_args(v: remote_domain_rename_args, w: bytearray) -> None:
@@ -1807,13 +2119,13 @@ def _e_remote_domain_rename_args(v: remote_domain_rename_args, w: bytearray) -> 
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
     x5 = v.new_name
-    w += _S_16si.pack(x4, x1.id)
+    w += _P_16si(x4, x1.id)
     if x5 is None:
         w += _FLAG0
     else:
@@ -1821,34 +2133,41 @@ def _e_remote_domain_rename_args(v: remote_domain_rename_args, w: bytearray) -> 
         s6 = x5.encode('utf-8', 'surrogateescape')
         n7 = len(s6)
         if n7 > 4194304: raise _Bad
-        w += _S_I.pack(n7)
+        w += _P_I(n7)
         w += s6
         if n7 & 3: w += _ZPAD[-n7 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_domain_rename_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_rename_ret, int]:
-    f_retcode_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_domain_rename_ret)
+    v.retcode, = _U_i(b, o)
     o += 4
-    return remote_domain_rename_ret(f_retcode_1), o
+    return v, o
 
 
 def _e_remote_domain_rename_ret(v: remote_domain_rename_ret, w: bytearray) -> None:
-    w += _S_i.pack(v.retcode)
+    w += _P_i(v.retcode)
 
 
 def _d_remote_domain_event_callback_migration_iteration_msg(b: bytes, o: int, n: int) -> tuple[remote_domain_event_callback_migration_iteration_msg, int]:
-    f_callbackID_1, n4 = _S_iI.unpack_from(b, o)
+    big = n - o > 4194304
+    v = _new(remote_domain_event_callback_migration_iteration_msg)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    v.callbackID, n2 = _U_iI(b, o)
     o += 8
-    e5 = o + n4
-    if e5 > n or n4 > 4194304: raise _Bad
-    f_name_3 = b[o:e5].decode()
-    o = e5 + (-n4 & 3)
-    if n4 & 3 and b[e5:o] != _ZPAD[o - e5]: raise _Bad
-    f_uuid_6, f_id_7, f_iteration_8 = _S_16sii.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.iteration = _U_16sii(b, o)
     o += 24
-    f_dom_2 = remote_nonnull_domain(f_name_3, f_uuid_6, f_id_7)
-    return remote_domain_event_callback_migration_iteration_msg(f_callbackID_1, f_dom_2, f_iteration_8), o
+    return v, o
 
 
 def _e_remote_domain_event_callback_migration_iteration_msg(v: remote_domain_event_callback_migration_iteration_msg, w: bytearray) -> None:
@@ -1856,39 +2175,93 @@ def _e_remote_domain_event_callback_migration_iteration_msg(v: remote_domain_eve
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_iI.pack(v.callbackID, n3)
+    w += _P_iI(v.callbackID, n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16sii.pack(x4, x1.id, v.iteration)
+    w += _P_16sii(x4, x1.id, v.iteration)
 
 
 def _d_remote_domain_event_callback_job_completed_msg(b: bytes, o: int, n: int) -> tuple[remote_domain_event_callback_job_completed_msg, int]:
-    f_callbackID_1, n4 = _S_iI.unpack_from(b, o)
+    big = n - o > 4194304
+    v = _new(remote_domain_event_callback_job_completed_msg)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    v.callbackID, n2 = _U_iI(b, o)
     o += 8
-    e5 = o + n4
-    if e5 > n or n4 > 4194304: raise _Bad
-    f_name_3 = b[o:e5].decode()
-    o = e5 + (-n4 & 3)
-    if n4 & 3 and b[e5:o] != _ZPAD[o - e5]: raise _Bad
-    f_uuid_6, f_id_7, n9 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_2 = remote_nonnull_domain(f_name_3, f_uuid_6, f_id_7)
-    if n9 > 64 or n9 * 12 > n - o: raise _Bad
-    f_params_8 = []
-    for _ in range(n9):
-        n12 = _S_I.unpack_from(b, o)[0]
+    if n4 > 64 or n4 * 12 > n - o: raise _Bad
+    x6: list[Any] = []
+    v.params = x6
+    L_U_I = _U_I
+    L_U_Q = _U_Q
+    L_U_d = _U_d
+    L_U_i = _U_i
+    L_U_q = _U_q
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_typed_param = remote_typed_param
+    L_remote_typed_param_value = remote_typed_param_value
+    for _ in range(n4):
+        it5 = L_new(L_remote_typed_param)
+        n7, = L_U_I(b, o)
         o += 4
-        e13 = o + n12
-        if e13 > n or n12 > 4194304: raise _Bad
-        f_field_11 = b[o:e13].decode()
-        o = e13 + (-n12 & 3)
-        if n12 & 3 and b[e13:o] != _ZPAD[o - e13]: raise _Bad
-        f_value_14, o = _d_remote_typed_param_value(b, o, n)
-        it10 = remote_typed_param(f_field_11, f_value_14)
-        f_params_8.append(it10)
-    return remote_domain_event_callback_job_completed_msg(f_callbackID_1, f_dom_2, f_params_8), o
+        e8 = o + n7
+        if e8 > n or big and n7 > 4194304: raise _Bad
+        it5.field = b[o:e8].decode()
+        if n7 & 3:
+            o = e8 + 4 - (n7 & 3)
+            if b[e8:o] != L_ZPAD[o - e8]: raise _Bad
+        else:
+            o = e8
+        x9 = L_new(L_remote_typed_param_value)
+        d10, = L_U_i(b, o)
+        o += 4
+        if d10 == 1:
+            x9.value, = L_U_i(b, o)
+            o += 4
+        elif d10 == 2:
+            x9.value, = L_U_I(b, o)
+            o += 4
+        elif d10 == 3:
+            x9.value, = L_U_q(b, o)
+            o += 8
+        elif d10 == 4:
+            x9.value, = L_U_Q(b, o)
+            o += 8
+        elif d10 == 5:
+            x9.value, = L_U_d(b, o)
+            o += 8
+        elif d10 == 6:
+            x9.value, = L_U_i(b, o)
+            o += 4
+        elif d10 == 7:
+            n11, = L_U_I(b, o)
+            o += 4
+            e12 = o + n11
+            if e12 > n or big and n11 > 4194304: raise _Bad
+            x9.value = b[o:e12].decode()
+            if n11 & 3:
+                o = e12 + 4 - (n11 & 3)
+                if b[e12:o] != L_ZPAD[o - e12]: raise _Bad
+            else:
+                o = e12
+        else:
+            raise _Bad
+        x9.type = d10
+        it5.value = x9
+        x6.append(it5)
+    return v, o
 
 
 def _e_remote_domain_event_callback_job_completed_msg(v: remote_domain_event_callback_job_completed_msg, w: bytearray) -> None:
@@ -1896,7 +2269,7 @@ def _e_remote_domain_event_callback_job_completed_msg(v: remote_domain_event_cal
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_iI.pack(v.callbackID, n3)
+    w += _P_iI(v.callbackID, n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -1904,29 +2277,35 @@ def _e_remote_domain_event_callback_job_completed_msg(v: remote_domain_event_cal
     x5 = v.params
     n6 = len(x5)
     if n6 > 64: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     for it7 in x5:
         s8 = it7.field.encode('utf-8', 'surrogateescape')
         n9 = len(s8)
         if n9 > 4194304: raise _Bad
-        w += _S_I.pack(n9)
+        w += _P_I(n9)
         w += s8
         if n9 & 3: w += _ZPAD[-n9 & 3]
         _e_remote_typed_param_value(it7.value, w)
 
 
 def _d_remote_domain_migrate_start_post_copy_args(b: bytes, o: int, n: int) -> tuple[remote_domain_migrate_start_post_copy_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_migrate_start_post_copy_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_flags_7 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.flags = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_migrate_start_post_copy_args(f_dom_1, f_flags_7), o
+    return v, o
 
 
 def _e_remote_domain_migrate_start_post_copy_args(v: remote_domain_migrate_start_post_copy_args, w: bytearray) -> None:
@@ -1934,31 +2313,40 @@ def _e_remote_domain_migrate_start_post_copy_args(v: remote_domain_migrate_start
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, v.flags)
+    w += _P_16siI(x4, x1.id, v.flags)
 
 
 def _d_remote_domain_event_callback_device_removal_failed_msg(b: bytes, o: int, n: int) -> tuple[remote_domain_event_callback_device_removal_failed_msg, int]:
-    f_callbackID_1, n4 = _S_iI.unpack_from(b, o)
+    big = n - o > 4194304
+    v = _new(remote_domain_event_callback_device_removal_failed_msg)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    v.callbackID, n2 = _U_iI(b, o)
     o += 8
-    e5 = o + n4
-    if e5 > n or n4 > 4194304: raise _Bad
-    f_name_3 = b[o:e5].decode()
-    o = e5 + (-n4 & 3)
-    if n4 & 3 and b[e5:o] != _ZPAD[o - e5]: raise _Bad
-    f_uuid_6, f_id_7, n9 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_2 = remote_nonnull_domain(f_name_3, f_uuid_6, f_id_7)
-    e10 = o + n9
-    if e10 > n or n9 > 4194304: raise _Bad
-    f_devAlias_8 = b[o:e10].decode()
-    o = e10 + (-n9 & 3)
-    if n9 & 3 and b[e10:o] != _ZPAD[o - e10]: raise _Bad
-    return remote_domain_event_callback_device_removal_failed_msg(f_callbackID_1, f_dom_2, f_devAlias_8), o
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    v.devAlias = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    return v, o
 
 
 def _e_remote_domain_event_callback_device_removal_failed_msg(v: remote_domain_event_callback_device_removal_failed_msg, w: bytearray) -> None:
@@ -1966,7 +2354,7 @@ def _e_remote_domain_event_callback_device_removal_failed_msg(v: remote_domain_e
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_iI.pack(v.callbackID, n3)
+    w += _P_iI(v.callbackID, n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -1974,23 +2362,29 @@ def _e_remote_domain_event_callback_device_removal_failed_msg(v: remote_domain_e
     s5 = v.devAlias.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
 
 
 def _d_remote_domain_get_guest_vcpus_args(b: bytes, o: int, n: int) -> tuple[remote_domain_get_guest_vcpus_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_get_guest_vcpus_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_flags_7 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.flags = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_get_guest_vcpus_args(f_dom_1, f_flags_7), o
+    return v, o
 
 
 def _e_remote_domain_get_guest_vcpus_args(v: remote_domain_get_guest_vcpus_args, w: bytearray) -> None:
@@ -1998,67 +2392,126 @@ def _e_remote_domain_get_guest_vcpus_args(v: remote_domain_get_guest_vcpus_args,
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, v.flags)
+    w += _P_16siI(x4, x1.id, v.flags)
 
 
 def _d_remote_domain_get_guest_vcpus_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_get_guest_vcpus_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_get_guest_vcpus_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 64 or n2 * 12 > n - o: raise _Bad
-    f_params_1 = []
-    for _ in range(n2):
-        n5 = _S_I.unpack_from(b, o)[0]
+    if n1 > 64 or n1 * 12 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.params = x3
+    L_U_I = _U_I
+    L_U_Q = _U_Q
+    L_U_d = _U_d
+    L_U_i = _U_i
+    L_U_q = _U_q
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_typed_param = remote_typed_param
+    L_remote_typed_param_value = remote_typed_param_value
+    for _ in range(n1):
+        it2 = L_new(L_remote_typed_param)
+        n4, = L_U_I(b, o)
         o += 4
-        e6 = o + n5
-        if e6 > n or n5 > 4194304: raise _Bad
-        f_field_4 = b[o:e6].decode()
-        o = e6 + (-n5 & 3)
-        if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-        f_value_7, o = _d_remote_typed_param_value(b, o, n)
-        it3 = remote_typed_param(f_field_4, f_value_7)
-        f_params_1.append(it3)
-    return remote_domain_get_guest_vcpus_ret(f_params_1), o
+        e5 = o + n4
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        it2.field = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != L_ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
+        x6 = L_new(L_remote_typed_param_value)
+        d7, = L_U_i(b, o)
+        o += 4
+        if d7 == 1:
+            x6.value, = L_U_i(b, o)
+            o += 4
+        elif d7 == 2:
+            x6.value, = L_U_I(b, o)
+            o += 4
+        elif d7 == 3:
+            x6.value, = L_U_q(b, o)
+            o += 8
+        elif d7 == 4:
+            x6.value, = L_U_Q(b, o)
+            o += 8
+        elif d7 == 5:
+            x6.value, = L_U_d(b, o)
+            o += 8
+        elif d7 == 6:
+            x6.value, = L_U_i(b, o)
+            o += 4
+        elif d7 == 7:
+            n8, = L_U_I(b, o)
+            o += 4
+            e9 = o + n8
+            if e9 > n or big and n8 > 4194304: raise _Bad
+            x6.value = b[o:e9].decode()
+            if n8 & 3:
+                o = e9 + 4 - (n8 & 3)
+                if b[e9:o] != L_ZPAD[o - e9]: raise _Bad
+            else:
+                o = e9
+        else:
+            raise _Bad
+        x6.type = d7
+        it2.value = x6
+        x3.append(it2)
+    return v, o
 
 
 def _e_remote_domain_get_guest_vcpus_ret(v: remote_domain_get_guest_vcpus_ret, w: bytearray) -> None:
     x1 = v.params
     n2 = len(x1)
     if n2 > 64: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
         s4 = it3.field.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
         _e_remote_typed_param_value(it3.value, w)
 
 
 def _d_remote_domain_set_guest_vcpus_args(b: bytes, o: int, n: int) -> tuple[remote_domain_set_guest_vcpus_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_set_guest_vcpus_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    e9 = o + n8
-    if e9 > n or n8 > 4194304: raise _Bad
-    f_cpumap_7 = b[o:e9].decode()
-    o = e9 + (-n8 & 3)
-    if n8 & 3 and b[e9:o] != _ZPAD[o - e9]: raise _Bad
-    f_state_10, f_flags_11 = _S_iI.unpack_from(b, o)
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    v.cpumap = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    v.state, v.flags = _U_iI(b, o)
     o += 8
-    return remote_domain_set_guest_vcpus_args(f_dom_1, f_cpumap_7, f_state_10, f_flags_11), o
+    return v, o
 
 
 def _e_remote_domain_set_guest_vcpus_args(v: remote_domain_set_guest_vcpus_args, w: bytearray) -> None:
@@ -2066,7 +2519,7 @@ def _e_remote_domain_set_guest_vcpus_args(v: remote_domain_set_guest_vcpus_args,
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -2074,36 +2527,45 @@ def _e_remote_domain_set_guest_vcpus_args(v: remote_domain_set_guest_vcpus_args,
     s5 = v.cpumap.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
-    w += _S_iI.pack(v.state, v.flags)
+    w += _P_iI(v.state, v.flags)
 
 
 def _d_remote_domain_event_callback_metadata_change_msg(b: bytes, o: int, n: int) -> tuple[remote_domain_event_callback_metadata_change_msg, int]:
-    f_callbackID_1, n4 = _S_iI.unpack_from(b, o)
+    big = n - o > 4194304
+    v = _new(remote_domain_event_callback_metadata_change_msg)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    v.callbackID, n2 = _U_iI(b, o)
     o += 8
-    e5 = o + n4
-    if e5 > n or n4 > 4194304: raise _Bad
-    f_name_3 = b[o:e5].decode()
-    o = e5 + (-n4 & 3)
-    if n4 & 3 and b[e5:o] != _ZPAD[o - e5]: raise _Bad
-    f_uuid_6, f_id_7, f_type_8, n10 = _S_16siiI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.type, n4 = _U_16siiI(b, o)
     o += 28
-    f_dom_2 = remote_nonnull_domain(f_name_3, f_uuid_6, f_id_7)
-    if n10 == 0:
-        f_nsuri_9 = None
-    elif n10 == 1:
-        n11 = _S_I.unpack_from(b, o)[0]
+    if n4 == 0:
+        v.nsuri = None
+    elif n4 == 1:
+        n5, = _U_I(b, o)
         o += 4
-        e12 = o + n11
-        if e12 > n or n11 > 4194304: raise _Bad
-        f_nsuri_9 = b[o:e12].decode()
-        o = e12 + (-n11 & 3)
-        if n11 & 3 and b[e12:o] != _ZPAD[o - e12]: raise _Bad
+        e6 = o + n5
+        if e6 > n or big and n5 > 4194304: raise _Bad
+        v.nsuri = b[o:e6].decode()
+        if n5 & 3:
+            o = e6 + 4 - (n5 & 3)
+            if b[e6:o] != _ZPAD[o - e6]: raise _Bad
+        else:
+            o = e6
     else:
         raise _Bad
-    return remote_domain_event_callback_metadata_change_msg(f_callbackID_1, f_dom_2, f_type_8, f_nsuri_9), o
+    return v, o
 
 
 def _e_remote_domain_event_callback_metadata_change_msg(v: remote_domain_event_callback_metadata_change_msg, w: bytearray) -> None:
@@ -2111,13 +2573,13 @@ def _e_remote_domain_event_callback_metadata_change_msg(v: remote_domain_event_c
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_iI.pack(v.callbackID, n3)
+    w += _P_iI(v.callbackID, n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
     x5 = v.nsuri
-    w += _S_16sii.pack(x4, x1.id, v.type)
+    w += _P_16sii(x4, x1.id, v.type)
     if x5 is None:
         w += _FLAG0
     else:
@@ -2125,33 +2587,39 @@ def _e_remote_domain_event_callback_metadata_change_msg(v: remote_domain_event_c
         s6 = x5.encode('utf-8', 'surrogateescape')
         n7 = len(s6)
         if n7 > 4194304: raise _Bad
-        w += _S_I.pack(n7)
+        w += _P_I(n7)
         w += s6
         if n7 & 3: w += _ZPAD[-n7 & 3]
 
 
 def _d_remote_connect_secret_event_register_any_args(b: bytes, o: int, n: int) -> tuple[remote_connect_secret_event_register_any_args, int]:
-    f_eventID_1, n3 = _S_iI.unpack_from(b, o)
+    big = n - o > 4194304
+    v = _new(remote_connect_secret_event_register_any_args)
+    v.eventID, n1 = _U_iI(b, o)
     o += 8
-    if n3 == 0:
-        f_secret_2 = None
-    elif n3 == 1:
-        f_uuid_4, f_usageType_5, n7 = _S_16siI.unpack_from(b, o)
+    if n1 == 0:
+        v.secret = None
+    elif n1 == 1:
+        x2 = _new(remote_nonnull_secret)
+        v.secret = x2
+        x2.uuid, x2.usageType, n3 = _U_16siI(b, o)
         o += 24
-        e8 = o + n7
-        if e8 > n or n7 > 4194304: raise _Bad
-        f_usageID_6 = b[o:e8].decode()
-        o = e8 + (-n7 & 3)
-        if n7 & 3 and b[e8:o] != _ZPAD[o - e8]: raise _Bad
-        f_secret_2 = remote_nonnull_secret(f_uuid_4, f_usageType_5, f_usageID_6)
+        e4 = o + n3
+        if e4 > n or big and n3 > 4194304: raise _Bad
+        x2.usageID = b[o:e4].decode()
+        if n3 & 3:
+            o = e4 + 4 - (n3 & 3)
+            if b[e4:o] != _ZPAD[o - e4]: raise _Bad
+        else:
+            o = e4
     else:
         raise _Bad
-    return remote_connect_secret_event_register_any_args(f_eventID_1, f_secret_2), o
+    return v, o
 
 
 def _e_remote_connect_secret_event_register_any_args(v: remote_connect_secret_event_register_any_args, w: bytearray) -> None:
     x1 = v.secret
-    w += _S_i.pack(v.eventID)
+    w += _P_i(v.eventID)
     if x1 is None:
         w += _FLAG0
     else:
@@ -2161,43 +2629,51 @@ def _e_remote_connect_secret_event_register_any_args(v: remote_connect_secret_ev
         s3 = x1.usageID.encode('utf-8', 'surrogateescape')
         n4 = len(s3)
         if n4 > 4194304: raise _Bad
-        w += _S_16siI.pack(x2, x1.usageType, n4)
+        w += _P_16siI(x2, x1.usageType, n4)
         w += s3
         if n4 & 3: w += _ZPAD[-n4 & 3]
 
 
 def _d_remote_connect_secret_event_register_any_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_secret_event_register_any_ret, int]:
-    f_callbackID_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_connect_secret_event_register_any_ret)
+    v.callbackID, = _U_i(b, o)
     o += 4
-    return remote_connect_secret_event_register_any_ret(f_callbackID_1), o
+    return v, o
 
 
 def _e_remote_connect_secret_event_register_any_ret(v: remote_connect_secret_event_register_any_ret, w: bytearray) -> None:
-    w += _S_i.pack(v.callbackID)
+    w += _P_i(v.callbackID)
 
 
 def _d_remote_connect_secret_event_deregister_any_args(b: bytes, o: int, n: int) -> tuple[remote_connect_secret_event_deregister_any_args, int]:
-    f_callbackID_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_connect_secret_event_deregister_any_args)
+    v.callbackID, = _U_i(b, o)
     o += 4
-    return remote_connect_secret_event_deregister_any_args(f_callbackID_1), o
+    return v, o
 
 
 def _e_remote_connect_secret_event_deregister_any_args(v: remote_connect_secret_event_deregister_any_args, w: bytearray) -> None:
-    w += _S_i.pack(v.callbackID)
+    w += _P_i(v.callbackID)
 
 
 def _d_remote_secret_event_lifecycle_msg(b: bytes, o: int, n: int) -> tuple[remote_secret_event_lifecycle_msg, int]:
-    f_callbackID_1, f_uuid_3, f_usageType_4, n6 = _S_i16siI.unpack_from(b, o)
+    big = n - o > 4194304
+    v = _new(remote_secret_event_lifecycle_msg)
+    x1 = _new(remote_nonnull_secret)
+    v.secret = x1
+    v.callbackID, x1.uuid, x1.usageType, n2 = _U_i16siI(b, o)
     o += 28
-    e7 = o + n6
-    if e7 > n or n6 > 4194304: raise _Bad
-    f_usageID_5 = b[o:e7].decode()
-    o = e7 + (-n6 & 3)
-    if n6 & 3 and b[e7:o] != _ZPAD[o - e7]: raise _Bad
-    f_event_8, f_detail_9 = _S_ii.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.usageID = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    v.event, v.detail = _U_ii(b, o)
     o += 8
-    f_secret_2 = remote_nonnull_secret(f_uuid_3, f_usageType_4, f_usageID_5)
-    return remote_secret_event_lifecycle_msg(f_callbackID_1, f_secret_2, f_event_8, f_detail_9), o
+    return v, o
 
 
 def _e_remote_secret_event_lifecycle_msg(v: remote_secret_event_lifecycle_msg, w: bytearray) -> None:
@@ -2207,22 +2683,28 @@ def _e_remote_secret_event_lifecycle_msg(v: remote_secret_event_lifecycle_msg, w
     s3 = x1.usageID.encode('utf-8', 'surrogateescape')
     n4 = len(s3)
     if n4 > 4194304: raise _Bad
-    w += _S_i16siI.pack(v.callbackID, x2, x1.usageType, n4)
+    w += _P_i16siI(v.callbackID, x2, x1.usageType, n4)
     w += s3
     if n4 & 3: w += _ZPAD[-n4 & 3]
-    w += _S_ii.pack(v.event, v.detail)
+    w += _P_ii(v.event, v.detail)
 
 
 def _d_remote_secret_event_value_changed_msg(b: bytes, o: int, n: int) -> tuple[remote_secret_event_value_changed_msg, int]:
-    f_callbackID_1, f_uuid_3, f_usageType_4, n6 = _S_i16siI.unpack_from(b, o)
+    big = n - o > 4194304
+    v = _new(remote_secret_event_value_changed_msg)
+    x1 = _new(remote_nonnull_secret)
+    v.secret = x1
+    v.callbackID, x1.uuid, x1.usageType, n2 = _U_i16siI(b, o)
     o += 28
-    e7 = o + n6
-    if e7 > n or n6 > 4194304: raise _Bad
-    f_usageID_5 = b[o:e7].decode()
-    o = e7 + (-n6 & 3)
-    if n6 & 3 and b[e7:o] != _ZPAD[o - e7]: raise _Bad
-    f_secret_2 = remote_nonnull_secret(f_uuid_3, f_usageType_4, f_usageID_5)
-    return remote_secret_event_value_changed_msg(f_callbackID_1, f_secret_2), o
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.usageID = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    return v, o
 
 
 def _e_remote_secret_event_value_changed_msg(v: remote_secret_event_value_changed_msg, w: bytearray) -> None:
@@ -2232,7 +2714,7 @@ def _e_remote_secret_event_value_changed_msg(v: remote_secret_event_value_change
     s3 = x1.usageID.encode('utf-8', 'surrogateescape')
     n4 = len(s3)
     if n4 > 4194304: raise _Bad
-    w += _S_i16siI.pack(v.callbackID, x2, x1.usageType, n4)
+    w += _P_i16siI(v.callbackID, x2, x1.usageType, n4)
     w += s3
     if n4 & 3: w += _ZPAD[-n4 & 3]
 

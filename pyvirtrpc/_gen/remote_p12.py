@@ -12,6 +12,8 @@ from struct import Struct as _Struct
 from struct import pack as _pack
 from struct import unpack_from as _unpack_from
 
+_new = object.__new__  # decoders fill __slots__ directly instead of calling __init__
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: it costs milliseconds at start-up
     from typing import Any, Optional, Union
@@ -27,12 +29,6 @@ from .._xdr import XdrStruct as _XdrStruct
 from .._xdr import XdrUnion as _XdrUnion
 from .._xdr import dec_chars as _dec_chars
 from .._xdr import enc_chars as _enc_chars
-from .._xdr import enum_member as _enum_member
-from .remote import _d_remote_nonnull_domain
-from .remote import _d_remote_nonnull_network
-from .remote import _d_remote_typed_param_value
-from .remote import _e_remote_nonnull_domain
-from .remote import _e_remote_nonnull_network
 from .remote import _e_remote_typed_param_value
 from .remote import remote_nonnull_domain
 from .remote import remote_nonnull_domain_checkpoint
@@ -41,6 +37,7 @@ from .remote import remote_nonnull_network_port
 from .remote import remote_nonnull_nwfilter_binding
 from .remote import remote_nonnull_storage_pool
 from .remote import remote_typed_param
+from .remote import remote_typed_param_value
 
 __all__: list[str] = []  # import names explicitly
 
@@ -58,8 +55,44 @@ _S_I = _Struct('>I')
 _S_Q = _Struct('>Q')
 _S_QI = _Struct('>QI')
 _S_QQ = _Struct('>QQ')
+_S_d = _Struct('>d')
 _S_i = _Struct('>i')
 _S_iI = _Struct('>iI')
+_S_q = _Struct('>q')
+_P_16s = _S_16s.pack
+_P_16s16s = _S_16s16s.pack
+_P_16s16sI = _S_16s16sI.pack
+_P_16s16siI = _S_16s16siI.pack
+_P_16sI = _S_16sI.pack
+_P_16si = _S_16si.pack
+_P_16siI = _S_16siI.pack
+_P_16siII = _S_16siII.pack
+_P_16siIII = _S_16siIII.pack
+_P_16siiI = _S_16siiI.pack
+_P_I = _S_I.pack
+_P_Q = _S_Q.pack
+_P_QI = _S_QI.pack
+_P_QQ = _S_QQ.pack
+_P_i = _S_i.pack
+_P_iI = _S_iI.pack
+_U_16s = _S_16s.unpack_from
+_U_16s16s = _S_16s16s.unpack_from
+_U_16s16sI = _S_16s16sI.unpack_from
+_U_16s16siI = _S_16s16siI.unpack_from
+_U_16sI = _S_16sI.unpack_from
+_U_16si = _S_16si.unpack_from
+_U_16siI = _S_16siI.unpack_from
+_U_16siII = _S_16siII.unpack_from
+_U_16siIII = _S_16siIII.unpack_from
+_U_16siiI = _S_16siiI.unpack_from
+_U_I = _S_I.unpack_from
+_U_Q = _S_Q.unpack_from
+_U_QI = _S_QI.unpack_from
+_U_QQ = _S_QQ.unpack_from
+_U_d = _S_d.unpack_from
+_U_i = _S_i.unpack_from
+_U_iI = _S_iI.unpack_from
+_U_q = _S_q.unpack_from
 
 
 class remote_domain_set_iothread_params_args(_XdrStruct):
@@ -1121,32 +1154,86 @@ class remote_domain_checkpoint_lookup_by_name_ret(_XdrStruct):
 # ------------------------------------------------------------------- codecs
 
 def _d_remote_domain_set_iothread_params_args(b: bytes, o: int, n: int) -> tuple[remote_domain_set_iothread_params_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_set_iothread_params_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_iothread_id_7, n9 = _S_16siII.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.iothread_id, n4 = _U_16siII(b, o)
     o += 28
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    if n9 > 64 or n9 * 12 > n - o: raise _Bad
-    f_params_8 = []
-    for _ in range(n9):
-        n12 = _S_I.unpack_from(b, o)[0]
+    if n4 > 64 or n4 * 12 > n - o: raise _Bad
+    x6: list[Any] = []
+    v.params = x6
+    L_U_I = _U_I
+    L_U_Q = _U_Q
+    L_U_d = _U_d
+    L_U_i = _U_i
+    L_U_q = _U_q
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_typed_param = remote_typed_param
+    L_remote_typed_param_value = remote_typed_param_value
+    for _ in range(n4):
+        it5 = L_new(L_remote_typed_param)
+        n7, = L_U_I(b, o)
         o += 4
-        e13 = o + n12
-        if e13 > n or n12 > 4194304: raise _Bad
-        f_field_11 = b[o:e13].decode()
-        o = e13 + (-n12 & 3)
-        if n12 & 3 and b[e13:o] != _ZPAD[o - e13]: raise _Bad
-        f_value_14, o = _d_remote_typed_param_value(b, o, n)
-        it10 = remote_typed_param(f_field_11, f_value_14)
-        f_params_8.append(it10)
-    f_flags_15 = _S_I.unpack_from(b, o)[0]
+        e8 = o + n7
+        if e8 > n or big and n7 > 4194304: raise _Bad
+        it5.field = b[o:e8].decode()
+        if n7 & 3:
+            o = e8 + 4 - (n7 & 3)
+            if b[e8:o] != L_ZPAD[o - e8]: raise _Bad
+        else:
+            o = e8
+        x9 = L_new(L_remote_typed_param_value)
+        d10, = L_U_i(b, o)
+        o += 4
+        if d10 == 1:
+            x9.value, = L_U_i(b, o)
+            o += 4
+        elif d10 == 2:
+            x9.value, = L_U_I(b, o)
+            o += 4
+        elif d10 == 3:
+            x9.value, = L_U_q(b, o)
+            o += 8
+        elif d10 == 4:
+            x9.value, = L_U_Q(b, o)
+            o += 8
+        elif d10 == 5:
+            x9.value, = L_U_d(b, o)
+            o += 8
+        elif d10 == 6:
+            x9.value, = L_U_i(b, o)
+            o += 4
+        elif d10 == 7:
+            n11, = L_U_I(b, o)
+            o += 4
+            e12 = o + n11
+            if e12 > n or big and n11 > 4194304: raise _Bad
+            x9.value = b[o:e12].decode()
+            if n11 & 3:
+                o = e12 + 4 - (n11 & 3)
+                if b[e12:o] != L_ZPAD[o - e12]: raise _Bad
+            else:
+                o = e12
+        else:
+            raise _Bad
+        x9.type = d10
+        it5.value = x9
+        x6.append(it5)
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_domain_set_iothread_params_args(f_dom_1, f_iothread_id_7, f_params_8, f_flags_15), o
+    return v, o
 
 
 def _e_remote_domain_set_iothread_params_args(v: remote_domain_set_iothread_params_args, w: bytearray) -> None:
@@ -1154,7 +1241,7 @@ def _e_remote_domain_set_iothread_params_args(v: remote_domain_set_iothread_para
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -1162,37 +1249,46 @@ def _e_remote_domain_set_iothread_params_args(v: remote_domain_set_iothread_para
     x5 = v.params
     n6 = len(x5)
     if n6 > 64: raise _Bad
-    w += _S_16siII.pack(x4, x1.id, v.iothread_id, n6)
+    w += _P_16siII(x4, x1.id, v.iothread_id, n6)
     for it7 in x5:
         s8 = it7.field.encode('utf-8', 'surrogateescape')
         n9 = len(s8)
         if n9 > 4194304: raise _Bad
-        w += _S_I.pack(n9)
+        w += _P_I(n9)
         w += s8
         if n9 & 3: w += _ZPAD[-n9 & 3]
         _e_remote_typed_param_value(it7.value, w)
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_domain_detach_device_alias_args(b: bytes, o: int, n: int) -> tuple[remote_domain_detach_device_alias_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_detach_device_alias_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    e9 = o + n8
-    if e9 > n or n8 > 4194304: raise _Bad
-    f_alias_7 = b[o:e9].decode()
-    o = e9 + (-n8 & 3)
-    if n8 & 3 and b[e9:o] != _ZPAD[o - e9]: raise _Bad
-    f_flags_10 = _S_I.unpack_from(b, o)[0]
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    v.alias = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_domain_detach_device_alias_args(f_dom_1, f_alias_7, f_flags_10), o
+    return v, o
 
 
 def _e_remote_domain_detach_device_alias_args(v: remote_domain_detach_device_alias_args, w: bytearray) -> None:
@@ -1200,7 +1296,7 @@ def _e_remote_domain_detach_device_alias_args(v: remote_domain_detach_device_ali
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -1208,44 +1304,55 @@ def _e_remote_domain_detach_device_alias_args(v: remote_domain_detach_device_ali
     s5 = v.alias.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_storage_pool_lookup_by_target_path_args(b: bytes, o: int, n: int) -> tuple[remote_storage_pool_lookup_by_target_path_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_storage_pool_lookup_by_target_path_args)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_path_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    return remote_storage_pool_lookup_by_target_path_args(f_path_1), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.path = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_remote_storage_pool_lookup_by_target_path_args(v: remote_storage_pool_lookup_by_target_path_args, w: bytearray) -> None:
     s1 = v.path.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_remote_storage_pool_lookup_by_target_path_ret(b: bytes, o: int, n: int) -> tuple[remote_storage_pool_lookup_by_target_path_ret, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_storage_pool_lookup_by_target_path_ret)
+    x1 = _new(remote_nonnull_storage_pool)
+    v.pool = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5 = _S_16s.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, = _U_16s(b, o)
     o += 16
-    f_pool_1 = remote_nonnull_storage_pool(f_name_2, f_uuid_5)
-    return remote_storage_pool_lookup_by_target_path_ret(f_pool_1), o
+    return v, o
 
 
 def _e_remote_storage_pool_lookup_by_target_path_ret(v: remote_storage_pool_lookup_by_target_path_ret, w: bytearray) -> None:
@@ -1253,26 +1360,32 @@ def _e_remote_storage_pool_lookup_by_target_path_ret(v: remote_storage_pool_look
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16s.pack(x4)
+    w += _P_16s(x4)
 
 
 def _d_remote_domain_migrate_get_max_downtime_args(b: bytes, o: int, n: int) -> tuple[remote_domain_migrate_get_max_downtime_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_migrate_get_max_downtime_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_flags_7 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.flags = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_migrate_get_max_downtime_args(f_dom_1, f_flags_7), o
+    return v, o
 
 
 def _e_remote_domain_migrate_get_max_downtime_args(v: remote_domain_migrate_get_max_downtime_args, w: bytearray) -> None:
@@ -1280,36 +1393,43 @@ def _e_remote_domain_migrate_get_max_downtime_args(v: remote_domain_migrate_get_
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, v.flags)
+    w += _P_16siI(x4, x1.id, v.flags)
 
 
 def _d_remote_domain_migrate_get_max_downtime_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_migrate_get_max_downtime_ret, int]:
-    f_downtime_1 = _S_Q.unpack_from(b, o)[0]
+    v = _new(remote_domain_migrate_get_max_downtime_ret)
+    v.downtime, = _U_Q(b, o)
     o += 8
-    return remote_domain_migrate_get_max_downtime_ret(f_downtime_1), o
+    return v, o
 
 
 def _e_remote_domain_migrate_get_max_downtime_ret(v: remote_domain_migrate_get_max_downtime_ret, w: bytearray) -> None:
-    w += _S_Q.pack(v.downtime)
+    w += _P_Q(v.downtime)
 
 
 def _d_remote_domain_managed_save_get_xml_desc_args(b: bytes, o: int, n: int) -> tuple[remote_domain_managed_save_get_xml_desc_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_managed_save_get_xml_desc_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_flags_7 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.flags = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_managed_save_get_xml_desc_args(f_dom_1, f_flags_7), o
+    return v, o
 
 
 def _e_remote_domain_managed_save_get_xml_desc_args(v: remote_domain_managed_save_get_xml_desc_args, w: bytearray) -> None:
@@ -1317,60 +1437,74 @@ def _e_remote_domain_managed_save_get_xml_desc_args(v: remote_domain_managed_sav
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, v.flags)
+    w += _P_16siI(x4, x1.id, v.flags)
 
 
 def _d_remote_domain_managed_save_get_xml_desc_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_managed_save_get_xml_desc_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_managed_save_get_xml_desc_ret)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_xml_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    return remote_domain_managed_save_get_xml_desc_ret(f_xml_1), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.xml = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_remote_domain_managed_save_get_xml_desc_ret(v: remote_domain_managed_save_get_xml_desc_ret, w: bytearray) -> None:
     s1 = v.xml.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_remote_domain_managed_save_define_xml_args(b: bytes, o: int, n: int) -> tuple[remote_domain_managed_save_define_xml_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_managed_save_define_xml_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    if n8 == 0:
-        f_dxml_7 = None
-    elif n8 == 1:
-        n9 = _S_I.unpack_from(b, o)[0]
+    if n4 == 0:
+        v.dxml = None
+    elif n4 == 1:
+        n5, = _U_I(b, o)
         o += 4
-        e10 = o + n9
-        if e10 > n or n9 > 4194304: raise _Bad
-        f_dxml_7 = b[o:e10].decode()
-        o = e10 + (-n9 & 3)
-        if n9 & 3 and b[e10:o] != _ZPAD[o - e10]: raise _Bad
+        e6 = o + n5
+        if e6 > n or big and n5 > 4194304: raise _Bad
+        v.dxml = b[o:e6].decode()
+        if n5 & 3:
+            o = e6 + 4 - (n5 & 3)
+            if b[e6:o] != _ZPAD[o - e6]: raise _Bad
+        else:
+            o = e6
     else:
         raise _Bad
-    f_flags_11 = _S_I.unpack_from(b, o)[0]
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_domain_managed_save_define_xml_args(f_dom_1, f_dxml_7, f_flags_11), o
+    return v, o
 
 
 def _e_remote_domain_managed_save_define_xml_args(v: remote_domain_managed_save_define_xml_args, w: bytearray) -> None:
@@ -1378,13 +1512,13 @@ def _e_remote_domain_managed_save_define_xml_args(v: remote_domain_managed_save_
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
     x5 = v.dxml
-    w += _S_16si.pack(x4, x1.id)
+    w += _P_16si(x4, x1.id)
     if x5 is None:
         w += _FLAG0
     else:
@@ -1392,45 +1526,57 @@ def _e_remote_domain_managed_save_define_xml_args(v: remote_domain_managed_save_
         s6 = x5.encode('utf-8', 'surrogateescape')
         n7 = len(s6)
         if n7 > 4194304: raise _Bad
-        w += _S_I.pack(n7)
+        w += _P_I(n7)
         w += s6
         if n7 & 3: w += _ZPAD[-n7 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_domain_event_block_threshold_msg(b: bytes, o: int, n: int) -> tuple[remote_domain_event_block_threshold_msg, int]:
-    f_callbackID_1, n4 = _S_iI.unpack_from(b, o)
+    big = n - o > 4194304
+    v = _new(remote_domain_event_block_threshold_msg)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    v.callbackID, n2 = _U_iI(b, o)
     o += 8
-    e5 = o + n4
-    if e5 > n or n4 > 4194304: raise _Bad
-    f_name_3 = b[o:e5].decode()
-    o = e5 + (-n4 & 3)
-    if n4 & 3 and b[e5:o] != _ZPAD[o - e5]: raise _Bad
-    f_uuid_6, f_id_7, n9 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_2 = remote_nonnull_domain(f_name_3, f_uuid_6, f_id_7)
-    e10 = o + n9
-    if e10 > n or n9 > 4194304: raise _Bad
-    f_dev_8 = b[o:e10].decode()
-    o = e10 + (-n9 & 3)
-    if n9 & 3 and b[e10:o] != _ZPAD[o - e10]: raise _Bad
-    n12 = _S_I.unpack_from(b, o)[0]
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    v.dev = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    n6, = _U_I(b, o)
     o += 4
-    if n12 == 0:
-        f_path_11 = None
-    elif n12 == 1:
-        n13 = _S_I.unpack_from(b, o)[0]
+    if n6 == 0:
+        v.path = None
+    elif n6 == 1:
+        n7, = _U_I(b, o)
         o += 4
-        e14 = o + n13
-        if e14 > n or n13 > 4194304: raise _Bad
-        f_path_11 = b[o:e14].decode()
-        o = e14 + (-n13 & 3)
-        if n13 & 3 and b[e14:o] != _ZPAD[o - e14]: raise _Bad
+        e8 = o + n7
+        if e8 > n or big and n7 > 4194304: raise _Bad
+        v.path = b[o:e8].decode()
+        if n7 & 3:
+            o = e8 + 4 - (n7 & 3)
+            if b[e8:o] != _ZPAD[o - e8]: raise _Bad
+        else:
+            o = e8
     else:
         raise _Bad
-    f_threshold_15, f_excess_16 = _S_QQ.unpack_from(b, o)
+    v.threshold, v.excess = _U_QQ(b, o)
     o += 16
-    return remote_domain_event_block_threshold_msg(f_callbackID_1, f_dom_2, f_dev_8, f_path_11, f_threshold_15, f_excess_16), o
+    return v, o
 
 
 def _e_remote_domain_event_block_threshold_msg(v: remote_domain_event_block_threshold_msg, w: bytearray) -> None:
@@ -1438,7 +1584,7 @@ def _e_remote_domain_event_block_threshold_msg(v: remote_domain_event_block_thre
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_iI.pack(v.callbackID, n3)
+    w += _P_iI(v.callbackID, n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -1446,7 +1592,7 @@ def _e_remote_domain_event_block_threshold_msg(v: remote_domain_event_block_thre
     s5 = v.dev.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
     x7 = v.path
@@ -1457,31 +1603,40 @@ def _e_remote_domain_event_block_threshold_msg(v: remote_domain_event_block_thre
         s8 = x7.encode('utf-8', 'surrogateescape')
         n9 = len(s8)
         if n9 > 4194304: raise _Bad
-        w += _S_I.pack(n9)
+        w += _P_I(n9)
         w += s8
         if n9 & 3: w += _ZPAD[-n9 & 3]
-    w += _S_QQ.pack(v.threshold, v.excess)
+    w += _P_QQ(v.threshold, v.excess)
 
 
 def _d_remote_domain_set_vcpu_args(b: bytes, o: int, n: int) -> tuple[remote_domain_set_vcpu_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_set_vcpu_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    e9 = o + n8
-    if e9 > n or n8 > 4194304: raise _Bad
-    f_cpumap_7 = b[o:e9].decode()
-    o = e9 + (-n8 & 3)
-    if n8 & 3 and b[e9:o] != _ZPAD[o - e9]: raise _Bad
-    f_state_10, f_flags_11 = _S_iI.unpack_from(b, o)
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    v.cpumap = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    v.state, v.flags = _U_iI(b, o)
     o += 8
-    return remote_domain_set_vcpu_args(f_dom_1, f_cpumap_7, f_state_10, f_flags_11), o
+    return v, o
 
 
 def _e_remote_domain_set_vcpu_args(v: remote_domain_set_vcpu_args, w: bytearray) -> None:
@@ -1489,7 +1644,7 @@ def _e_remote_domain_set_vcpu_args(v: remote_domain_set_vcpu_args, w: bytearray)
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -1497,31 +1652,40 @@ def _e_remote_domain_set_vcpu_args(v: remote_domain_set_vcpu_args, w: bytearray)
     s5 = v.cpumap.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
-    w += _S_iI.pack(v.state, v.flags)
+    w += _P_iI(v.state, v.flags)
 
 
 def _d_remote_domain_set_block_threshold_args(b: bytes, o: int, n: int) -> tuple[remote_domain_set_block_threshold_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_set_block_threshold_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    e9 = o + n8
-    if e9 > n or n8 > 4194304: raise _Bad
-    f_dev_7 = b[o:e9].decode()
-    o = e9 + (-n8 & 3)
-    if n8 & 3 and b[e9:o] != _ZPAD[o - e9]: raise _Bad
-    f_threshold_10, f_flags_11 = _S_QI.unpack_from(b, o)
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    v.dev = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    v.threshold, v.flags = _U_QI(b, o)
     o += 12
-    return remote_domain_set_block_threshold_args(f_dom_1, f_dev_7, f_threshold_10, f_flags_11), o
+    return v, o
 
 
 def _e_remote_domain_set_block_threshold_args(v: remote_domain_set_block_threshold_args, w: bytearray) -> None:
@@ -1529,7 +1693,7 @@ def _e_remote_domain_set_block_threshold_args(v: remote_domain_set_block_thresho
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -1537,24 +1701,30 @@ def _e_remote_domain_set_block_threshold_args(v: remote_domain_set_block_thresho
     s5 = v.dev.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
-    w += _S_QI.pack(v.threshold, v.flags)
+    w += _P_QI(v.threshold, v.flags)
 
 
 def _d_remote_domain_set_lifecycle_action_args(b: bytes, o: int, n: int) -> tuple[remote_domain_set_lifecycle_action_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_set_lifecycle_action_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_type_7, f_action_8, f_flags_9 = _S_16siIII.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.type, v.action, v.flags = _U_16siIII(b, o)
     o += 32
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_set_lifecycle_action_args(f_dom_1, f_type_7, f_action_8, f_flags_9), o
+    return v, o
 
 
 def _e_remote_domain_set_lifecycle_action_args(v: remote_domain_set_lifecycle_action_args, w: bytearray) -> None:
@@ -1562,81 +1732,98 @@ def _e_remote_domain_set_lifecycle_action_args(v: remote_domain_set_lifecycle_ac
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siIII.pack(x4, x1.id, v.type, v.action, v.flags)
+    w += _P_16siIII(x4, x1.id, v.type, v.action, v.flags)
 
 
 def _d_remote_connect_compare_hypervisor_cpu_args(b: bytes, o: int, n: int) -> tuple[remote_connect_compare_hypervisor_cpu_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_connect_compare_hypervisor_cpu_args)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 == 0:
-        f_emulator_1 = None
-    elif n2 == 1:
-        n3 = _S_I.unpack_from(b, o)[0]
+    if n1 == 0:
+        v.emulator = None
+    elif n1 == 1:
+        n2, = _U_I(b, o)
         o += 4
-        e4 = o + n3
-        if e4 > n or n3 > 4194304: raise _Bad
-        f_emulator_1 = b[o:e4].decode()
-        o = e4 + (-n3 & 3)
-        if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
+        e3 = o + n2
+        if e3 > n or big and n2 > 4194304: raise _Bad
+        v.emulator = b[o:e3].decode()
+        if n2 & 3:
+            o = e3 + 4 - (n2 & 3)
+            if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+        else:
+            o = e3
     else:
         raise _Bad
-    n6 = _S_I.unpack_from(b, o)[0]
+    n4, = _U_I(b, o)
     o += 4
-    if n6 == 0:
-        f_arch_5 = None
-    elif n6 == 1:
-        n7 = _S_I.unpack_from(b, o)[0]
+    if n4 == 0:
+        v.arch = None
+    elif n4 == 1:
+        n5, = _U_I(b, o)
         o += 4
-        e8 = o + n7
-        if e8 > n or n7 > 4194304: raise _Bad
-        f_arch_5 = b[o:e8].decode()
-        o = e8 + (-n7 & 3)
-        if n7 & 3 and b[e8:o] != _ZPAD[o - e8]: raise _Bad
+        e6 = o + n5
+        if e6 > n or big and n5 > 4194304: raise _Bad
+        v.arch = b[o:e6].decode()
+        if n5 & 3:
+            o = e6 + 4 - (n5 & 3)
+            if b[e6:o] != _ZPAD[o - e6]: raise _Bad
+        else:
+            o = e6
     else:
         raise _Bad
-    n10 = _S_I.unpack_from(b, o)[0]
+    n7, = _U_I(b, o)
+    o += 4
+    if n7 == 0:
+        v.machine = None
+    elif n7 == 1:
+        n8, = _U_I(b, o)
+        o += 4
+        e9 = o + n8
+        if e9 > n or big and n8 > 4194304: raise _Bad
+        v.machine = b[o:e9].decode()
+        if n8 & 3:
+            o = e9 + 4 - (n8 & 3)
+            if b[e9:o] != _ZPAD[o - e9]: raise _Bad
+        else:
+            o = e9
+    else:
+        raise _Bad
+    n10, = _U_I(b, o)
     o += 4
     if n10 == 0:
-        f_machine_9 = None
+        v.virttype = None
     elif n10 == 1:
-        n11 = _S_I.unpack_from(b, o)[0]
+        n11, = _U_I(b, o)
         o += 4
         e12 = o + n11
-        if e12 > n or n11 > 4194304: raise _Bad
-        f_machine_9 = b[o:e12].decode()
-        o = e12 + (-n11 & 3)
-        if n11 & 3 and b[e12:o] != _ZPAD[o - e12]: raise _Bad
+        if e12 > n or big and n11 > 4194304: raise _Bad
+        v.virttype = b[o:e12].decode()
+        if n11 & 3:
+            o = e12 + 4 - (n11 & 3)
+            if b[e12:o] != _ZPAD[o - e12]: raise _Bad
+        else:
+            o = e12
     else:
         raise _Bad
-    n14 = _S_I.unpack_from(b, o)[0]
+    n13, = _U_I(b, o)
     o += 4
-    if n14 == 0:
-        f_virttype_13 = None
-    elif n14 == 1:
-        n15 = _S_I.unpack_from(b, o)[0]
-        o += 4
-        e16 = o + n15
-        if e16 > n or n15 > 4194304: raise _Bad
-        f_virttype_13 = b[o:e16].decode()
-        o = e16 + (-n15 & 3)
-        if n15 & 3 and b[e16:o] != _ZPAD[o - e16]: raise _Bad
+    e14 = o + n13
+    if e14 > n or big and n13 > 4194304: raise _Bad
+    v.xmlCPU = b[o:e14].decode()
+    if n13 & 3:
+        o = e14 + 4 - (n13 & 3)
+        if b[e14:o] != _ZPAD[o - e14]: raise _Bad
     else:
-        raise _Bad
-    n18 = _S_I.unpack_from(b, o)[0]
+        o = e14
+    v.flags, = _U_I(b, o)
     o += 4
-    e19 = o + n18
-    if e19 > n or n18 > 4194304: raise _Bad
-    f_xmlCPU_17 = b[o:e19].decode()
-    o = e19 + (-n18 & 3)
-    if n18 & 3 and b[e19:o] != _ZPAD[o - e19]: raise _Bad
-    f_flags_20 = _S_I.unpack_from(b, o)[0]
-    o += 4
-    return remote_connect_compare_hypervisor_cpu_args(f_emulator_1, f_arch_5, f_machine_9, f_virttype_13, f_xmlCPU_17, f_flags_20), o
+    return v, o
 
 
 def _e_remote_connect_compare_hypervisor_cpu_args(v: remote_connect_compare_hypervisor_cpu_args, w: bytearray) -> None:
@@ -1648,7 +1835,7 @@ def _e_remote_connect_compare_hypervisor_cpu_args(v: remote_connect_compare_hype
         s2 = x1.encode('utf-8', 'surrogateescape')
         n3 = len(s2)
         if n3 > 4194304: raise _Bad
-        w += _S_I.pack(n3)
+        w += _P_I(n3)
         w += s2
         if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = v.arch
@@ -1659,7 +1846,7 @@ def _e_remote_connect_compare_hypervisor_cpu_args(v: remote_connect_compare_hype
         s5 = x4.encode('utf-8', 'surrogateescape')
         n6 = len(s5)
         if n6 > 4194304: raise _Bad
-        w += _S_I.pack(n6)
+        w += _P_I(n6)
         w += s5
         if n6 & 3: w += _ZPAD[-n6 & 3]
     x7 = v.machine
@@ -1670,7 +1857,7 @@ def _e_remote_connect_compare_hypervisor_cpu_args(v: remote_connect_compare_hype
         s8 = x7.encode('utf-8', 'surrogateescape')
         n9 = len(s8)
         if n9 > 4194304: raise _Bad
-        w += _S_I.pack(n9)
+        w += _P_I(n9)
         w += s8
         if n9 & 3: w += _ZPAD[-n9 & 3]
     x10 = v.virttype
@@ -1681,101 +1868,122 @@ def _e_remote_connect_compare_hypervisor_cpu_args(v: remote_connect_compare_hype
         s11 = x10.encode('utf-8', 'surrogateescape')
         n12 = len(s11)
         if n12 > 4194304: raise _Bad
-        w += _S_I.pack(n12)
+        w += _P_I(n12)
         w += s11
         if n12 & 3: w += _ZPAD[-n12 & 3]
     s13 = v.xmlCPU.encode('utf-8', 'surrogateescape')
     n14 = len(s13)
     if n14 > 4194304: raise _Bad
-    w += _S_I.pack(n14)
+    w += _P_I(n14)
     w += s13
     if n14 & 3: w += _ZPAD[-n14 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_connect_compare_hypervisor_cpu_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_compare_hypervisor_cpu_ret, int]:
-    f_result_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_connect_compare_hypervisor_cpu_ret)
+    v.result, = _U_i(b, o)
     o += 4
-    return remote_connect_compare_hypervisor_cpu_ret(f_result_1), o
+    return v, o
 
 
 def _e_remote_connect_compare_hypervisor_cpu_ret(v: remote_connect_compare_hypervisor_cpu_ret, w: bytearray) -> None:
-    w += _S_i.pack(v.result)
+    w += _P_i(v.result)
 
 
 def _d_remote_connect_baseline_hypervisor_cpu_args(b: bytes, o: int, n: int) -> tuple[remote_connect_baseline_hypervisor_cpu_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_connect_baseline_hypervisor_cpu_args)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 == 0:
-        f_emulator_1 = None
-    elif n2 == 1:
-        n3 = _S_I.unpack_from(b, o)[0]
+    if n1 == 0:
+        v.emulator = None
+    elif n1 == 1:
+        n2, = _U_I(b, o)
         o += 4
-        e4 = o + n3
-        if e4 > n or n3 > 4194304: raise _Bad
-        f_emulator_1 = b[o:e4].decode()
-        o = e4 + (-n3 & 3)
-        if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
+        e3 = o + n2
+        if e3 > n or big and n2 > 4194304: raise _Bad
+        v.emulator = b[o:e3].decode()
+        if n2 & 3:
+            o = e3 + 4 - (n2 & 3)
+            if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+        else:
+            o = e3
     else:
         raise _Bad
-    n6 = _S_I.unpack_from(b, o)[0]
+    n4, = _U_I(b, o)
     o += 4
-    if n6 == 0:
-        f_arch_5 = None
-    elif n6 == 1:
-        n7 = _S_I.unpack_from(b, o)[0]
+    if n4 == 0:
+        v.arch = None
+    elif n4 == 1:
+        n5, = _U_I(b, o)
         o += 4
-        e8 = o + n7
-        if e8 > n or n7 > 4194304: raise _Bad
-        f_arch_5 = b[o:e8].decode()
-        o = e8 + (-n7 & 3)
-        if n7 & 3 and b[e8:o] != _ZPAD[o - e8]: raise _Bad
+        e6 = o + n5
+        if e6 > n or big and n5 > 4194304: raise _Bad
+        v.arch = b[o:e6].decode()
+        if n5 & 3:
+            o = e6 + 4 - (n5 & 3)
+            if b[e6:o] != _ZPAD[o - e6]: raise _Bad
+        else:
+            o = e6
     else:
         raise _Bad
-    n10 = _S_I.unpack_from(b, o)[0]
+    n7, = _U_I(b, o)
+    o += 4
+    if n7 == 0:
+        v.machine = None
+    elif n7 == 1:
+        n8, = _U_I(b, o)
+        o += 4
+        e9 = o + n8
+        if e9 > n or big and n8 > 4194304: raise _Bad
+        v.machine = b[o:e9].decode()
+        if n8 & 3:
+            o = e9 + 4 - (n8 & 3)
+            if b[e9:o] != _ZPAD[o - e9]: raise _Bad
+        else:
+            o = e9
+    else:
+        raise _Bad
+    n10, = _U_I(b, o)
     o += 4
     if n10 == 0:
-        f_machine_9 = None
+        v.virttype = None
     elif n10 == 1:
-        n11 = _S_I.unpack_from(b, o)[0]
+        n11, = _U_I(b, o)
         o += 4
         e12 = o + n11
-        if e12 > n or n11 > 4194304: raise _Bad
-        f_machine_9 = b[o:e12].decode()
-        o = e12 + (-n11 & 3)
-        if n11 & 3 and b[e12:o] != _ZPAD[o - e12]: raise _Bad
+        if e12 > n or big and n11 > 4194304: raise _Bad
+        v.virttype = b[o:e12].decode()
+        if n11 & 3:
+            o = e12 + 4 - (n11 & 3)
+            if b[e12:o] != _ZPAD[o - e12]: raise _Bad
+        else:
+            o = e12
     else:
         raise _Bad
-    n14 = _S_I.unpack_from(b, o)[0]
+    n13, = _U_I(b, o)
     o += 4
-    if n14 == 0:
-        f_virttype_13 = None
-    elif n14 == 1:
-        n15 = _S_I.unpack_from(b, o)[0]
+    if n13 > 256 or n13 * 4 > n - o: raise _Bad
+    x15: list[Any] = []
+    v.xmlCPUs = x15
+    L_U_I = _U_I
+    L_ZPAD = _ZPAD
+    for _ in range(n13):
+        n16, = L_U_I(b, o)
         o += 4
-        e16 = o + n15
-        if e16 > n or n15 > 4194304: raise _Bad
-        f_virttype_13 = b[o:e16].decode()
-        o = e16 + (-n15 & 3)
-        if n15 & 3 and b[e16:o] != _ZPAD[o - e16]: raise _Bad
-    else:
-        raise _Bad
-    n18 = _S_I.unpack_from(b, o)[0]
+        e17 = o + n16
+        if e17 > n or big and n16 > 4194304: raise _Bad
+        it14 = b[o:e17].decode()
+        if n16 & 3:
+            o = e17 + 4 - (n16 & 3)
+            if b[e17:o] != L_ZPAD[o - e17]: raise _Bad
+        else:
+            o = e17
+        x15.append(it14)
+    v.flags, = _U_I(b, o)
     o += 4
-    if n18 > 256 or n18 * 4 > n - o: raise _Bad
-    f_xmlCPUs_17 = []
-    for _ in range(n18):
-        n20 = _S_I.unpack_from(b, o)[0]
-        o += 4
-        e21 = o + n20
-        if e21 > n or n20 > 4194304: raise _Bad
-        it19 = b[o:e21].decode()
-        o = e21 + (-n20 & 3)
-        if n20 & 3 and b[e21:o] != _ZPAD[o - e21]: raise _Bad
-        f_xmlCPUs_17.append(it19)
-    f_flags_22 = _S_I.unpack_from(b, o)[0]
-    o += 4
-    return remote_connect_baseline_hypervisor_cpu_args(f_emulator_1, f_arch_5, f_machine_9, f_virttype_13, f_xmlCPUs_17, f_flags_22), o
+    return v, o
 
 
 def _e_remote_connect_baseline_hypervisor_cpu_args(v: remote_connect_baseline_hypervisor_cpu_args, w: bytearray) -> None:
@@ -1787,7 +1995,7 @@ def _e_remote_connect_baseline_hypervisor_cpu_args(v: remote_connect_baseline_hy
         s2 = x1.encode('utf-8', 'surrogateescape')
         n3 = len(s2)
         if n3 > 4194304: raise _Bad
-        w += _S_I.pack(n3)
+        w += _P_I(n3)
         w += s2
         if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = v.arch
@@ -1798,7 +2006,7 @@ def _e_remote_connect_baseline_hypervisor_cpu_args(v: remote_connect_baseline_hy
         s5 = x4.encode('utf-8', 'surrogateescape')
         n6 = len(s5)
         if n6 > 4194304: raise _Bad
-        w += _S_I.pack(n6)
+        w += _P_I(n6)
         w += s5
         if n6 & 3: w += _ZPAD[-n6 & 3]
     x7 = v.machine
@@ -1809,7 +2017,7 @@ def _e_remote_connect_baseline_hypervisor_cpu_args(v: remote_connect_baseline_hy
         s8 = x7.encode('utf-8', 'surrogateescape')
         n9 = len(s8)
         if n9 > 4194304: raise _Bad
-        w += _S_I.pack(n9)
+        w += _P_I(n9)
         w += s8
         if n9 & 3: w += _ZPAD[-n9 & 3]
     x10 = v.virttype
@@ -1820,102 +2028,164 @@ def _e_remote_connect_baseline_hypervisor_cpu_args(v: remote_connect_baseline_hy
         s11 = x10.encode('utf-8', 'surrogateescape')
         n12 = len(s11)
         if n12 > 4194304: raise _Bad
-        w += _S_I.pack(n12)
+        w += _P_I(n12)
         w += s11
         if n12 & 3: w += _ZPAD[-n12 & 3]
     x13 = v.xmlCPUs
     n14 = len(x13)
     if n14 > 256: raise _Bad
-    w += _S_I.pack(n14)
+    w += _P_I(n14)
     for it15 in x13:
         s16 = it15.encode('utf-8', 'surrogateescape')
         n17 = len(s16)
         if n17 > 4194304: raise _Bad
-        w += _S_I.pack(n17)
+        w += _P_I(n17)
         w += s16
         if n17 & 3: w += _ZPAD[-n17 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_connect_baseline_hypervisor_cpu_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_baseline_hypervisor_cpu_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_connect_baseline_hypervisor_cpu_ret)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_cpu_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    return remote_connect_baseline_hypervisor_cpu_ret(f_cpu_1), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.cpu = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_remote_connect_baseline_hypervisor_cpu_ret(v: remote_connect_baseline_hypervisor_cpu_ret, w: bytearray) -> None:
     s1 = v.cpu.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_remote_node_get_sev_info_args(b: bytes, o: int, n: int) -> tuple[remote_node_get_sev_info_args, int]:
-    f_nparams_1, f_flags_2 = _S_iI.unpack_from(b, o)
+    v = _new(remote_node_get_sev_info_args)
+    v.nparams, v.flags = _U_iI(b, o)
     o += 8
-    return remote_node_get_sev_info_args(f_nparams_1, f_flags_2), o
+    return v, o
 
 
 def _e_remote_node_get_sev_info_args(v: remote_node_get_sev_info_args, w: bytearray) -> None:
-    w += _S_iI.pack(v.nparams, v.flags)
+    w += _P_iI(v.nparams, v.flags)
 
 
 def _d_remote_node_get_sev_info_ret(b: bytes, o: int, n: int) -> tuple[remote_node_get_sev_info_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_node_get_sev_info_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 64 or n2 * 12 > n - o: raise _Bad
-    f_params_1 = []
-    for _ in range(n2):
-        n5 = _S_I.unpack_from(b, o)[0]
+    if n1 > 64 or n1 * 12 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.params = x3
+    L_U_I = _U_I
+    L_U_Q = _U_Q
+    L_U_d = _U_d
+    L_U_i = _U_i
+    L_U_q = _U_q
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_typed_param = remote_typed_param
+    L_remote_typed_param_value = remote_typed_param_value
+    for _ in range(n1):
+        it2 = L_new(L_remote_typed_param)
+        n4, = L_U_I(b, o)
         o += 4
-        e6 = o + n5
-        if e6 > n or n5 > 4194304: raise _Bad
-        f_field_4 = b[o:e6].decode()
-        o = e6 + (-n5 & 3)
-        if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-        f_value_7, o = _d_remote_typed_param_value(b, o, n)
-        it3 = remote_typed_param(f_field_4, f_value_7)
-        f_params_1.append(it3)
-    f_nparams_8 = _S_i.unpack_from(b, o)[0]
+        e5 = o + n4
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        it2.field = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != L_ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
+        x6 = L_new(L_remote_typed_param_value)
+        d7, = L_U_i(b, o)
+        o += 4
+        if d7 == 1:
+            x6.value, = L_U_i(b, o)
+            o += 4
+        elif d7 == 2:
+            x6.value, = L_U_I(b, o)
+            o += 4
+        elif d7 == 3:
+            x6.value, = L_U_q(b, o)
+            o += 8
+        elif d7 == 4:
+            x6.value, = L_U_Q(b, o)
+            o += 8
+        elif d7 == 5:
+            x6.value, = L_U_d(b, o)
+            o += 8
+        elif d7 == 6:
+            x6.value, = L_U_i(b, o)
+            o += 4
+        elif d7 == 7:
+            n8, = L_U_I(b, o)
+            o += 4
+            e9 = o + n8
+            if e9 > n or big and n8 > 4194304: raise _Bad
+            x6.value = b[o:e9].decode()
+            if n8 & 3:
+                o = e9 + 4 - (n8 & 3)
+                if b[e9:o] != L_ZPAD[o - e9]: raise _Bad
+            else:
+                o = e9
+        else:
+            raise _Bad
+        x6.type = d7
+        it2.value = x6
+        x3.append(it2)
+    v.nparams, = _U_i(b, o)
     o += 4
-    return remote_node_get_sev_info_ret(f_params_1, f_nparams_8), o
+    return v, o
 
 
 def _e_remote_node_get_sev_info_ret(v: remote_node_get_sev_info_ret, w: bytearray) -> None:
     x1 = v.params
     n2 = len(x1)
     if n2 > 64: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
         s4 = it3.field.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
         _e_remote_typed_param_value(it3.value, w)
-    w += _S_i.pack(v.nparams)
+    w += _P_i(v.nparams)
 
 
 def _d_remote_domain_get_launch_security_info_args(b: bytes, o: int, n: int) -> tuple[remote_domain_get_launch_security_info_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_get_launch_security_info_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_flags_7 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.flags = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_get_launch_security_info_args(f_dom_1, f_flags_7), o
+    return v, o
 
 
 def _e_remote_domain_get_launch_security_info_args(v: remote_domain_get_launch_security_info_args, w: bytearray) -> None:
@@ -1923,85 +2193,149 @@ def _e_remote_domain_get_launch_security_info_args(v: remote_domain_get_launch_s
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, v.flags)
+    w += _P_16siI(x4, x1.id, v.flags)
 
 
 def _d_remote_domain_get_launch_security_info_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_get_launch_security_info_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_get_launch_security_info_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 64 or n2 * 12 > n - o: raise _Bad
-    f_params_1 = []
-    for _ in range(n2):
-        n5 = _S_I.unpack_from(b, o)[0]
+    if n1 > 64 or n1 * 12 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.params = x3
+    L_U_I = _U_I
+    L_U_Q = _U_Q
+    L_U_d = _U_d
+    L_U_i = _U_i
+    L_U_q = _U_q
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_typed_param = remote_typed_param
+    L_remote_typed_param_value = remote_typed_param_value
+    for _ in range(n1):
+        it2 = L_new(L_remote_typed_param)
+        n4, = L_U_I(b, o)
         o += 4
-        e6 = o + n5
-        if e6 > n or n5 > 4194304: raise _Bad
-        f_field_4 = b[o:e6].decode()
-        o = e6 + (-n5 & 3)
-        if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-        f_value_7, o = _d_remote_typed_param_value(b, o, n)
-        it3 = remote_typed_param(f_field_4, f_value_7)
-        f_params_1.append(it3)
-    return remote_domain_get_launch_security_info_ret(f_params_1), o
+        e5 = o + n4
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        it2.field = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != L_ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
+        x6 = L_new(L_remote_typed_param_value)
+        d7, = L_U_i(b, o)
+        o += 4
+        if d7 == 1:
+            x6.value, = L_U_i(b, o)
+            o += 4
+        elif d7 == 2:
+            x6.value, = L_U_I(b, o)
+            o += 4
+        elif d7 == 3:
+            x6.value, = L_U_q(b, o)
+            o += 8
+        elif d7 == 4:
+            x6.value, = L_U_Q(b, o)
+            o += 8
+        elif d7 == 5:
+            x6.value, = L_U_d(b, o)
+            o += 8
+        elif d7 == 6:
+            x6.value, = L_U_i(b, o)
+            o += 4
+        elif d7 == 7:
+            n8, = L_U_I(b, o)
+            o += 4
+            e9 = o + n8
+            if e9 > n or big and n8 > 4194304: raise _Bad
+            x6.value = b[o:e9].decode()
+            if n8 & 3:
+                o = e9 + 4 - (n8 & 3)
+                if b[e9:o] != L_ZPAD[o - e9]: raise _Bad
+            else:
+                o = e9
+        else:
+            raise _Bad
+        x6.type = d7
+        it2.value = x6
+        x3.append(it2)
+    return v, o
 
 
 def _e_remote_domain_get_launch_security_info_ret(v: remote_domain_get_launch_security_info_ret, w: bytearray) -> None:
     x1 = v.params
     n2 = len(x1)
     if n2 > 64: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
         s4 = it3.field.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
         _e_remote_typed_param_value(it3.value, w)
 
 
 def _d_remote_nwfilter_binding_lookup_by_port_dev_args(b: bytes, o: int, n: int) -> tuple[remote_nwfilter_binding_lookup_by_port_dev_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_nwfilter_binding_lookup_by_port_dev_args)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_name_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    return remote_nwfilter_binding_lookup_by_port_dev_args(f_name_1), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.name = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_remote_nwfilter_binding_lookup_by_port_dev_args(v: remote_nwfilter_binding_lookup_by_port_dev_args, w: bytearray) -> None:
     s1 = v.name.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_remote_nwfilter_binding_lookup_by_port_dev_ret(b: bytes, o: int, n: int) -> tuple[remote_nwfilter_binding_lookup_by_port_dev_ret, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_nwfilter_binding_lookup_by_port_dev_ret)
+    x1 = _new(remote_nonnull_nwfilter_binding)
+    v.nwfilter = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_portdev_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    n6 = _S_I.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.portdev = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    n4, = _U_I(b, o)
     o += 4
-    e7 = o + n6
-    if e7 > n or n6 > 4194304: raise _Bad
-    f_filtername_5 = b[o:e7].decode()
-    o = e7 + (-n6 & 3)
-    if n6 & 3 and b[e7:o] != _ZPAD[o - e7]: raise _Bad
-    f_nwfilter_1 = remote_nonnull_nwfilter_binding(f_portdev_2, f_filtername_5)
-    return remote_nwfilter_binding_lookup_by_port_dev_ret(f_nwfilter_1), o
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    x1.filtername = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    return v, o
 
 
 def _e_remote_nwfilter_binding_lookup_by_port_dev_ret(v: remote_nwfilter_binding_lookup_by_port_dev_ret, w: bytearray) -> None:
@@ -2009,57 +2343,71 @@ def _e_remote_nwfilter_binding_lookup_by_port_dev_ret(v: remote_nwfilter_binding
     s2 = x1.portdev.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     s4 = x1.filtername.encode('utf-8', 'surrogateescape')
     n5 = len(s4)
     if n5 > 4194304: raise _Bad
-    w += _S_I.pack(n5)
+    w += _P_I(n5)
     w += s4
     if n5 & 3: w += _ZPAD[-n5 & 3]
 
 
 def _d_remote_nwfilter_binding_create_xml_args(b: bytes, o: int, n: int) -> tuple[remote_nwfilter_binding_create_xml_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_nwfilter_binding_create_xml_args)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_xml_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    f_flags_4 = _S_I.unpack_from(b, o)[0]
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.xml = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_nwfilter_binding_create_xml_args(f_xml_1, f_flags_4), o
+    return v, o
 
 
 def _e_remote_nwfilter_binding_create_xml_args(v: remote_nwfilter_binding_create_xml_args, w: bytearray) -> None:
     s1 = v.xml.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_nwfilter_binding_create_xml_ret(b: bytes, o: int, n: int) -> tuple[remote_nwfilter_binding_create_xml_ret, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_nwfilter_binding_create_xml_ret)
+    x1 = _new(remote_nonnull_nwfilter_binding)
+    v.nwfilter = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_portdev_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    n6 = _S_I.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.portdev = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    n4, = _U_I(b, o)
     o += 4
-    e7 = o + n6
-    if e7 > n or n6 > 4194304: raise _Bad
-    f_filtername_5 = b[o:e7].decode()
-    o = e7 + (-n6 & 3)
-    if n6 & 3 and b[e7:o] != _ZPAD[o - e7]: raise _Bad
-    f_nwfilter_1 = remote_nonnull_nwfilter_binding(f_portdev_2, f_filtername_5)
-    return remote_nwfilter_binding_create_xml_ret(f_nwfilter_1), o
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    x1.filtername = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    return v, o
 
 
 def _e_remote_nwfilter_binding_create_xml_ret(v: remote_nwfilter_binding_create_xml_ret, w: bytearray) -> None:
@@ -2067,34 +2415,43 @@ def _e_remote_nwfilter_binding_create_xml_ret(v: remote_nwfilter_binding_create_
     s2 = x1.portdev.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     s4 = x1.filtername.encode('utf-8', 'surrogateescape')
     n5 = len(s4)
     if n5 > 4194304: raise _Bad
-    w += _S_I.pack(n5)
+    w += _P_I(n5)
     w += s4
     if n5 & 3: w += _ZPAD[-n5 & 3]
 
 
 def _d_remote_nwfilter_binding_delete_args(b: bytes, o: int, n: int) -> tuple[remote_nwfilter_binding_delete_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_nwfilter_binding_delete_args)
+    x1 = _new(remote_nonnull_nwfilter_binding)
+    v.nwfilter = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_portdev_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    n6 = _S_I.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.portdev = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    n4, = _U_I(b, o)
     o += 4
-    e7 = o + n6
-    if e7 > n or n6 > 4194304: raise _Bad
-    f_filtername_5 = b[o:e7].decode()
-    o = e7 + (-n6 & 3)
-    if n6 & 3 and b[e7:o] != _ZPAD[o - e7]: raise _Bad
-    f_nwfilter_1 = remote_nonnull_nwfilter_binding(f_portdev_2, f_filtername_5)
-    return remote_nwfilter_binding_delete_args(f_nwfilter_1), o
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    x1.filtername = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    return v, o
 
 
 def _e_remote_nwfilter_binding_delete_args(v: remote_nwfilter_binding_delete_args, w: bytearray) -> None:
@@ -2102,36 +2459,45 @@ def _e_remote_nwfilter_binding_delete_args(v: remote_nwfilter_binding_delete_arg
     s2 = x1.portdev.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     s4 = x1.filtername.encode('utf-8', 'surrogateescape')
     n5 = len(s4)
     if n5 > 4194304: raise _Bad
-    w += _S_I.pack(n5)
+    w += _P_I(n5)
     w += s4
     if n5 & 3: w += _ZPAD[-n5 & 3]
 
 
 def _d_remote_nwfilter_binding_get_xml_desc_args(b: bytes, o: int, n: int) -> tuple[remote_nwfilter_binding_get_xml_desc_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_nwfilter_binding_get_xml_desc_args)
+    x1 = _new(remote_nonnull_nwfilter_binding)
+    v.nwfilter = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_portdev_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    n6 = _S_I.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.portdev = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    n4, = _U_I(b, o)
     o += 4
-    e7 = o + n6
-    if e7 > n or n6 > 4194304: raise _Bad
-    f_filtername_5 = b[o:e7].decode()
-    o = e7 + (-n6 & 3)
-    if n6 & 3 and b[e7:o] != _ZPAD[o - e7]: raise _Bad
-    f_flags_8 = _S_I.unpack_from(b, o)[0]
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    x1.filtername = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    v.flags, = _U_I(b, o)
     o += 4
-    f_nwfilter_1 = remote_nonnull_nwfilter_binding(f_portdev_2, f_filtername_5)
-    return remote_nwfilter_binding_get_xml_desc_args(f_nwfilter_1, f_flags_8), o
+    return v, o
 
 
 def _e_remote_nwfilter_binding_get_xml_desc_args(v: remote_nwfilter_binding_get_xml_desc_args, w: bytearray) -> None:
@@ -2139,138 +2505,169 @@ def _e_remote_nwfilter_binding_get_xml_desc_args(v: remote_nwfilter_binding_get_
     s2 = x1.portdev.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     s4 = x1.filtername.encode('utf-8', 'surrogateescape')
     n5 = len(s4)
     if n5 > 4194304: raise _Bad
-    w += _S_I.pack(n5)
+    w += _P_I(n5)
     w += s4
     if n5 & 3: w += _ZPAD[-n5 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_nwfilter_binding_get_xml_desc_ret(b: bytes, o: int, n: int) -> tuple[remote_nwfilter_binding_get_xml_desc_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_nwfilter_binding_get_xml_desc_ret)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_xml_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    return remote_nwfilter_binding_get_xml_desc_ret(f_xml_1), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.xml = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_remote_nwfilter_binding_get_xml_desc_ret(v: remote_nwfilter_binding_get_xml_desc_ret, w: bytearray) -> None:
     s1 = v.xml.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_remote_connect_list_all_nwfilter_bindings_args(b: bytes, o: int, n: int) -> tuple[remote_connect_list_all_nwfilter_bindings_args, int]:
-    f_need_results_1, f_flags_2 = _S_iI.unpack_from(b, o)
+    v = _new(remote_connect_list_all_nwfilter_bindings_args)
+    v.need_results, v.flags = _U_iI(b, o)
     o += 8
-    return remote_connect_list_all_nwfilter_bindings_args(f_need_results_1, f_flags_2), o
+    return v, o
 
 
 def _e_remote_connect_list_all_nwfilter_bindings_args(v: remote_connect_list_all_nwfilter_bindings_args, w: bytearray) -> None:
-    w += _S_iI.pack(v.need_results, v.flags)
+    w += _P_iI(v.need_results, v.flags)
 
 
 def _d_remote_connect_list_all_nwfilter_bindings_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_list_all_nwfilter_bindings_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_connect_list_all_nwfilter_bindings_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 16384 or n2 * 8 > n - o: raise _Bad
-    f_bindings_1 = []
-    for _ in range(n2):
-        n5 = _S_I.unpack_from(b, o)[0]
+    if n1 > 16384 or n1 * 8 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.bindings = x3
+    L_U_I = _U_I
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_nonnull_nwfilter_binding = remote_nonnull_nwfilter_binding
+    for _ in range(n1):
+        it2 = L_new(L_remote_nonnull_nwfilter_binding)
+        n4, = L_U_I(b, o)
         o += 4
-        e6 = o + n5
-        if e6 > n or n5 > 4194304: raise _Bad
-        f_portdev_4 = b[o:e6].decode()
-        o = e6 + (-n5 & 3)
-        if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-        n8 = _S_I.unpack_from(b, o)[0]
+        e5 = o + n4
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        it2.portdev = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != L_ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
+        n6, = L_U_I(b, o)
         o += 4
-        e9 = o + n8
-        if e9 > n or n8 > 4194304: raise _Bad
-        f_filtername_7 = b[o:e9].decode()
-        o = e9 + (-n8 & 3)
-        if n8 & 3 and b[e9:o] != _ZPAD[o - e9]: raise _Bad
-        it3 = remote_nonnull_nwfilter_binding(f_portdev_4, f_filtername_7)
-        f_bindings_1.append(it3)
-    f_ret_10 = _S_I.unpack_from(b, o)[0]
+        e7 = o + n6
+        if e7 > n or big and n6 > 4194304: raise _Bad
+        it2.filtername = b[o:e7].decode()
+        if n6 & 3:
+            o = e7 + 4 - (n6 & 3)
+            if b[e7:o] != L_ZPAD[o - e7]: raise _Bad
+        else:
+            o = e7
+        x3.append(it2)
+    v.ret, = _U_I(b, o)
     o += 4
-    return remote_connect_list_all_nwfilter_bindings_ret(f_bindings_1, f_ret_10), o
+    return v, o
 
 
 def _e_remote_connect_list_all_nwfilter_bindings_ret(v: remote_connect_list_all_nwfilter_bindings_ret, w: bytearray) -> None:
     x1 = v.bindings
     n2 = len(x1)
     if n2 > 16384: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
         s4 = it3.portdev.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
         s6 = it3.filtername.encode('utf-8', 'surrogateescape')
         n7 = len(s6)
         if n7 > 4194304: raise _Bad
-        w += _S_I.pack(n7)
+        w += _P_I(n7)
         w += s6
         if n7 & 3: w += _ZPAD[-n7 & 3]
-    w += _S_I.pack(v.ret)
+    w += _P_I(v.ret)
 
 
 def _d_remote_connect_get_storage_pool_capabilities_args(b: bytes, o: int, n: int) -> tuple[remote_connect_get_storage_pool_capabilities_args, int]:
-    f_flags_1 = _S_I.unpack_from(b, o)[0]
+    v = _new(remote_connect_get_storage_pool_capabilities_args)
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_connect_get_storage_pool_capabilities_args(f_flags_1), o
+    return v, o
 
 
 def _e_remote_connect_get_storage_pool_capabilities_args(v: remote_connect_get_storage_pool_capabilities_args, w: bytearray) -> None:
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_connect_get_storage_pool_capabilities_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_get_storage_pool_capabilities_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_connect_get_storage_pool_capabilities_ret)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_capabilities_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    return remote_connect_get_storage_pool_capabilities_ret(f_capabilities_1), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.capabilities = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_remote_connect_get_storage_pool_capabilities_ret(v: remote_connect_get_storage_pool_capabilities_ret, w: bytearray) -> None:
     s1 = v.capabilities.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_remote_network_list_all_ports_args(b: bytes, o: int, n: int) -> tuple[remote_network_list_all_ports_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_network_list_all_ports_args)
+    x1 = _new(remote_nonnull_network)
+    v.network = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_need_results_6, f_flags_7 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, v.need_results, v.flags = _U_16siI(b, o)
     o += 24
-    f_network_1 = remote_nonnull_network(f_name_2, f_uuid_5)
-    return remote_network_list_all_ports_args(f_network_1, f_need_results_6, f_flags_7), o
+    return v, o
 
 
 def _e_remote_network_list_all_ports_args(v: remote_network_list_all_ports_args, w: bytearray) -> None:
@@ -2278,55 +2675,89 @@ def _e_remote_network_list_all_ports_args(v: remote_network_list_all_ports_args,
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siI.pack(x4, v.need_results, v.flags)
+    w += _P_16siI(x4, v.need_results, v.flags)
 
 
 def _d_remote_network_list_all_ports_ret(b: bytes, o: int, n: int) -> tuple[remote_network_list_all_ports_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_network_list_all_ports_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 16384 or n2 * 36 > n - o: raise _Bad
-    f_ports_1 = []
-    for _ in range(n2):
-        f_net_4, o = _d_remote_nonnull_network(b, o, n)
-        f_uuid_5 = _S_16s.unpack_from(b, o)[0]
-        o += 16
-        it3 = remote_nonnull_network_port(f_net_4, f_uuid_5)
-        f_ports_1.append(it3)
-    f_ret_6 = _S_I.unpack_from(b, o)[0]
+    if n1 > 16384 or n1 * 36 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.ports = x3
+    L_U_16s16s = _U_16s16s
+    L_U_I = _U_I
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_nonnull_network = remote_nonnull_network
+    L_remote_nonnull_network_port = remote_nonnull_network_port
+    for _ in range(n1):
+        it2 = L_new(L_remote_nonnull_network_port)
+        x4 = L_new(L_remote_nonnull_network)
+        it2.net = x4
+        n5, = L_U_I(b, o)
+        o += 4
+        e6 = o + n5
+        if e6 > n or big and n5 > 4194304: raise _Bad
+        x4.name = b[o:e6].decode()
+        if n5 & 3:
+            o = e6 + 4 - (n5 & 3)
+            if b[e6:o] != L_ZPAD[o - e6]: raise _Bad
+        else:
+            o = e6
+        x4.uuid, it2.uuid = L_U_16s16s(b, o)
+        o += 32
+        x3.append(it2)
+    v.ret, = _U_I(b, o)
     o += 4
-    return remote_network_list_all_ports_ret(f_ports_1, f_ret_6), o
+    return v, o
 
 
 def _e_remote_network_list_all_ports_ret(v: remote_network_list_all_ports_ret, w: bytearray) -> None:
     x1 = v.ports
     n2 = len(x1)
     if n2 > 16384: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
-        _e_remote_nonnull_network(it3.net, w)
-        x4 = it3.uuid
-        if len(x4) != 16: raise _Bad
-        w += _S_16s.pack(x4)
-    w += _S_I.pack(v.ret)
+        x4 = it3.net
+        s5 = x4.name.encode('utf-8', 'surrogateescape')
+        n6 = len(s5)
+        if n6 > 4194304: raise _Bad
+        w += _P_I(n6)
+        w += s5
+        if n6 & 3: w += _ZPAD[-n6 & 3]
+        x7 = x4.uuid
+        if len(x7) != 16: raise _Bad
+        x8 = it3.uuid
+        if len(x8) != 16: raise _Bad
+        w += _P_16s16s(x7, x8)
+    w += _P_I(v.ret)
 
 
 def _d_remote_network_port_lookup_by_uuid_args(b: bytes, o: int, n: int) -> tuple[remote_network_port_lookup_by_uuid_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_network_port_lookup_by_uuid_args)
+    x1 = _new(remote_nonnull_network)
+    v.network = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_uuid_6 = _S_16s16s.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, v.uuid = _U_16s16s(b, o)
     o += 32
-    f_network_1 = remote_nonnull_network(f_name_2, f_uuid_5)
-    return remote_network_port_lookup_by_uuid_args(f_network_1, f_uuid_6), o
+    return v, o
 
 
 def _e_remote_network_port_lookup_by_uuid_args(v: remote_network_port_lookup_by_uuid_args, w: bytearray) -> None:
@@ -2334,29 +2765,36 @@ def _e_remote_network_port_lookup_by_uuid_args(v: remote_network_port_lookup_by_
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
     x5 = v.uuid
     if len(x5) != 16: raise _Bad
-    w += _S_16s16s.pack(x4, x5)
+    w += _P_16s16s(x4, x5)
 
 
 def _d_remote_network_port_lookup_by_uuid_ret(b: bytes, o: int, n: int) -> tuple[remote_network_port_lookup_by_uuid_ret, int]:
-    n4 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_network_port_lookup_by_uuid_ret)
+    x1 = _new(remote_nonnull_network_port)
+    v.port = x1
+    x2 = _new(remote_nonnull_network)
+    x1.net = x2
+    n3, = _U_I(b, o)
     o += 4
-    e5 = o + n4
-    if e5 > n or n4 > 4194304: raise _Bad
-    f_name_3 = b[o:e5].decode()
-    o = e5 + (-n4 & 3)
-    if n4 & 3 and b[e5:o] != _ZPAD[o - e5]: raise _Bad
-    f_uuid_6, f_uuid_7 = _S_16s16s.unpack_from(b, o)
+    e4 = o + n3
+    if e4 > n or big and n3 > 4194304: raise _Bad
+    x2.name = b[o:e4].decode()
+    if n3 & 3:
+        o = e4 + 4 - (n3 & 3)
+        if b[e4:o] != _ZPAD[o - e4]: raise _Bad
+    else:
+        o = e4
+    x2.uuid, x1.uuid = _U_16s16s(b, o)
     o += 32
-    f_net_2 = remote_nonnull_network(f_name_3, f_uuid_6)
-    f_port_1 = remote_nonnull_network_port(f_net_2, f_uuid_7)
-    return remote_network_port_lookup_by_uuid_ret(f_port_1), o
+    return v, o
 
 
 def _e_remote_network_port_lookup_by_uuid_ret(v: remote_network_port_lookup_by_uuid_ret, w: bytearray) -> None:
@@ -2365,35 +2803,44 @@ def _e_remote_network_port_lookup_by_uuid_ret(v: remote_network_port_lookup_by_u
     s3 = x2.name.encode('utf-8', 'surrogateescape')
     n4 = len(s3)
     if n4 > 4194304: raise _Bad
-    w += _S_I.pack(n4)
+    w += _P_I(n4)
     w += s3
     if n4 & 3: w += _ZPAD[-n4 & 3]
     x5 = x2.uuid
     if len(x5) != 16: raise _Bad
     x6 = x1.uuid
     if len(x6) != 16: raise _Bad
-    w += _S_16s16s.pack(x5, x6)
+    w += _P_16s16s(x5, x6)
 
 
 def _d_remote_network_port_create_xml_args(b: bytes, o: int, n: int) -> tuple[remote_network_port_create_xml_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_network_port_create_xml_args)
+    x1 = _new(remote_nonnull_network)
+    v.network = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, n7 = _S_16sI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, n4 = _U_16sI(b, o)
     o += 20
-    f_network_1 = remote_nonnull_network(f_name_2, f_uuid_5)
-    e8 = o + n7
-    if e8 > n or n7 > 4194304: raise _Bad
-    f_xml_6 = b[o:e8].decode()
-    o = e8 + (-n7 & 3)
-    if n7 & 3 and b[e8:o] != _ZPAD[o - e8]: raise _Bad
-    f_flags_9 = _S_I.unpack_from(b, o)[0]
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    v.xml = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_network_port_create_xml_args(f_network_1, f_xml_6, f_flags_9), o
+    return v, o
 
 
 def _e_remote_network_port_create_xml_args(v: remote_network_port_create_xml_args, w: bytearray) -> None:
@@ -2401,7 +2848,7 @@ def _e_remote_network_port_create_xml_args(v: remote_network_port_create_xml_arg
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -2409,25 +2856,32 @@ def _e_remote_network_port_create_xml_args(v: remote_network_port_create_xml_arg
     s5 = v.xml.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_16sI.pack(x4, n6)
+    w += _P_16sI(x4, n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_network_port_create_xml_ret(b: bytes, o: int, n: int) -> tuple[remote_network_port_create_xml_ret, int]:
-    n4 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_network_port_create_xml_ret)
+    x1 = _new(remote_nonnull_network_port)
+    v.port = x1
+    x2 = _new(remote_nonnull_network)
+    x1.net = x2
+    n3, = _U_I(b, o)
     o += 4
-    e5 = o + n4
-    if e5 > n or n4 > 4194304: raise _Bad
-    f_name_3 = b[o:e5].decode()
-    o = e5 + (-n4 & 3)
-    if n4 & 3 and b[e5:o] != _ZPAD[o - e5]: raise _Bad
-    f_uuid_6, f_uuid_7 = _S_16s16s.unpack_from(b, o)
+    e4 = o + n3
+    if e4 > n or big and n3 > 4194304: raise _Bad
+    x2.name = b[o:e4].decode()
+    if n3 & 3:
+        o = e4 + 4 - (n3 & 3)
+        if b[e4:o] != _ZPAD[o - e4]: raise _Bad
+    else:
+        o = e4
+    x2.uuid, x1.uuid = _U_16s16s(b, o)
     o += 32
-    f_net_2 = remote_nonnull_network(f_name_3, f_uuid_6)
-    f_port_1 = remote_nonnull_network_port(f_net_2, f_uuid_7)
-    return remote_network_port_create_xml_ret(f_port_1), o
+    return v, o
 
 
 def _e_remote_network_port_create_xml_ret(v: remote_network_port_create_xml_ret, w: bytearray) -> None:
@@ -2436,44 +2890,99 @@ def _e_remote_network_port_create_xml_ret(v: remote_network_port_create_xml_ret,
     s3 = x2.name.encode('utf-8', 'surrogateescape')
     n4 = len(s3)
     if n4 > 4194304: raise _Bad
-    w += _S_I.pack(n4)
+    w += _P_I(n4)
     w += s3
     if n4 & 3: w += _ZPAD[-n4 & 3]
     x5 = x2.uuid
     if len(x5) != 16: raise _Bad
     x6 = x1.uuid
     if len(x6) != 16: raise _Bad
-    w += _S_16s16s.pack(x5, x6)
+    w += _P_16s16s(x5, x6)
 
 
 def _d_remote_network_port_set_parameters_args(b: bytes, o: int, n: int) -> tuple[remote_network_port_set_parameters_args, int]:
-    n4 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_network_port_set_parameters_args)
+    x1 = _new(remote_nonnull_network_port)
+    v.port = x1
+    x2 = _new(remote_nonnull_network)
+    x1.net = x2
+    n3, = _U_I(b, o)
     o += 4
-    e5 = o + n4
-    if e5 > n or n4 > 4194304: raise _Bad
-    f_name_3 = b[o:e5].decode()
-    o = e5 + (-n4 & 3)
-    if n4 & 3 and b[e5:o] != _ZPAD[o - e5]: raise _Bad
-    f_uuid_6, f_uuid_7, n9 = _S_16s16sI.unpack_from(b, o)
+    e4 = o + n3
+    if e4 > n or big and n3 > 4194304: raise _Bad
+    x2.name = b[o:e4].decode()
+    if n3 & 3:
+        o = e4 + 4 - (n3 & 3)
+        if b[e4:o] != _ZPAD[o - e4]: raise _Bad
+    else:
+        o = e4
+    x2.uuid, x1.uuid, n5 = _U_16s16sI(b, o)
     o += 36
-    f_net_2 = remote_nonnull_network(f_name_3, f_uuid_6)
-    f_port_1 = remote_nonnull_network_port(f_net_2, f_uuid_7)
-    if n9 > 16 or n9 * 12 > n - o: raise _Bad
-    f_params_8 = []
-    for _ in range(n9):
-        n12 = _S_I.unpack_from(b, o)[0]
+    if n5 > 16 or n5 * 12 > n - o: raise _Bad
+    x7: list[Any] = []
+    v.params = x7
+    L_U_I = _U_I
+    L_U_Q = _U_Q
+    L_U_d = _U_d
+    L_U_i = _U_i
+    L_U_q = _U_q
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_typed_param = remote_typed_param
+    L_remote_typed_param_value = remote_typed_param_value
+    for _ in range(n5):
+        it6 = L_new(L_remote_typed_param)
+        n8, = L_U_I(b, o)
         o += 4
-        e13 = o + n12
-        if e13 > n or n12 > 4194304: raise _Bad
-        f_field_11 = b[o:e13].decode()
-        o = e13 + (-n12 & 3)
-        if n12 & 3 and b[e13:o] != _ZPAD[o - e13]: raise _Bad
-        f_value_14, o = _d_remote_typed_param_value(b, o, n)
-        it10 = remote_typed_param(f_field_11, f_value_14)
-        f_params_8.append(it10)
-    f_flags_15 = _S_I.unpack_from(b, o)[0]
+        e9 = o + n8
+        if e9 > n or big and n8 > 4194304: raise _Bad
+        it6.field = b[o:e9].decode()
+        if n8 & 3:
+            o = e9 + 4 - (n8 & 3)
+            if b[e9:o] != L_ZPAD[o - e9]: raise _Bad
+        else:
+            o = e9
+        x10 = L_new(L_remote_typed_param_value)
+        d11, = L_U_i(b, o)
+        o += 4
+        if d11 == 1:
+            x10.value, = L_U_i(b, o)
+            o += 4
+        elif d11 == 2:
+            x10.value, = L_U_I(b, o)
+            o += 4
+        elif d11 == 3:
+            x10.value, = L_U_q(b, o)
+            o += 8
+        elif d11 == 4:
+            x10.value, = L_U_Q(b, o)
+            o += 8
+        elif d11 == 5:
+            x10.value, = L_U_d(b, o)
+            o += 8
+        elif d11 == 6:
+            x10.value, = L_U_i(b, o)
+            o += 4
+        elif d11 == 7:
+            n12, = L_U_I(b, o)
+            o += 4
+            e13 = o + n12
+            if e13 > n or big and n12 > 4194304: raise _Bad
+            x10.value = b[o:e13].decode()
+            if n12 & 3:
+                o = e13 + 4 - (n12 & 3)
+                if b[e13:o] != L_ZPAD[o - e13]: raise _Bad
+            else:
+                o = e13
+        else:
+            raise _Bad
+        x10.type = d11
+        it6.value = x10
+        x7.append(it6)
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_network_port_set_parameters_args(f_port_1, f_params_8, f_flags_15), o
+    return v, o
 
 
 def _e_remote_network_port_set_parameters_args(v: remote_network_port_set_parameters_args, w: bytearray) -> None:
@@ -2482,7 +2991,7 @@ def _e_remote_network_port_set_parameters_args(v: remote_network_port_set_parame
     s3 = x2.name.encode('utf-8', 'surrogateescape')
     n4 = len(s3)
     if n4 > 4194304: raise _Bad
-    w += _S_I.pack(n4)
+    w += _P_I(n4)
     w += s3
     if n4 & 3: w += _ZPAD[-n4 & 3]
     x5 = x2.uuid
@@ -2492,31 +3001,38 @@ def _e_remote_network_port_set_parameters_args(v: remote_network_port_set_parame
     x7 = v.params
     n8 = len(x7)
     if n8 > 16: raise _Bad
-    w += _S_16s16sI.pack(x5, x6, n8)
+    w += _P_16s16sI(x5, x6, n8)
     for it9 in x7:
         s10 = it9.field.encode('utf-8', 'surrogateescape')
         n11 = len(s10)
         if n11 > 4194304: raise _Bad
-        w += _S_I.pack(n11)
+        w += _P_I(n11)
         w += s10
         if n11 & 3: w += _ZPAD[-n11 & 3]
         _e_remote_typed_param_value(it9.value, w)
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_network_port_get_parameters_args(b: bytes, o: int, n: int) -> tuple[remote_network_port_get_parameters_args, int]:
-    n4 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_network_port_get_parameters_args)
+    x1 = _new(remote_nonnull_network_port)
+    v.port = x1
+    x2 = _new(remote_nonnull_network)
+    x1.net = x2
+    n3, = _U_I(b, o)
     o += 4
-    e5 = o + n4
-    if e5 > n or n4 > 4194304: raise _Bad
-    f_name_3 = b[o:e5].decode()
-    o = e5 + (-n4 & 3)
-    if n4 & 3 and b[e5:o] != _ZPAD[o - e5]: raise _Bad
-    f_uuid_6, f_uuid_7, f_nparams_8, f_flags_9 = _S_16s16siI.unpack_from(b, o)
+    e4 = o + n3
+    if e4 > n or big and n3 > 4194304: raise _Bad
+    x2.name = b[o:e4].decode()
+    if n3 & 3:
+        o = e4 + 4 - (n3 & 3)
+        if b[e4:o] != _ZPAD[o - e4]: raise _Bad
+    else:
+        o = e4
+    x2.uuid, x1.uuid, v.nparams, v.flags = _U_16s16siI(b, o)
     o += 40
-    f_net_2 = remote_nonnull_network(f_name_3, f_uuid_6)
-    f_port_1 = remote_nonnull_network_port(f_net_2, f_uuid_7)
-    return remote_network_port_get_parameters_args(f_port_1, f_nparams_8, f_flags_9), o
+    return v, o
 
 
 def _e_remote_network_port_get_parameters_args(v: remote_network_port_get_parameters_args, w: bytearray) -> None:
@@ -2525,66 +3041,123 @@ def _e_remote_network_port_get_parameters_args(v: remote_network_port_get_parame
     s3 = x2.name.encode('utf-8', 'surrogateescape')
     n4 = len(s3)
     if n4 > 4194304: raise _Bad
-    w += _S_I.pack(n4)
+    w += _P_I(n4)
     w += s3
     if n4 & 3: w += _ZPAD[-n4 & 3]
     x5 = x2.uuid
     if len(x5) != 16: raise _Bad
     x6 = x1.uuid
     if len(x6) != 16: raise _Bad
-    w += _S_16s16siI.pack(x5, x6, v.nparams, v.flags)
+    w += _P_16s16siI(x5, x6, v.nparams, v.flags)
 
 
 def _d_remote_network_port_get_parameters_ret(b: bytes, o: int, n: int) -> tuple[remote_network_port_get_parameters_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_network_port_get_parameters_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 16 or n2 * 12 > n - o: raise _Bad
-    f_params_1 = []
-    for _ in range(n2):
-        n5 = _S_I.unpack_from(b, o)[0]
+    if n1 > 16 or n1 * 12 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.params = x3
+    L_U_I = _U_I
+    L_U_Q = _U_Q
+    L_U_d = _U_d
+    L_U_i = _U_i
+    L_U_q = _U_q
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_typed_param = remote_typed_param
+    L_remote_typed_param_value = remote_typed_param_value
+    for _ in range(n1):
+        it2 = L_new(L_remote_typed_param)
+        n4, = L_U_I(b, o)
         o += 4
-        e6 = o + n5
-        if e6 > n or n5 > 4194304: raise _Bad
-        f_field_4 = b[o:e6].decode()
-        o = e6 + (-n5 & 3)
-        if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-        f_value_7, o = _d_remote_typed_param_value(b, o, n)
-        it3 = remote_typed_param(f_field_4, f_value_7)
-        f_params_1.append(it3)
-    f_nparams_8 = _S_i.unpack_from(b, o)[0]
+        e5 = o + n4
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        it2.field = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != L_ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
+        x6 = L_new(L_remote_typed_param_value)
+        d7, = L_U_i(b, o)
+        o += 4
+        if d7 == 1:
+            x6.value, = L_U_i(b, o)
+            o += 4
+        elif d7 == 2:
+            x6.value, = L_U_I(b, o)
+            o += 4
+        elif d7 == 3:
+            x6.value, = L_U_q(b, o)
+            o += 8
+        elif d7 == 4:
+            x6.value, = L_U_Q(b, o)
+            o += 8
+        elif d7 == 5:
+            x6.value, = L_U_d(b, o)
+            o += 8
+        elif d7 == 6:
+            x6.value, = L_U_i(b, o)
+            o += 4
+        elif d7 == 7:
+            n8, = L_U_I(b, o)
+            o += 4
+            e9 = o + n8
+            if e9 > n or big and n8 > 4194304: raise _Bad
+            x6.value = b[o:e9].decode()
+            if n8 & 3:
+                o = e9 + 4 - (n8 & 3)
+                if b[e9:o] != L_ZPAD[o - e9]: raise _Bad
+            else:
+                o = e9
+        else:
+            raise _Bad
+        x6.type = d7
+        it2.value = x6
+        x3.append(it2)
+    v.nparams, = _U_i(b, o)
     o += 4
-    return remote_network_port_get_parameters_ret(f_params_1, f_nparams_8), o
+    return v, o
 
 
 def _e_remote_network_port_get_parameters_ret(v: remote_network_port_get_parameters_ret, w: bytearray) -> None:
     x1 = v.params
     n2 = len(x1)
     if n2 > 16: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
         s4 = it3.field.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
         _e_remote_typed_param_value(it3.value, w)
-    w += _S_i.pack(v.nparams)
+    w += _P_i(v.nparams)
 
 
 def _d_remote_network_port_get_xml_desc_args(b: bytes, o: int, n: int) -> tuple[remote_network_port_get_xml_desc_args, int]:
-    n4 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_network_port_get_xml_desc_args)
+    x1 = _new(remote_nonnull_network_port)
+    v.port = x1
+    x2 = _new(remote_nonnull_network)
+    x1.net = x2
+    n3, = _U_I(b, o)
     o += 4
-    e5 = o + n4
-    if e5 > n or n4 > 4194304: raise _Bad
-    f_name_3 = b[o:e5].decode()
-    o = e5 + (-n4 & 3)
-    if n4 & 3 and b[e5:o] != _ZPAD[o - e5]: raise _Bad
-    f_uuid_6, f_uuid_7, f_flags_8 = _S_16s16sI.unpack_from(b, o)
+    e4 = o + n3
+    if e4 > n or big and n3 > 4194304: raise _Bad
+    x2.name = b[o:e4].decode()
+    if n3 & 3:
+        o = e4 + 4 - (n3 & 3)
+        if b[e4:o] != _ZPAD[o - e4]: raise _Bad
+    else:
+        o = e4
+    x2.uuid, x1.uuid, v.flags = _U_16s16sI(b, o)
     o += 36
-    f_net_2 = remote_nonnull_network(f_name_3, f_uuid_6)
-    f_port_1 = remote_nonnull_network_port(f_net_2, f_uuid_7)
-    return remote_network_port_get_xml_desc_args(f_port_1, f_flags_8), o
+    return v, o
 
 
 def _e_remote_network_port_get_xml_desc_args(v: remote_network_port_get_xml_desc_args, w: bytearray) -> None:
@@ -2593,49 +3166,61 @@ def _e_remote_network_port_get_xml_desc_args(v: remote_network_port_get_xml_desc
     s3 = x2.name.encode('utf-8', 'surrogateescape')
     n4 = len(s3)
     if n4 > 4194304: raise _Bad
-    w += _S_I.pack(n4)
+    w += _P_I(n4)
     w += s3
     if n4 & 3: w += _ZPAD[-n4 & 3]
     x5 = x2.uuid
     if len(x5) != 16: raise _Bad
     x6 = x1.uuid
     if len(x6) != 16: raise _Bad
-    w += _S_16s16sI.pack(x5, x6, v.flags)
+    w += _P_16s16sI(x5, x6, v.flags)
 
 
 def _d_remote_network_port_get_xml_desc_ret(b: bytes, o: int, n: int) -> tuple[remote_network_port_get_xml_desc_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_network_port_get_xml_desc_ret)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_xml_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    return remote_network_port_get_xml_desc_ret(f_xml_1), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.xml = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_remote_network_port_get_xml_desc_ret(v: remote_network_port_get_xml_desc_ret, w: bytearray) -> None:
     s1 = v.xml.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_remote_network_port_delete_args(b: bytes, o: int, n: int) -> tuple[remote_network_port_delete_args, int]:
-    n4 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_network_port_delete_args)
+    x1 = _new(remote_nonnull_network_port)
+    v.port = x1
+    x2 = _new(remote_nonnull_network)
+    x1.net = x2
+    n3, = _U_I(b, o)
     o += 4
-    e5 = o + n4
-    if e5 > n or n4 > 4194304: raise _Bad
-    f_name_3 = b[o:e5].decode()
-    o = e5 + (-n4 & 3)
-    if n4 & 3 and b[e5:o] != _ZPAD[o - e5]: raise _Bad
-    f_uuid_6, f_uuid_7, f_flags_8 = _S_16s16sI.unpack_from(b, o)
+    e4 = o + n3
+    if e4 > n or big and n3 > 4194304: raise _Bad
+    x2.name = b[o:e4].decode()
+    if n3 & 3:
+        o = e4 + 4 - (n3 & 3)
+        if b[e4:o] != _ZPAD[o - e4]: raise _Bad
+    else:
+        o = e4
+    x2.uuid, x1.uuid, v.flags = _U_16s16sI(b, o)
     o += 36
-    f_net_2 = remote_nonnull_network(f_name_3, f_uuid_6)
-    f_port_1 = remote_nonnull_network_port(f_net_2, f_uuid_7)
-    return remote_network_port_delete_args(f_port_1, f_flags_8), o
+    return v, o
 
 
 def _e_remote_network_port_delete_args(v: remote_network_port_delete_args, w: bytearray) -> None:
@@ -2644,35 +3229,44 @@ def _e_remote_network_port_delete_args(v: remote_network_port_delete_args, w: by
     s3 = x2.name.encode('utf-8', 'surrogateescape')
     n4 = len(s3)
     if n4 > 4194304: raise _Bad
-    w += _S_I.pack(n4)
+    w += _P_I(n4)
     w += s3
     if n4 & 3: w += _ZPAD[-n4 & 3]
     x5 = x2.uuid
     if len(x5) != 16: raise _Bad
     x6 = x1.uuid
     if len(x6) != 16: raise _Bad
-    w += _S_16s16sI.pack(x5, x6, v.flags)
+    w += _P_16s16sI(x5, x6, v.flags)
 
 
 def _d_remote_domain_checkpoint_create_xml_args(b: bytes, o: int, n: int) -> tuple[remote_domain_checkpoint_create_xml_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_checkpoint_create_xml_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    e9 = o + n8
-    if e9 > n or n8 > 4194304: raise _Bad
-    f_xml_desc_7 = b[o:e9].decode()
-    o = e9 + (-n8 & 3)
-    if n8 & 3 and b[e9:o] != _ZPAD[o - e9]: raise _Bad
-    f_flags_10 = _S_I.unpack_from(b, o)[0]
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    v.xml_desc = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_domain_checkpoint_create_xml_args(f_dom_1, f_xml_desc_7, f_flags_10), o
+    return v, o
 
 
 def _e_remote_domain_checkpoint_create_xml_args(v: remote_domain_checkpoint_create_xml_args, w: bytearray) -> None:
@@ -2680,7 +3274,7 @@ def _e_remote_domain_checkpoint_create_xml_args(v: remote_domain_checkpoint_crea
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -2688,32 +3282,42 @@ def _e_remote_domain_checkpoint_create_xml_args(v: remote_domain_checkpoint_crea
     s5 = v.xml_desc.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_domain_checkpoint_create_xml_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_checkpoint_create_xml_ret, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_checkpoint_create_xml_ret)
+    x1 = _new(remote_nonnull_domain_checkpoint)
+    v.checkpoint = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    n7 = _S_I.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x4 = _new(remote_nonnull_domain)
+    x1.dom = x4
+    n5, = _U_I(b, o)
     o += 4
-    e8 = o + n7
-    if e8 > n or n7 > 4194304: raise _Bad
-    f_name_6 = b[o:e8].decode()
-    o = e8 + (-n7 & 3)
-    if n7 & 3 and b[e8:o] != _ZPAD[o - e8]: raise _Bad
-    f_uuid_9, f_id_10 = _S_16si.unpack_from(b, o)
+    e6 = o + n5
+    if e6 > n or big and n5 > 4194304: raise _Bad
+    x4.name = b[o:e6].decode()
+    if n5 & 3:
+        o = e6 + 4 - (n5 & 3)
+        if b[e6:o] != _ZPAD[o - e6]: raise _Bad
+    else:
+        o = e6
+    x4.uuid, x4.id = _U_16si(b, o)
     o += 20
-    f_dom_5 = remote_nonnull_domain(f_name_6, f_uuid_9, f_id_10)
-    f_checkpoint_1 = remote_nonnull_domain_checkpoint(f_name_2, f_dom_5)
-    return remote_domain_checkpoint_create_xml_ret(f_checkpoint_1), o
+    return v, o
 
 
 def _e_remote_domain_checkpoint_create_xml_ret(v: remote_domain_checkpoint_create_xml_ret, w: bytearray) -> None:
@@ -2721,41 +3325,51 @@ def _e_remote_domain_checkpoint_create_xml_ret(v: remote_domain_checkpoint_creat
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.dom
     s5 = x4.name.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_I.pack(n6)
+    w += _P_I(n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
     x7 = x4.uuid
     if len(x7) != 16: raise _Bad
-    w += _S_16si.pack(x7, x4.id)
+    w += _P_16si(x7, x4.id)
 
 
 def _d_remote_domain_checkpoint_get_xml_desc_args(b: bytes, o: int, n: int) -> tuple[remote_domain_checkpoint_get_xml_desc_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_checkpoint_get_xml_desc_args)
+    x1 = _new(remote_nonnull_domain_checkpoint)
+    v.checkpoint = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    n7 = _S_I.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x4 = _new(remote_nonnull_domain)
+    x1.dom = x4
+    n5, = _U_I(b, o)
     o += 4
-    e8 = o + n7
-    if e8 > n or n7 > 4194304: raise _Bad
-    f_name_6 = b[o:e8].decode()
-    o = e8 + (-n7 & 3)
-    if n7 & 3 and b[e8:o] != _ZPAD[o - e8]: raise _Bad
-    f_uuid_9, f_id_10, f_flags_11 = _S_16siI.unpack_from(b, o)
+    e6 = o + n5
+    if e6 > n or big and n5 > 4194304: raise _Bad
+    x4.name = b[o:e6].decode()
+    if n5 & 3:
+        o = e6 + 4 - (n5 & 3)
+        if b[e6:o] != _ZPAD[o - e6]: raise _Bad
+    else:
+        o = e6
+    x4.uuid, x4.id, v.flags = _U_16siI(b, o)
     o += 24
-    f_dom_5 = remote_nonnull_domain(f_name_6, f_uuid_9, f_id_10)
-    f_checkpoint_1 = remote_nonnull_domain_checkpoint(f_name_2, f_dom_5)
-    return remote_domain_checkpoint_get_xml_desc_args(f_checkpoint_1, f_flags_11), o
+    return v, o
 
 
 def _e_remote_domain_checkpoint_get_xml_desc_args(v: remote_domain_checkpoint_get_xml_desc_args, w: bytearray) -> None:
@@ -2763,53 +3377,64 @@ def _e_remote_domain_checkpoint_get_xml_desc_args(v: remote_domain_checkpoint_ge
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.dom
     s5 = x4.name.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_I.pack(n6)
+    w += _P_I(n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
     x7 = x4.uuid
     if len(x7) != 16: raise _Bad
-    w += _S_16siI.pack(x7, x4.id, v.flags)
+    w += _P_16siI(x7, x4.id, v.flags)
 
 
 def _d_remote_domain_checkpoint_get_xml_desc_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_checkpoint_get_xml_desc_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_checkpoint_get_xml_desc_ret)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_xml_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    return remote_domain_checkpoint_get_xml_desc_ret(f_xml_1), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.xml = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_remote_domain_checkpoint_get_xml_desc_ret(v: remote_domain_checkpoint_get_xml_desc_ret, w: bytearray) -> None:
     s1 = v.xml.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_remote_domain_list_all_checkpoints_args(b: bytes, o: int, n: int) -> tuple[remote_domain_list_all_checkpoints_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_list_all_checkpoints_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_need_results_7, f_flags_8 = _S_16siiI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.need_results, v.flags = _U_16siiI(b, o)
     o += 28
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_list_all_checkpoints_args(f_dom_1, f_need_results_7, f_flags_8), o
+    return v, o
 
 
 def _e_remote_domain_list_all_checkpoints_args(v: remote_domain_list_all_checkpoints_args, w: bytearray) -> None:
@@ -2817,71 +3442,115 @@ def _e_remote_domain_list_all_checkpoints_args(v: remote_domain_list_all_checkpo
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siiI.pack(x4, x1.id, v.need_results, v.flags)
+    w += _P_16siiI(x4, x1.id, v.need_results, v.flags)
 
 
 def _d_remote_domain_list_all_checkpoints_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_list_all_checkpoints_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_list_all_checkpoints_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 16384 or n2 * 28 > n - o: raise _Bad
-    f_checkpoints_1 = []
-    for _ in range(n2):
-        n5 = _S_I.unpack_from(b, o)[0]
+    if n1 > 16384 or n1 * 28 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.checkpoints = x3
+    L_U_16si = _U_16si
+    L_U_I = _U_I
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_nonnull_domain = remote_nonnull_domain
+    L_remote_nonnull_domain_checkpoint = remote_nonnull_domain_checkpoint
+    for _ in range(n1):
+        it2 = L_new(L_remote_nonnull_domain_checkpoint)
+        n4, = L_U_I(b, o)
         o += 4
-        e6 = o + n5
-        if e6 > n or n5 > 4194304: raise _Bad
-        f_name_4 = b[o:e6].decode()
-        o = e6 + (-n5 & 3)
-        if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-        f_dom_7, o = _d_remote_nonnull_domain(b, o, n)
-        it3 = remote_nonnull_domain_checkpoint(f_name_4, f_dom_7)
-        f_checkpoints_1.append(it3)
-    f_ret_8 = _S_i.unpack_from(b, o)[0]
+        e5 = o + n4
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        it2.name = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != L_ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
+        x6 = L_new(L_remote_nonnull_domain)
+        it2.dom = x6
+        n7, = L_U_I(b, o)
+        o += 4
+        e8 = o + n7
+        if e8 > n or big and n7 > 4194304: raise _Bad
+        x6.name = b[o:e8].decode()
+        if n7 & 3:
+            o = e8 + 4 - (n7 & 3)
+            if b[e8:o] != L_ZPAD[o - e8]: raise _Bad
+        else:
+            o = e8
+        x6.uuid, x6.id = L_U_16si(b, o)
+        o += 20
+        x3.append(it2)
+    v.ret, = _U_i(b, o)
     o += 4
-    return remote_domain_list_all_checkpoints_ret(f_checkpoints_1, f_ret_8), o
+    return v, o
 
 
 def _e_remote_domain_list_all_checkpoints_ret(v: remote_domain_list_all_checkpoints_ret, w: bytearray) -> None:
     x1 = v.checkpoints
     n2 = len(x1)
     if n2 > 16384: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
         s4 = it3.name.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
-        _e_remote_nonnull_domain(it3.dom, w)
-    w += _S_i.pack(v.ret)
+        x6 = it3.dom
+        s7 = x6.name.encode('utf-8', 'surrogateescape')
+        n8 = len(s7)
+        if n8 > 4194304: raise _Bad
+        w += _P_I(n8)
+        w += s7
+        if n8 & 3: w += _ZPAD[-n8 & 3]
+        x9 = x6.uuid
+        if len(x9) != 16: raise _Bad
+        w += _P_16si(x9, x6.id)
+    w += _P_i(v.ret)
 
 
 def _d_remote_domain_checkpoint_list_all_children_args(b: bytes, o: int, n: int) -> tuple[remote_domain_checkpoint_list_all_children_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_checkpoint_list_all_children_args)
+    x1 = _new(remote_nonnull_domain_checkpoint)
+    v.checkpoint = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    n7 = _S_I.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x4 = _new(remote_nonnull_domain)
+    x1.dom = x4
+    n5, = _U_I(b, o)
     o += 4
-    e8 = o + n7
-    if e8 > n or n7 > 4194304: raise _Bad
-    f_name_6 = b[o:e8].decode()
-    o = e8 + (-n7 & 3)
-    if n7 & 3 and b[e8:o] != _ZPAD[o - e8]: raise _Bad
-    f_uuid_9, f_id_10, f_need_results_11, f_flags_12 = _S_16siiI.unpack_from(b, o)
+    e6 = o + n5
+    if e6 > n or big and n5 > 4194304: raise _Bad
+    x4.name = b[o:e6].decode()
+    if n5 & 3:
+        o = e6 + 4 - (n5 & 3)
+        if b[e6:o] != _ZPAD[o - e6]: raise _Bad
+    else:
+        o = e6
+    x4.uuid, x4.id, v.need_results, v.flags = _U_16siiI(b, o)
     o += 28
-    f_dom_5 = remote_nonnull_domain(f_name_6, f_uuid_9, f_id_10)
-    f_checkpoint_1 = remote_nonnull_domain_checkpoint(f_name_2, f_dom_5)
-    return remote_domain_checkpoint_list_all_children_args(f_checkpoint_1, f_need_results_11, f_flags_12), o
+    return v, o
 
 
 def _e_remote_domain_checkpoint_list_all_children_args(v: remote_domain_checkpoint_list_all_children_args, w: bytearray) -> None:
@@ -2889,77 +3558,120 @@ def _e_remote_domain_checkpoint_list_all_children_args(v: remote_domain_checkpoi
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.dom
     s5 = x4.name.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_I.pack(n6)
+    w += _P_I(n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
     x7 = x4.uuid
     if len(x7) != 16: raise _Bad
-    w += _S_16siiI.pack(x7, x4.id, v.need_results, v.flags)
+    w += _P_16siiI(x7, x4.id, v.need_results, v.flags)
 
 
 def _d_remote_domain_checkpoint_list_all_children_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_checkpoint_list_all_children_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_checkpoint_list_all_children_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 16384 or n2 * 28 > n - o: raise _Bad
-    f_checkpoints_1 = []
-    for _ in range(n2):
-        n5 = _S_I.unpack_from(b, o)[0]
+    if n1 > 16384 or n1 * 28 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.checkpoints = x3
+    L_U_16si = _U_16si
+    L_U_I = _U_I
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_nonnull_domain = remote_nonnull_domain
+    L_remote_nonnull_domain_checkpoint = remote_nonnull_domain_checkpoint
+    for _ in range(n1):
+        it2 = L_new(L_remote_nonnull_domain_checkpoint)
+        n4, = L_U_I(b, o)
         o += 4
-        e6 = o + n5
-        if e6 > n or n5 > 4194304: raise _Bad
-        f_name_4 = b[o:e6].decode()
-        o = e6 + (-n5 & 3)
-        if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-        f_dom_7, o = _d_remote_nonnull_domain(b, o, n)
-        it3 = remote_nonnull_domain_checkpoint(f_name_4, f_dom_7)
-        f_checkpoints_1.append(it3)
-    f_ret_8 = _S_i.unpack_from(b, o)[0]
+        e5 = o + n4
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        it2.name = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != L_ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
+        x6 = L_new(L_remote_nonnull_domain)
+        it2.dom = x6
+        n7, = L_U_I(b, o)
+        o += 4
+        e8 = o + n7
+        if e8 > n or big and n7 > 4194304: raise _Bad
+        x6.name = b[o:e8].decode()
+        if n7 & 3:
+            o = e8 + 4 - (n7 & 3)
+            if b[e8:o] != L_ZPAD[o - e8]: raise _Bad
+        else:
+            o = e8
+        x6.uuid, x6.id = L_U_16si(b, o)
+        o += 20
+        x3.append(it2)
+    v.ret, = _U_i(b, o)
     o += 4
-    return remote_domain_checkpoint_list_all_children_ret(f_checkpoints_1, f_ret_8), o
+    return v, o
 
 
 def _e_remote_domain_checkpoint_list_all_children_ret(v: remote_domain_checkpoint_list_all_children_ret, w: bytearray) -> None:
     x1 = v.checkpoints
     n2 = len(x1)
     if n2 > 16384: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
         s4 = it3.name.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
-        _e_remote_nonnull_domain(it3.dom, w)
-    w += _S_i.pack(v.ret)
+        x6 = it3.dom
+        s7 = x6.name.encode('utf-8', 'surrogateescape')
+        n8 = len(s7)
+        if n8 > 4194304: raise _Bad
+        w += _P_I(n8)
+        w += s7
+        if n8 & 3: w += _ZPAD[-n8 & 3]
+        x9 = x6.uuid
+        if len(x9) != 16: raise _Bad
+        w += _P_16si(x9, x6.id)
+    w += _P_i(v.ret)
 
 
 def _d_remote_domain_checkpoint_lookup_by_name_args(b: bytes, o: int, n: int) -> tuple[remote_domain_checkpoint_lookup_by_name_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_checkpoint_lookup_by_name_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    e9 = o + n8
-    if e9 > n or n8 > 4194304: raise _Bad
-    f_name_7 = b[o:e9].decode()
-    o = e9 + (-n8 & 3)
-    if n8 & 3 and b[e9:o] != _ZPAD[o - e9]: raise _Bad
-    f_flags_10 = _S_I.unpack_from(b, o)[0]
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    v.name = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_domain_checkpoint_lookup_by_name_args(f_dom_1, f_name_7, f_flags_10), o
+    return v, o
 
 
 def _e_remote_domain_checkpoint_lookup_by_name_args(v: remote_domain_checkpoint_lookup_by_name_args, w: bytearray) -> None:
@@ -2967,7 +3679,7 @@ def _e_remote_domain_checkpoint_lookup_by_name_args(v: remote_domain_checkpoint_
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -2975,32 +3687,42 @@ def _e_remote_domain_checkpoint_lookup_by_name_args(v: remote_domain_checkpoint_
     s5 = v.name.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_domain_checkpoint_lookup_by_name_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_checkpoint_lookup_by_name_ret, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_checkpoint_lookup_by_name_ret)
+    x1 = _new(remote_nonnull_domain_checkpoint)
+    v.checkpoint = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    n7 = _S_I.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x4 = _new(remote_nonnull_domain)
+    x1.dom = x4
+    n5, = _U_I(b, o)
     o += 4
-    e8 = o + n7
-    if e8 > n or n7 > 4194304: raise _Bad
-    f_name_6 = b[o:e8].decode()
-    o = e8 + (-n7 & 3)
-    if n7 & 3 and b[e8:o] != _ZPAD[o - e8]: raise _Bad
-    f_uuid_9, f_id_10 = _S_16si.unpack_from(b, o)
+    e6 = o + n5
+    if e6 > n or big and n5 > 4194304: raise _Bad
+    x4.name = b[o:e6].decode()
+    if n5 & 3:
+        o = e6 + 4 - (n5 & 3)
+        if b[e6:o] != _ZPAD[o - e6]: raise _Bad
+    else:
+        o = e6
+    x4.uuid, x4.id = _U_16si(b, o)
     o += 20
-    f_dom_5 = remote_nonnull_domain(f_name_6, f_uuid_9, f_id_10)
-    f_checkpoint_1 = remote_nonnull_domain_checkpoint(f_name_2, f_dom_5)
-    return remote_domain_checkpoint_lookup_by_name_ret(f_checkpoint_1), o
+    return v, o
 
 
 def _e_remote_domain_checkpoint_lookup_by_name_ret(v: remote_domain_checkpoint_lookup_by_name_ret, w: bytearray) -> None:
@@ -3008,19 +3730,19 @@ def _e_remote_domain_checkpoint_lookup_by_name_ret(v: remote_domain_checkpoint_l
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.dom
     s5 = x4.name.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_I.pack(n6)
+    w += _P_I(n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
     x7 = x4.uuid
     if len(x7) != 16: raise _Bad
-    w += _S_16si.pack(x7, x4.id)
+    w += _P_16si(x7, x4.id)
 
 
 _c_remote_domain_set_iothread_params_args = _Codec('remote_domain_set_iothread_params_args', _e_remote_domain_set_iothread_params_args, _d_remote_domain_set_iothread_params_args)

@@ -12,6 +12,8 @@ from struct import Struct as _Struct
 from struct import pack as _pack
 from struct import unpack_from as _unpack_from
 
+_new = object.__new__  # decoders fill __slots__ directly instead of calling __init__
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: it costs milliseconds at start-up
     from typing import Any, Optional, Union
@@ -27,8 +29,6 @@ from .._xdr import XdrStruct as _XdrStruct
 from .._xdr import XdrUnion as _XdrUnion
 from .._xdr import dec_chars as _dec_chars
 from .._xdr import enc_chars as _enc_chars
-from .._xdr import enum_member as _enum_member
-from .remote import _d_remote_typed_param_value
 from .remote import _e_remote_typed_param_value
 from .remote import remote_nonnull_domain
 from .remote import remote_nonnull_domain_checkpoint
@@ -36,6 +36,7 @@ from .remote import remote_nonnull_network
 from .remote import remote_nonnull_node_device
 from .remote import remote_nonnull_nwfilter
 from .remote import remote_typed_param
+from .remote import remote_typed_param_value
 
 __all__: list[str] = []  # import names explicitly
 
@@ -47,8 +48,32 @@ _S_16siiI = _Struct('>16siiI')
 _S_16siiiI = _Struct('>16siiiI')
 _S_I = _Struct('>I')
 _S_Q = _Struct('>Q')
+_S_d = _Struct('>d')
 _S_i = _Struct('>i')
 _S_iI = _Struct('>iI')
+_S_q = _Struct('>q')
+_P_16s = _S_16s.pack
+_P_16si = _S_16si.pack
+_P_16siI = _S_16siI.pack
+_P_16siII = _S_16siII.pack
+_P_16siiI = _S_16siiI.pack
+_P_16siiiI = _S_16siiiI.pack
+_P_I = _S_I.pack
+_P_Q = _S_Q.pack
+_P_i = _S_i.pack
+_P_iI = _S_iI.pack
+_U_16s = _S_16s.unpack_from
+_U_16si = _S_16si.unpack_from
+_U_16siI = _S_16siI.unpack_from
+_U_16siII = _S_16siII.unpack_from
+_U_16siiI = _S_16siiI.unpack_from
+_U_16siiiI = _S_16siiiI.unpack_from
+_U_I = _S_I.unpack_from
+_U_Q = _S_Q.unpack_from
+_U_d = _S_d.unpack_from
+_U_i = _S_i.unpack_from
+_U_iI = _S_iI.unpack_from
+_U_q = _S_q.unpack_from
 
 
 class remote_domain_save_params_args(_XdrStruct):
@@ -952,32 +977,86 @@ class remote_domain_fd_associate_args(_XdrStruct):
 # ------------------------------------------------------------------- codecs
 
 def _d_remote_domain_save_params_args(b: bytes, o: int, n: int) -> tuple[remote_domain_save_params_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_save_params_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    if n8 > 64 or n8 * 12 > n - o: raise _Bad
-    f_params_7 = []
-    for _ in range(n8):
-        n11 = _S_I.unpack_from(b, o)[0]
+    if n4 > 64 or n4 * 12 > n - o: raise _Bad
+    x6: list[Any] = []
+    v.params = x6
+    L_U_I = _U_I
+    L_U_Q = _U_Q
+    L_U_d = _U_d
+    L_U_i = _U_i
+    L_U_q = _U_q
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_typed_param = remote_typed_param
+    L_remote_typed_param_value = remote_typed_param_value
+    for _ in range(n4):
+        it5 = L_new(L_remote_typed_param)
+        n7, = L_U_I(b, o)
         o += 4
-        e12 = o + n11
-        if e12 > n or n11 > 4194304: raise _Bad
-        f_field_10 = b[o:e12].decode()
-        o = e12 + (-n11 & 3)
-        if n11 & 3 and b[e12:o] != _ZPAD[o - e12]: raise _Bad
-        f_value_13, o = _d_remote_typed_param_value(b, o, n)
-        it9 = remote_typed_param(f_field_10, f_value_13)
-        f_params_7.append(it9)
-    f_flags_14 = _S_I.unpack_from(b, o)[0]
+        e8 = o + n7
+        if e8 > n or big and n7 > 4194304: raise _Bad
+        it5.field = b[o:e8].decode()
+        if n7 & 3:
+            o = e8 + 4 - (n7 & 3)
+            if b[e8:o] != L_ZPAD[o - e8]: raise _Bad
+        else:
+            o = e8
+        x9 = L_new(L_remote_typed_param_value)
+        d10, = L_U_i(b, o)
+        o += 4
+        if d10 == 1:
+            x9.value, = L_U_i(b, o)
+            o += 4
+        elif d10 == 2:
+            x9.value, = L_U_I(b, o)
+            o += 4
+        elif d10 == 3:
+            x9.value, = L_U_q(b, o)
+            o += 8
+        elif d10 == 4:
+            x9.value, = L_U_Q(b, o)
+            o += 8
+        elif d10 == 5:
+            x9.value, = L_U_d(b, o)
+            o += 8
+        elif d10 == 6:
+            x9.value, = L_U_i(b, o)
+            o += 4
+        elif d10 == 7:
+            n11, = L_U_I(b, o)
+            o += 4
+            e12 = o + n11
+            if e12 > n or big and n11 > 4194304: raise _Bad
+            x9.value = b[o:e12].decode()
+            if n11 & 3:
+                o = e12 + 4 - (n11 & 3)
+                if b[e12:o] != L_ZPAD[o - e12]: raise _Bad
+            else:
+                o = e12
+        else:
+            raise _Bad
+        x9.type = d10
+        it5.value = x9
+        x6.append(it5)
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_domain_save_params_args(f_dom_1, f_params_7, f_flags_14), o
+    return v, o
 
 
 def _e_remote_domain_save_params_args(v: remote_domain_save_params_args, w: bytearray) -> None:
@@ -985,7 +1064,7 @@ def _e_remote_domain_save_params_args(v: remote_domain_save_params_args, w: byte
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -993,90 +1072,151 @@ def _e_remote_domain_save_params_args(v: remote_domain_save_params_args, w: byte
     x5 = v.params
     n6 = len(x5)
     if n6 > 64: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     for it7 in x5:
         s8 = it7.field.encode('utf-8', 'surrogateescape')
         n9 = len(s8)
         if n9 > 4194304: raise _Bad
-        w += _S_I.pack(n9)
+        w += _P_I(n9)
         w += s8
         if n9 & 3: w += _ZPAD[-n9 & 3]
         _e_remote_typed_param_value(it7.value, w)
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_domain_restore_params_args(b: bytes, o: int, n: int) -> tuple[remote_domain_restore_params_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_restore_params_args)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 64 or n2 * 12 > n - o: raise _Bad
-    f_params_1 = []
-    for _ in range(n2):
-        n5 = _S_I.unpack_from(b, o)[0]
+    if n1 > 64 or n1 * 12 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.params = x3
+    L_U_I = _U_I
+    L_U_Q = _U_Q
+    L_U_d = _U_d
+    L_U_i = _U_i
+    L_U_q = _U_q
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_typed_param = remote_typed_param
+    L_remote_typed_param_value = remote_typed_param_value
+    for _ in range(n1):
+        it2 = L_new(L_remote_typed_param)
+        n4, = L_U_I(b, o)
         o += 4
-        e6 = o + n5
-        if e6 > n or n5 > 4194304: raise _Bad
-        f_field_4 = b[o:e6].decode()
-        o = e6 + (-n5 & 3)
-        if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-        f_value_7, o = _d_remote_typed_param_value(b, o, n)
-        it3 = remote_typed_param(f_field_4, f_value_7)
-        f_params_1.append(it3)
-    f_flags_8 = _S_I.unpack_from(b, o)[0]
+        e5 = o + n4
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        it2.field = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != L_ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
+        x6 = L_new(L_remote_typed_param_value)
+        d7, = L_U_i(b, o)
+        o += 4
+        if d7 == 1:
+            x6.value, = L_U_i(b, o)
+            o += 4
+        elif d7 == 2:
+            x6.value, = L_U_I(b, o)
+            o += 4
+        elif d7 == 3:
+            x6.value, = L_U_q(b, o)
+            o += 8
+        elif d7 == 4:
+            x6.value, = L_U_Q(b, o)
+            o += 8
+        elif d7 == 5:
+            x6.value, = L_U_d(b, o)
+            o += 8
+        elif d7 == 6:
+            x6.value, = L_U_i(b, o)
+            o += 4
+        elif d7 == 7:
+            n8, = L_U_I(b, o)
+            o += 4
+            e9 = o + n8
+            if e9 > n or big and n8 > 4194304: raise _Bad
+            x6.value = b[o:e9].decode()
+            if n8 & 3:
+                o = e9 + 4 - (n8 & 3)
+                if b[e9:o] != L_ZPAD[o - e9]: raise _Bad
+            else:
+                o = e9
+        else:
+            raise _Bad
+        x6.type = d7
+        it2.value = x6
+        x3.append(it2)
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_domain_restore_params_args(f_params_1, f_flags_8), o
+    return v, o
 
 
 def _e_remote_domain_restore_params_args(v: remote_domain_restore_params_args, w: bytearray) -> None:
     x1 = v.params
     n2 = len(x1)
     if n2 > 64: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
         s4 = it3.field.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
         _e_remote_typed_param_value(it3.value, w)
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_network_create_xml_flags_args(b: bytes, o: int, n: int) -> tuple[remote_network_create_xml_flags_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_network_create_xml_flags_args)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_xml_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    f_flags_4 = _S_I.unpack_from(b, o)[0]
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.xml = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_network_create_xml_flags_args(f_xml_1, f_flags_4), o
+    return v, o
 
 
 def _e_remote_network_create_xml_flags_args(v: remote_network_create_xml_flags_args, w: bytearray) -> None:
     s1 = v.xml.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_network_create_xml_flags_ret(b: bytes, o: int, n: int) -> tuple[remote_network_create_xml_flags_ret, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_network_create_xml_flags_ret)
+    x1 = _new(remote_nonnull_network)
+    v.net = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5 = _S_16s.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, = _U_16s(b, o)
     o += 16
-    f_net_1 = remote_nonnull_network(f_name_2, f_uuid_5)
-    return remote_network_create_xml_flags_ret(f_net_1), o
+    return v, o
 
 
 def _e_remote_network_create_xml_flags_ret(v: remote_network_create_xml_flags_ret, w: bytearray) -> None:
@@ -1084,49 +1224,60 @@ def _e_remote_network_create_xml_flags_ret(v: remote_network_create_xml_flags_re
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16s.pack(x4)
+    w += _P_16s(x4)
 
 
 def _d_remote_network_define_xml_flags_args(b: bytes, o: int, n: int) -> tuple[remote_network_define_xml_flags_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_network_define_xml_flags_args)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_xml_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    f_flags_4 = _S_I.unpack_from(b, o)[0]
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.xml = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_network_define_xml_flags_args(f_xml_1, f_flags_4), o
+    return v, o
 
 
 def _e_remote_network_define_xml_flags_args(v: remote_network_define_xml_flags_args, w: bytearray) -> None:
     s1 = v.xml.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_network_define_xml_flags_ret(b: bytes, o: int, n: int) -> tuple[remote_network_define_xml_flags_ret, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_network_define_xml_flags_ret)
+    x1 = _new(remote_nonnull_network)
+    v.net = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5 = _S_16s.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, = _U_16s(b, o)
     o += 16
-    f_net_1 = remote_nonnull_network(f_name_2, f_uuid_5)
-    return remote_network_define_xml_flags_ret(f_net_1), o
+    return v, o
 
 
 def _e_remote_network_define_xml_flags_ret(v: remote_network_define_xml_flags_ret, w: bytearray) -> None:
@@ -1134,49 +1285,60 @@ def _e_remote_network_define_xml_flags_ret(v: remote_network_define_xml_flags_re
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16s.pack(x4)
+    w += _P_16s(x4)
 
 
 def _d_remote_nwfilter_define_xml_flags_args(b: bytes, o: int, n: int) -> tuple[remote_nwfilter_define_xml_flags_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_nwfilter_define_xml_flags_args)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_xml_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    f_flags_4 = _S_I.unpack_from(b, o)[0]
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.xml = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_nwfilter_define_xml_flags_args(f_xml_1, f_flags_4), o
+    return v, o
 
 
 def _e_remote_nwfilter_define_xml_flags_args(v: remote_nwfilter_define_xml_flags_args, w: bytearray) -> None:
     s1 = v.xml.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_nwfilter_define_xml_flags_ret(b: bytes, o: int, n: int) -> tuple[remote_nwfilter_define_xml_flags_ret, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_nwfilter_define_xml_flags_ret)
+    x1 = _new(remote_nonnull_nwfilter)
+    v.nwfilter = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5 = _S_16s.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, = _U_16s(b, o)
     o += 16
-    f_nwfilter_1 = remote_nonnull_nwfilter(f_name_2, f_uuid_5)
-    return remote_nwfilter_define_xml_flags_ret(f_nwfilter_1), o
+    return v, o
 
 
 def _e_remote_nwfilter_define_xml_flags_ret(v: remote_nwfilter_define_xml_flags_ret, w: bytearray) -> None:
@@ -1184,47 +1346,58 @@ def _e_remote_nwfilter_define_xml_flags_ret(v: remote_nwfilter_define_xml_flags_
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16s.pack(x4)
+    w += _P_16s(x4)
 
 
 def _d_remote_node_device_define_xml_args(b: bytes, o: int, n: int) -> tuple[remote_node_device_define_xml_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_node_device_define_xml_args)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_xml_desc_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    f_flags_4 = _S_I.unpack_from(b, o)[0]
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.xml_desc = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_node_device_define_xml_args(f_xml_desc_1, f_flags_4), o
+    return v, o
 
 
 def _e_remote_node_device_define_xml_args(v: remote_node_device_define_xml_args, w: bytearray) -> None:
     s1 = v.xml_desc.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_node_device_define_xml_ret(b: bytes, o: int, n: int) -> tuple[remote_node_device_define_xml_ret, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_node_device_define_xml_ret)
+    x1 = _new(remote_nonnull_node_device)
+    v.dev = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_dev_1 = remote_nonnull_node_device(f_name_2)
-    return remote_node_device_define_xml_ret(f_dev_1), o
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    return v, o
 
 
 def _e_remote_node_device_define_xml_ret(v: remote_node_device_define_xml_ret, w: bytearray) -> None:
@@ -1232,218 +1405,265 @@ def _e_remote_node_device_define_xml_ret(v: remote_node_device_define_xml_ret, w
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
 
 
 def _d_remote_node_device_undefine_args(b: bytes, o: int, n: int) -> tuple[remote_node_device_undefine_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_node_device_undefine_args)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_name_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    f_flags_4 = _S_I.unpack_from(b, o)[0]
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.name = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_node_device_undefine_args(f_name_1, f_flags_4), o
+    return v, o
 
 
 def _e_remote_node_device_undefine_args(v: remote_node_device_undefine_args, w: bytearray) -> None:
     s1 = v.name.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_node_device_create_args(b: bytes, o: int, n: int) -> tuple[remote_node_device_create_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_node_device_create_args)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_name_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    f_flags_4 = _S_I.unpack_from(b, o)[0]
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.name = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_node_device_create_args(f_name_1, f_flags_4), o
+    return v, o
 
 
 def _e_remote_node_device_create_args(v: remote_node_device_create_args, w: bytearray) -> None:
     s1 = v.name.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_node_device_get_autostart_args(b: bytes, o: int, n: int) -> tuple[remote_node_device_get_autostart_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_node_device_get_autostart_args)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_name_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    return remote_node_device_get_autostart_args(f_name_1), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.name = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_remote_node_device_get_autostart_args(v: remote_node_device_get_autostart_args, w: bytearray) -> None:
     s1 = v.name.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_remote_node_device_get_autostart_ret(b: bytes, o: int, n: int) -> tuple[remote_node_device_get_autostart_ret, int]:
-    f_autostart_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_node_device_get_autostart_ret)
+    v.autostart, = _U_i(b, o)
     o += 4
-    return remote_node_device_get_autostart_ret(f_autostart_1), o
+    return v, o
 
 
 def _e_remote_node_device_get_autostart_ret(v: remote_node_device_get_autostart_ret, w: bytearray) -> None:
-    w += _S_i.pack(v.autostart)
+    w += _P_i(v.autostart)
 
 
 def _d_remote_node_device_set_autostart_args(b: bytes, o: int, n: int) -> tuple[remote_node_device_set_autostart_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_node_device_set_autostart_args)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_name_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    f_autostart_4 = _S_i.unpack_from(b, o)[0]
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.name = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    v.autostart, = _U_i(b, o)
     o += 4
-    return remote_node_device_set_autostart_args(f_name_1, f_autostart_4), o
+    return v, o
 
 
 def _e_remote_node_device_set_autostart_args(v: remote_node_device_set_autostart_args, w: bytearray) -> None:
     s1 = v.name.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
-    w += _S_i.pack(v.autostart)
+    w += _P_i(v.autostart)
 
 
 def _d_remote_node_device_is_persistent_args(b: bytes, o: int, n: int) -> tuple[remote_node_device_is_persistent_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_node_device_is_persistent_args)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_name_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    return remote_node_device_is_persistent_args(f_name_1), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.name = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_remote_node_device_is_persistent_args(v: remote_node_device_is_persistent_args, w: bytearray) -> None:
     s1 = v.name.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_remote_node_device_is_persistent_ret(b: bytes, o: int, n: int) -> tuple[remote_node_device_is_persistent_ret, int]:
-    f_persistent_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_node_device_is_persistent_ret)
+    v.persistent, = _U_i(b, o)
     o += 4
-    return remote_node_device_is_persistent_ret(f_persistent_1), o
+    return v, o
 
 
 def _e_remote_node_device_is_persistent_ret(v: remote_node_device_is_persistent_ret, w: bytearray) -> None:
-    w += _S_i.pack(v.persistent)
+    w += _P_i(v.persistent)
 
 
 def _d_remote_node_device_is_active_args(b: bytes, o: int, n: int) -> tuple[remote_node_device_is_active_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_node_device_is_active_args)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_name_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    return remote_node_device_is_active_args(f_name_1), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.name = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_remote_node_device_is_active_args(v: remote_node_device_is_active_args, w: bytearray) -> None:
     s1 = v.name.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_remote_node_device_is_active_ret(b: bytes, o: int, n: int) -> tuple[remote_node_device_is_active_ret, int]:
-    f_active_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_node_device_is_active_ret)
+    v.active, = _U_i(b, o)
     o += 4
-    return remote_node_device_is_active_ret(f_active_1), o
+    return v, o
 
 
 def _e_remote_node_device_is_active_ret(v: remote_node_device_is_active_ret, w: bytearray) -> None:
-    w += _S_i.pack(v.active)
+    w += _P_i(v.active)
 
 
 def _d_remote_node_device_update_args(b: bytes, o: int, n: int) -> tuple[remote_node_device_update_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_node_device_update_args)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_name_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    n5 = _S_I.unpack_from(b, o)[0]
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.name = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    n3, = _U_I(b, o)
     o += 4
-    e6 = o + n5
-    if e6 > n or n5 > 4194304: raise _Bad
-    f_xml_desc_4 = b[o:e6].decode()
-    o = e6 + (-n5 & 3)
-    if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-    f_flags_7 = _S_I.unpack_from(b, o)[0]
+    e4 = o + n3
+    if e4 > n or big and n3 > 4194304: raise _Bad
+    v.xml_desc = b[o:e4].decode()
+    if n3 & 3:
+        o = e4 + 4 - (n3 & 3)
+        if b[e4:o] != _ZPAD[o - e4]: raise _Bad
+    else:
+        o = e4
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_node_device_update_args(f_name_1, f_xml_desc_4, f_flags_7), o
+    return v, o
 
 
 def _e_remote_node_device_update_args(v: remote_node_device_update_args, w: bytearray) -> None:
     s1 = v.name.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
     s3 = v.xml_desc.encode('utf-8', 'surrogateescape')
     n4 = len(s3)
     if n4 > 4194304: raise _Bad
-    w += _S_I.pack(n4)
+    w += _P_I(n4)
     w += s3
     if n4 & 3: w += _ZPAD[-n4 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_domain_abort_job_flags_args(b: bytes, o: int, n: int) -> tuple[remote_domain_abort_job_flags_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_abort_job_flags_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_flags_7 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.flags = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_abort_job_flags_args(f_dom_1, f_flags_7), o
+    return v, o
 
 
 def _e_remote_domain_abort_job_flags_args(v: remote_domain_abort_job_flags_args, w: bytearray) -> None:
@@ -1451,38 +1671,47 @@ def _e_remote_domain_abort_job_flags_args(v: remote_domain_abort_job_flags_args,
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, v.flags)
+    w += _P_16siI(x4, x1.id, v.flags)
 
 
 def _d_remote_network_event_callback_metadata_change_msg(b: bytes, o: int, n: int) -> tuple[remote_network_event_callback_metadata_change_msg, int]:
-    f_callbackID_1, n4 = _S_iI.unpack_from(b, o)
+    big = n - o > 4194304
+    v = _new(remote_network_event_callback_metadata_change_msg)
+    x1 = _new(remote_nonnull_network)
+    v.net = x1
+    v.callbackID, n2 = _U_iI(b, o)
     o += 8
-    e5 = o + n4
-    if e5 > n or n4 > 4194304: raise _Bad
-    f_name_3 = b[o:e5].decode()
-    o = e5 + (-n4 & 3)
-    if n4 & 3 and b[e5:o] != _ZPAD[o - e5]: raise _Bad
-    f_uuid_6, f_type_7, n9 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, v.type, n4 = _U_16siI(b, o)
     o += 24
-    f_net_2 = remote_nonnull_network(f_name_3, f_uuid_6)
-    if n9 == 0:
-        f_nsuri_8 = None
-    elif n9 == 1:
-        n10 = _S_I.unpack_from(b, o)[0]
+    if n4 == 0:
+        v.nsuri = None
+    elif n4 == 1:
+        n5, = _U_I(b, o)
         o += 4
-        e11 = o + n10
-        if e11 > n or n10 > 4194304: raise _Bad
-        f_nsuri_8 = b[o:e11].decode()
-        o = e11 + (-n10 & 3)
-        if n10 & 3 and b[e11:o] != _ZPAD[o - e11]: raise _Bad
+        e6 = o + n5
+        if e6 > n or big and n5 > 4194304: raise _Bad
+        v.nsuri = b[o:e6].decode()
+        if n5 & 3:
+            o = e6 + 4 - (n5 & 3)
+            if b[e6:o] != _ZPAD[o - e6]: raise _Bad
+        else:
+            o = e6
     else:
         raise _Bad
-    return remote_network_event_callback_metadata_change_msg(f_callbackID_1, f_net_2, f_type_7, f_nsuri_8), o
+    return v, o
 
 
 def _e_remote_network_event_callback_metadata_change_msg(v: remote_network_event_callback_metadata_change_msg, w: bytearray) -> None:
@@ -1490,13 +1719,13 @@ def _e_remote_network_event_callback_metadata_change_msg(v: remote_network_event
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_iI.pack(v.callbackID, n3)
+    w += _P_iI(v.callbackID, n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
     x5 = v.nsuri
-    w += _S_16si.pack(x4, v.type)
+    w += _P_16si(x4, v.type)
     if x5 is None:
         w += _FLAG0
     else:
@@ -1504,65 +1733,80 @@ def _e_remote_network_event_callback_metadata_change_msg(v: remote_network_event
         s6 = x5.encode('utf-8', 'surrogateescape')
         n7 = len(s6)
         if n7 > 4194304: raise _Bad
-        w += _S_I.pack(n7)
+        w += _P_I(n7)
         w += s6
         if n7 & 3: w += _ZPAD[-n7 & 3]
 
 
 def _d_remote_network_set_metadata_args(b: bytes, o: int, n: int) -> tuple[remote_network_set_metadata_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_network_set_metadata_args)
+    x1 = _new(remote_nonnull_network)
+    v.network = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_type_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, v.type, n4 = _U_16siI(b, o)
     o += 24
-    f_network_1 = remote_nonnull_network(f_name_2, f_uuid_5)
-    if n8 == 0:
-        f_metadata_7 = None
-    elif n8 == 1:
-        n9 = _S_I.unpack_from(b, o)[0]
+    if n4 == 0:
+        v.metadata = None
+    elif n4 == 1:
+        n5, = _U_I(b, o)
         o += 4
-        e10 = o + n9
-        if e10 > n or n9 > 4194304: raise _Bad
-        f_metadata_7 = b[o:e10].decode()
-        o = e10 + (-n9 & 3)
-        if n9 & 3 and b[e10:o] != _ZPAD[o - e10]: raise _Bad
+        e6 = o + n5
+        if e6 > n or big and n5 > 4194304: raise _Bad
+        v.metadata = b[o:e6].decode()
+        if n5 & 3:
+            o = e6 + 4 - (n5 & 3)
+            if b[e6:o] != _ZPAD[o - e6]: raise _Bad
+        else:
+            o = e6
     else:
         raise _Bad
-    n12 = _S_I.unpack_from(b, o)[0]
+    n7, = _U_I(b, o)
     o += 4
-    if n12 == 0:
-        f_key_11 = None
-    elif n12 == 1:
-        n13 = _S_I.unpack_from(b, o)[0]
+    if n7 == 0:
+        v.key = None
+    elif n7 == 1:
+        n8, = _U_I(b, o)
         o += 4
-        e14 = o + n13
-        if e14 > n or n13 > 4194304: raise _Bad
-        f_key_11 = b[o:e14].decode()
-        o = e14 + (-n13 & 3)
-        if n13 & 3 and b[e14:o] != _ZPAD[o - e14]: raise _Bad
+        e9 = o + n8
+        if e9 > n or big and n8 > 4194304: raise _Bad
+        v.key = b[o:e9].decode()
+        if n8 & 3:
+            o = e9 + 4 - (n8 & 3)
+            if b[e9:o] != _ZPAD[o - e9]: raise _Bad
+        else:
+            o = e9
     else:
         raise _Bad
-    n16 = _S_I.unpack_from(b, o)[0]
+    n10, = _U_I(b, o)
     o += 4
-    if n16 == 0:
-        f_uri_15 = None
-    elif n16 == 1:
-        n17 = _S_I.unpack_from(b, o)[0]
+    if n10 == 0:
+        v.uri = None
+    elif n10 == 1:
+        n11, = _U_I(b, o)
         o += 4
-        e18 = o + n17
-        if e18 > n or n17 > 4194304: raise _Bad
-        f_uri_15 = b[o:e18].decode()
-        o = e18 + (-n17 & 3)
-        if n17 & 3 and b[e18:o] != _ZPAD[o - e18]: raise _Bad
+        e12 = o + n11
+        if e12 > n or big and n11 > 4194304: raise _Bad
+        v.uri = b[o:e12].decode()
+        if n11 & 3:
+            o = e12 + 4 - (n11 & 3)
+            if b[e12:o] != _ZPAD[o - e12]: raise _Bad
+        else:
+            o = e12
     else:
         raise _Bad
-    f_flags_19 = _S_I.unpack_from(b, o)[0]
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_network_set_metadata_args(f_network_1, f_type_6, f_metadata_7, f_key_11, f_uri_15, f_flags_19), o
+    return v, o
 
 
 def _e_remote_network_set_metadata_args(v: remote_network_set_metadata_args, w: bytearray) -> None:
@@ -1570,13 +1814,13 @@ def _e_remote_network_set_metadata_args(v: remote_network_set_metadata_args, w: 
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
     x5 = v.metadata
-    w += _S_16si.pack(x4, v.type)
+    w += _P_16si(x4, v.type)
     if x5 is None:
         w += _FLAG0
     else:
@@ -1584,7 +1828,7 @@ def _e_remote_network_set_metadata_args(v: remote_network_set_metadata_args, w: 
         s6 = x5.encode('utf-8', 'surrogateescape')
         n7 = len(s6)
         if n7 > 4194304: raise _Bad
-        w += _S_I.pack(n7)
+        w += _P_I(n7)
         w += s6
         if n7 & 3: w += _ZPAD[-n7 & 3]
     x8 = v.key
@@ -1595,7 +1839,7 @@ def _e_remote_network_set_metadata_args(v: remote_network_set_metadata_args, w: 
         s9 = x8.encode('utf-8', 'surrogateescape')
         n10 = len(s9)
         if n10 > 4194304: raise _Bad
-        w += _S_I.pack(n10)
+        w += _P_I(n10)
         w += s9
         if n10 & 3: w += _ZPAD[-n10 & 3]
     x11 = v.uri
@@ -1606,38 +1850,47 @@ def _e_remote_network_set_metadata_args(v: remote_network_set_metadata_args, w: 
         s12 = x11.encode('utf-8', 'surrogateescape')
         n13 = len(s12)
         if n13 > 4194304: raise _Bad
-        w += _S_I.pack(n13)
+        w += _P_I(n13)
         w += s12
         if n13 & 3: w += _ZPAD[-n13 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_network_get_metadata_args(b: bytes, o: int, n: int) -> tuple[remote_network_get_metadata_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_network_get_metadata_args)
+    x1 = _new(remote_nonnull_network)
+    v.network = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_type_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, v.type, n4 = _U_16siI(b, o)
     o += 24
-    f_network_1 = remote_nonnull_network(f_name_2, f_uuid_5)
-    if n8 == 0:
-        f_uri_7 = None
-    elif n8 == 1:
-        n9 = _S_I.unpack_from(b, o)[0]
+    if n4 == 0:
+        v.uri = None
+    elif n4 == 1:
+        n5, = _U_I(b, o)
         o += 4
-        e10 = o + n9
-        if e10 > n or n9 > 4194304: raise _Bad
-        f_uri_7 = b[o:e10].decode()
-        o = e10 + (-n9 & 3)
-        if n9 & 3 and b[e10:o] != _ZPAD[o - e10]: raise _Bad
+        e6 = o + n5
+        if e6 > n or big and n5 > 4194304: raise _Bad
+        v.uri = b[o:e6].decode()
+        if n5 & 3:
+            o = e6 + 4 - (n5 & 3)
+            if b[e6:o] != _ZPAD[o - e6]: raise _Bad
+        else:
+            o = e6
     else:
         raise _Bad
-    f_flags_11 = _S_I.unpack_from(b, o)[0]
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_network_get_metadata_args(f_network_1, f_type_6, f_uri_7, f_flags_11), o
+    return v, o
 
 
 def _e_remote_network_get_metadata_args(v: remote_network_get_metadata_args, w: bytearray) -> None:
@@ -1645,13 +1898,13 @@ def _e_remote_network_get_metadata_args(v: remote_network_get_metadata_args, w: 
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
     x5 = v.uri
-    w += _S_16si.pack(x4, v.type)
+    w += _P_16si(x4, v.type)
     if x5 is None:
         w += _FLAG0
     else:
@@ -1659,44 +1912,55 @@ def _e_remote_network_get_metadata_args(v: remote_network_get_metadata_args, w: 
         s6 = x5.encode('utf-8', 'surrogateescape')
         n7 = len(s6)
         if n7 > 4194304: raise _Bad
-        w += _S_I.pack(n7)
+        w += _P_I(n7)
         w += s6
         if n7 & 3: w += _ZPAD[-n7 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_network_get_metadata_ret(b: bytes, o: int, n: int) -> tuple[remote_network_get_metadata_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_network_get_metadata_ret)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_metadata_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    return remote_network_get_metadata_ret(f_metadata_1), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.metadata = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_remote_network_get_metadata_ret(v: remote_network_get_metadata_ret, w: bytearray) -> None:
     s1 = v.metadata.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_remote_domain_event_memory_failure_msg(b: bytes, o: int, n: int) -> tuple[remote_domain_event_memory_failure_msg, int]:
-    f_callbackID_1, n4 = _S_iI.unpack_from(b, o)
+    big = n - o > 4194304
+    v = _new(remote_domain_event_memory_failure_msg)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    v.callbackID, n2 = _U_iI(b, o)
     o += 8
-    e5 = o + n4
-    if e5 > n or n4 > 4194304: raise _Bad
-    f_name_3 = b[o:e5].decode()
-    o = e5 + (-n4 & 3)
-    if n4 & 3 and b[e5:o] != _ZPAD[o - e5]: raise _Bad
-    f_uuid_6, f_id_7, f_recipient_8, f_action_9, f_flags_10 = _S_16siiiI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.recipient, v.action, v.flags = _U_16siiiI(b, o)
     o += 32
-    f_dom_2 = remote_nonnull_domain(f_name_3, f_uuid_6, f_id_7)
-    return remote_domain_event_memory_failure_msg(f_callbackID_1, f_dom_2, f_recipient_8, f_action_9, f_flags_10), o
+    return v, o
 
 
 def _e_remote_domain_event_memory_failure_msg(v: remote_domain_event_memory_failure_msg, w: bytearray) -> None:
@@ -1704,41 +1968,95 @@ def _e_remote_domain_event_memory_failure_msg(v: remote_domain_event_memory_fail
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_iI.pack(v.callbackID, n3)
+    w += _P_iI(v.callbackID, n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siiiI.pack(x4, x1.id, v.recipient, v.action, v.flags)
+    w += _P_16siiiI(x4, x1.id, v.recipient, v.action, v.flags)
 
 
 def _d_remote_domain_set_launch_security_state_args(b: bytes, o: int, n: int) -> tuple[remote_domain_set_launch_security_state_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_set_launch_security_state_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    if n8 > 64 or n8 * 12 > n - o: raise _Bad
-    f_params_7 = []
-    for _ in range(n8):
-        n11 = _S_I.unpack_from(b, o)[0]
+    if n4 > 64 or n4 * 12 > n - o: raise _Bad
+    x6: list[Any] = []
+    v.params = x6
+    L_U_I = _U_I
+    L_U_Q = _U_Q
+    L_U_d = _U_d
+    L_U_i = _U_i
+    L_U_q = _U_q
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_typed_param = remote_typed_param
+    L_remote_typed_param_value = remote_typed_param_value
+    for _ in range(n4):
+        it5 = L_new(L_remote_typed_param)
+        n7, = L_U_I(b, o)
         o += 4
-        e12 = o + n11
-        if e12 > n or n11 > 4194304: raise _Bad
-        f_field_10 = b[o:e12].decode()
-        o = e12 + (-n11 & 3)
-        if n11 & 3 and b[e12:o] != _ZPAD[o - e12]: raise _Bad
-        f_value_13, o = _d_remote_typed_param_value(b, o, n)
-        it9 = remote_typed_param(f_field_10, f_value_13)
-        f_params_7.append(it9)
-    f_flags_14 = _S_I.unpack_from(b, o)[0]
+        e8 = o + n7
+        if e8 > n or big and n7 > 4194304: raise _Bad
+        it5.field = b[o:e8].decode()
+        if n7 & 3:
+            o = e8 + 4 - (n7 & 3)
+            if b[e8:o] != L_ZPAD[o - e8]: raise _Bad
+        else:
+            o = e8
+        x9 = L_new(L_remote_typed_param_value)
+        d10, = L_U_i(b, o)
+        o += 4
+        if d10 == 1:
+            x9.value, = L_U_i(b, o)
+            o += 4
+        elif d10 == 2:
+            x9.value, = L_U_I(b, o)
+            o += 4
+        elif d10 == 3:
+            x9.value, = L_U_q(b, o)
+            o += 8
+        elif d10 == 4:
+            x9.value, = L_U_Q(b, o)
+            o += 8
+        elif d10 == 5:
+            x9.value, = L_U_d(b, o)
+            o += 8
+        elif d10 == 6:
+            x9.value, = L_U_i(b, o)
+            o += 4
+        elif d10 == 7:
+            n11, = L_U_I(b, o)
+            o += 4
+            e12 = o + n11
+            if e12 > n or big and n11 > 4194304: raise _Bad
+            x9.value = b[o:e12].decode()
+            if n11 & 3:
+                o = e12 + 4 - (n11 & 3)
+                if b[e12:o] != L_ZPAD[o - e12]: raise _Bad
+            else:
+                o = e12
+        else:
+            raise _Bad
+        x9.type = d10
+        it5.value = x9
+        x6.append(it5)
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_domain_set_launch_security_state_args(f_dom_1, f_params_7, f_flags_14), o
+    return v, o
 
 
 def _e_remote_domain_set_launch_security_state_args(v: remote_domain_set_launch_security_state_args, w: bytearray) -> None:
@@ -1746,7 +2064,7 @@ def _e_remote_domain_set_launch_security_state_args(v: remote_domain_set_launch_
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -1754,38 +2072,48 @@ def _e_remote_domain_set_launch_security_state_args(v: remote_domain_set_launch_
     x5 = v.params
     n6 = len(x5)
     if n6 > 64: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     for it7 in x5:
         s8 = it7.field.encode('utf-8', 'surrogateescape')
         n9 = len(s8)
         if n9 > 4194304: raise _Bad
-        w += _S_I.pack(n9)
+        w += _P_I(n9)
         w += s8
         if n9 & 3: w += _ZPAD[-n9 & 3]
         _e_remote_typed_param_value(it7.value, w)
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_domain_checkpoint_get_parent_args(b: bytes, o: int, n: int) -> tuple[remote_domain_checkpoint_get_parent_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_checkpoint_get_parent_args)
+    x1 = _new(remote_nonnull_domain_checkpoint)
+    v.checkpoint = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    n7 = _S_I.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x4 = _new(remote_nonnull_domain)
+    x1.dom = x4
+    n5, = _U_I(b, o)
     o += 4
-    e8 = o + n7
-    if e8 > n or n7 > 4194304: raise _Bad
-    f_name_6 = b[o:e8].decode()
-    o = e8 + (-n7 & 3)
-    if n7 & 3 and b[e8:o] != _ZPAD[o - e8]: raise _Bad
-    f_uuid_9, f_id_10, f_flags_11 = _S_16siI.unpack_from(b, o)
+    e6 = o + n5
+    if e6 > n or big and n5 > 4194304: raise _Bad
+    x4.name = b[o:e6].decode()
+    if n5 & 3:
+        o = e6 + 4 - (n5 & 3)
+        if b[e6:o] != _ZPAD[o - e6]: raise _Bad
+    else:
+        o = e6
+    x4.uuid, x4.id, v.flags = _U_16siI(b, o)
     o += 24
-    f_dom_5 = remote_nonnull_domain(f_name_6, f_uuid_9, f_id_10)
-    f_checkpoint_1 = remote_nonnull_domain_checkpoint(f_name_2, f_dom_5)
-    return remote_domain_checkpoint_get_parent_args(f_checkpoint_1, f_flags_11), o
+    return v, o
 
 
 def _e_remote_domain_checkpoint_get_parent_args(v: remote_domain_checkpoint_get_parent_args, w: bytearray) -> None:
@@ -1793,41 +2121,51 @@ def _e_remote_domain_checkpoint_get_parent_args(v: remote_domain_checkpoint_get_
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.dom
     s5 = x4.name.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_I.pack(n6)
+    w += _P_I(n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
     x7 = x4.uuid
     if len(x7) != 16: raise _Bad
-    w += _S_16siI.pack(x7, x4.id, v.flags)
+    w += _P_16siI(x7, x4.id, v.flags)
 
 
 def _d_remote_domain_checkpoint_get_parent_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_checkpoint_get_parent_ret, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_checkpoint_get_parent_ret)
+    x1 = _new(remote_nonnull_domain_checkpoint)
+    v.parent = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    n7 = _S_I.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x4 = _new(remote_nonnull_domain)
+    x1.dom = x4
+    n5, = _U_I(b, o)
     o += 4
-    e8 = o + n7
-    if e8 > n or n7 > 4194304: raise _Bad
-    f_name_6 = b[o:e8].decode()
-    o = e8 + (-n7 & 3)
-    if n7 & 3 and b[e8:o] != _ZPAD[o - e8]: raise _Bad
-    f_uuid_9, f_id_10 = _S_16si.unpack_from(b, o)
+    e6 = o + n5
+    if e6 > n or big and n5 > 4194304: raise _Bad
+    x4.name = b[o:e6].decode()
+    if n5 & 3:
+        o = e6 + 4 - (n5 & 3)
+        if b[e6:o] != _ZPAD[o - e6]: raise _Bad
+    else:
+        o = e6
+    x4.uuid, x4.id = _U_16si(b, o)
     o += 20
-    f_dom_5 = remote_nonnull_domain(f_name_6, f_uuid_9, f_id_10)
-    f_parent_1 = remote_nonnull_domain_checkpoint(f_name_2, f_dom_5)
-    return remote_domain_checkpoint_get_parent_ret(f_parent_1), o
+    return v, o
 
 
 def _e_remote_domain_checkpoint_get_parent_ret(v: remote_domain_checkpoint_get_parent_ret, w: bytearray) -> None:
@@ -1835,41 +2173,51 @@ def _e_remote_domain_checkpoint_get_parent_ret(v: remote_domain_checkpoint_get_p
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.dom
     s5 = x4.name.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_I.pack(n6)
+    w += _P_I(n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
     x7 = x4.uuid
     if len(x7) != 16: raise _Bad
-    w += _S_16si.pack(x7, x4.id)
+    w += _P_16si(x7, x4.id)
 
 
 def _d_remote_domain_checkpoint_delete_args(b: bytes, o: int, n: int) -> tuple[remote_domain_checkpoint_delete_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_checkpoint_delete_args)
+    x1 = _new(remote_nonnull_domain_checkpoint)
+    v.checkpoint = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    n7 = _S_I.unpack_from(b, o)[0]
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x4 = _new(remote_nonnull_domain)
+    x1.dom = x4
+    n5, = _U_I(b, o)
     o += 4
-    e8 = o + n7
-    if e8 > n or n7 > 4194304: raise _Bad
-    f_name_6 = b[o:e8].decode()
-    o = e8 + (-n7 & 3)
-    if n7 & 3 and b[e8:o] != _ZPAD[o - e8]: raise _Bad
-    f_uuid_9, f_id_10, f_flags_11 = _S_16siI.unpack_from(b, o)
+    e6 = o + n5
+    if e6 > n or big and n5 > 4194304: raise _Bad
+    x4.name = b[o:e6].decode()
+    if n5 & 3:
+        o = e6 + 4 - (n5 & 3)
+        if b[e6:o] != _ZPAD[o - e6]: raise _Bad
+    else:
+        o = e6
+    x4.uuid, x4.id, v.flags = _U_16siI(b, o)
     o += 24
-    f_dom_5 = remote_nonnull_domain(f_name_6, f_uuid_9, f_id_10)
-    f_checkpoint_1 = remote_nonnull_domain_checkpoint(f_name_2, f_dom_5)
-    return remote_domain_checkpoint_delete_args(f_checkpoint_1, f_flags_11), o
+    return v, o
 
 
 def _e_remote_domain_checkpoint_delete_args(v: remote_domain_checkpoint_delete_args, w: bytearray) -> None:
@@ -1877,33 +2225,39 @@ def _e_remote_domain_checkpoint_delete_args(v: remote_domain_checkpoint_delete_a
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.dom
     s5 = x4.name.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_I.pack(n6)
+    w += _P_I(n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
     x7 = x4.uuid
     if len(x7) != 16: raise _Bad
-    w += _S_16siI.pack(x7, x4.id, v.flags)
+    w += _P_16siI(x7, x4.id, v.flags)
 
 
 def _d_remote_domain_get_guest_info_args(b: bytes, o: int, n: int) -> tuple[remote_domain_get_guest_info_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_get_guest_info_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_types_7, f_flags_8 = _S_16siII.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.types, v.flags = _U_16siII(b, o)
     o += 28
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_get_guest_info_args(f_dom_1, f_types_7, f_flags_8), o
+    return v, o
 
 
 def _e_remote_domain_get_guest_info_args(v: remote_domain_get_guest_info_args, w: bytearray) -> None:
@@ -1911,97 +2265,203 @@ def _e_remote_domain_get_guest_info_args(v: remote_domain_get_guest_info_args, w
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siII.pack(x4, x1.id, v.types, v.flags)
+    w += _P_16siII(x4, x1.id, v.types, v.flags)
 
 
 def _d_remote_domain_get_guest_info_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_get_guest_info_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_get_guest_info_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 2048 or n2 * 12 > n - o: raise _Bad
-    f_params_1 = []
-    for _ in range(n2):
-        n5 = _S_I.unpack_from(b, o)[0]
+    if n1 > 2048 or n1 * 12 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.params = x3
+    L_U_I = _U_I
+    L_U_Q = _U_Q
+    L_U_d = _U_d
+    L_U_i = _U_i
+    L_U_q = _U_q
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_typed_param = remote_typed_param
+    L_remote_typed_param_value = remote_typed_param_value
+    for _ in range(n1):
+        it2 = L_new(L_remote_typed_param)
+        n4, = L_U_I(b, o)
         o += 4
-        e6 = o + n5
-        if e6 > n or n5 > 4194304: raise _Bad
-        f_field_4 = b[o:e6].decode()
-        o = e6 + (-n5 & 3)
-        if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-        f_value_7, o = _d_remote_typed_param_value(b, o, n)
-        it3 = remote_typed_param(f_field_4, f_value_7)
-        f_params_1.append(it3)
-    return remote_domain_get_guest_info_ret(f_params_1), o
+        e5 = o + n4
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        it2.field = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != L_ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
+        x6 = L_new(L_remote_typed_param_value)
+        d7, = L_U_i(b, o)
+        o += 4
+        if d7 == 1:
+            x6.value, = L_U_i(b, o)
+            o += 4
+        elif d7 == 2:
+            x6.value, = L_U_I(b, o)
+            o += 4
+        elif d7 == 3:
+            x6.value, = L_U_q(b, o)
+            o += 8
+        elif d7 == 4:
+            x6.value, = L_U_Q(b, o)
+            o += 8
+        elif d7 == 5:
+            x6.value, = L_U_d(b, o)
+            o += 8
+        elif d7 == 6:
+            x6.value, = L_U_i(b, o)
+            o += 4
+        elif d7 == 7:
+            n8, = L_U_I(b, o)
+            o += 4
+            e9 = o + n8
+            if e9 > n or big and n8 > 4194304: raise _Bad
+            x6.value = b[o:e9].decode()
+            if n8 & 3:
+                o = e9 + 4 - (n8 & 3)
+                if b[e9:o] != L_ZPAD[o - e9]: raise _Bad
+            else:
+                o = e9
+        else:
+            raise _Bad
+        x6.type = d7
+        it2.value = x6
+        x3.append(it2)
+    return v, o
 
 
 def _e_remote_domain_get_guest_info_ret(v: remote_domain_get_guest_info_ret, w: bytearray) -> None:
     x1 = v.params
     n2 = len(x1)
     if n2 > 2048: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
         s4 = it3.field.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
         _e_remote_typed_param_value(it3.value, w)
 
 
 def _d_remote_connect_set_identity_args(b: bytes, o: int, n: int) -> tuple[remote_connect_set_identity_args, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_connect_set_identity_args)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 20 or n2 * 12 > n - o: raise _Bad
-    f_params_1 = []
-    for _ in range(n2):
-        n5 = _S_I.unpack_from(b, o)[0]
+    if n1 > 20 or n1 * 12 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.params = x3
+    L_U_I = _U_I
+    L_U_Q = _U_Q
+    L_U_d = _U_d
+    L_U_i = _U_i
+    L_U_q = _U_q
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_typed_param = remote_typed_param
+    L_remote_typed_param_value = remote_typed_param_value
+    for _ in range(n1):
+        it2 = L_new(L_remote_typed_param)
+        n4, = L_U_I(b, o)
         o += 4
-        e6 = o + n5
-        if e6 > n or n5 > 4194304: raise _Bad
-        f_field_4 = b[o:e6].decode()
-        o = e6 + (-n5 & 3)
-        if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
-        f_value_7, o = _d_remote_typed_param_value(b, o, n)
-        it3 = remote_typed_param(f_field_4, f_value_7)
-        f_params_1.append(it3)
-    f_flags_8 = _S_I.unpack_from(b, o)[0]
+        e5 = o + n4
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        it2.field = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != L_ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
+        x6 = L_new(L_remote_typed_param_value)
+        d7, = L_U_i(b, o)
+        o += 4
+        if d7 == 1:
+            x6.value, = L_U_i(b, o)
+            o += 4
+        elif d7 == 2:
+            x6.value, = L_U_I(b, o)
+            o += 4
+        elif d7 == 3:
+            x6.value, = L_U_q(b, o)
+            o += 8
+        elif d7 == 4:
+            x6.value, = L_U_Q(b, o)
+            o += 8
+        elif d7 == 5:
+            x6.value, = L_U_d(b, o)
+            o += 8
+        elif d7 == 6:
+            x6.value, = L_U_i(b, o)
+            o += 4
+        elif d7 == 7:
+            n8, = L_U_I(b, o)
+            o += 4
+            e9 = o + n8
+            if e9 > n or big and n8 > 4194304: raise _Bad
+            x6.value = b[o:e9].decode()
+            if n8 & 3:
+                o = e9 + 4 - (n8 & 3)
+                if b[e9:o] != L_ZPAD[o - e9]: raise _Bad
+            else:
+                o = e9
+        else:
+            raise _Bad
+        x6.type = d7
+        it2.value = x6
+        x3.append(it2)
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_connect_set_identity_args(f_params_1, f_flags_8), o
+    return v, o
 
 
 def _e_remote_connect_set_identity_args(v: remote_connect_set_identity_args, w: bytearray) -> None:
     x1 = v.params
     n2 = len(x1)
     if n2 > 20: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
         s4 = it3.field.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
         _e_remote_typed_param_value(it3.value, w)
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_domain_agent_set_response_timeout_args(b: bytes, o: int, n: int) -> tuple[remote_domain_agent_set_response_timeout_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_agent_set_response_timeout_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_timeout_7, f_flags_8 = _S_16siiI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.timeout, v.flags = _U_16siiI(b, o)
     o += 28
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_agent_set_response_timeout_args(f_dom_1, f_timeout_7, f_flags_8), o
+    return v, o
 
 
 def _e_remote_domain_agent_set_response_timeout_args(v: remote_domain_agent_set_response_timeout_args, w: bytearray) -> None:
@@ -2009,57 +2469,70 @@ def _e_remote_domain_agent_set_response_timeout_args(v: remote_domain_agent_set_
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siiI.pack(x4, x1.id, v.timeout, v.flags)
+    w += _P_16siiI(x4, x1.id, v.timeout, v.flags)
 
 
 def _d_remote_domain_agent_set_response_timeout_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_agent_set_response_timeout_ret, int]:
-    f_result_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_domain_agent_set_response_timeout_ret)
+    v.result, = _U_i(b, o)
     o += 4
-    return remote_domain_agent_set_response_timeout_ret(f_result_1), o
+    return v, o
 
 
 def _e_remote_domain_agent_set_response_timeout_ret(v: remote_domain_agent_set_response_timeout_ret, w: bytearray) -> None:
-    w += _S_i.pack(v.result)
+    w += _P_i(v.result)
 
 
 def _d_remote_domain_backup_begin_args(b: bytes, o: int, n: int) -> tuple[remote_domain_backup_begin_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_backup_begin_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    e9 = o + n8
-    if e9 > n or n8 > 4194304: raise _Bad
-    f_backup_xml_7 = b[o:e9].decode()
-    o = e9 + (-n8 & 3)
-    if n8 & 3 and b[e9:o] != _ZPAD[o - e9]: raise _Bad
-    n11 = _S_I.unpack_from(b, o)[0]
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    v.backup_xml = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    n6, = _U_I(b, o)
     o += 4
-    if n11 == 0:
-        f_checkpoint_xml_10 = None
-    elif n11 == 1:
-        n12 = _S_I.unpack_from(b, o)[0]
+    if n6 == 0:
+        v.checkpoint_xml = None
+    elif n6 == 1:
+        n7, = _U_I(b, o)
         o += 4
-        e13 = o + n12
-        if e13 > n or n12 > 4194304: raise _Bad
-        f_checkpoint_xml_10 = b[o:e13].decode()
-        o = e13 + (-n12 & 3)
-        if n12 & 3 and b[e13:o] != _ZPAD[o - e13]: raise _Bad
+        e8 = o + n7
+        if e8 > n or big and n7 > 4194304: raise _Bad
+        v.checkpoint_xml = b[o:e8].decode()
+        if n7 & 3:
+            o = e8 + 4 - (n7 & 3)
+            if b[e8:o] != _ZPAD[o - e8]: raise _Bad
+        else:
+            o = e8
     else:
         raise _Bad
-    f_flags_14 = _S_I.unpack_from(b, o)[0]
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_domain_backup_begin_args(f_dom_1, f_backup_xml_7, f_checkpoint_xml_10, f_flags_14), o
+    return v, o
 
 
 def _e_remote_domain_backup_begin_args(v: remote_domain_backup_begin_args, w: bytearray) -> None:
@@ -2067,7 +2540,7 @@ def _e_remote_domain_backup_begin_args(v: remote_domain_backup_begin_args, w: by
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -2075,7 +2548,7 @@ def _e_remote_domain_backup_begin_args(v: remote_domain_backup_begin_args, w: by
     s5 = v.backup_xml.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
     x7 = v.checkpoint_xml
@@ -2086,24 +2559,30 @@ def _e_remote_domain_backup_begin_args(v: remote_domain_backup_begin_args, w: by
         s8 = x7.encode('utf-8', 'surrogateescape')
         n9 = len(s8)
         if n9 > 4194304: raise _Bad
-        w += _S_I.pack(n9)
+        w += _P_I(n9)
         w += s8
         if n9 & 3: w += _ZPAD[-n9 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_domain_backup_get_xml_desc_args(b: bytes, o: int, n: int) -> tuple[remote_domain_backup_get_xml_desc_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_backup_get_xml_desc_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_flags_7 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.flags = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_backup_get_xml_desc_args(f_dom_1, f_flags_7), o
+    return v, o
 
 
 def _e_remote_domain_backup_get_xml_desc_args(v: remote_domain_backup_get_xml_desc_args, w: bytearray) -> None:
@@ -2111,53 +2590,67 @@ def _e_remote_domain_backup_get_xml_desc_args(v: remote_domain_backup_get_xml_de
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, v.flags)
+    w += _P_16siI(x4, x1.id, v.flags)
 
 
 def _d_remote_domain_backup_get_xml_desc_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_backup_get_xml_desc_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_backup_get_xml_desc_ret)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_xml_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    return remote_domain_backup_get_xml_desc_ret(f_xml_1), o
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.xml = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
 
 
 def _e_remote_domain_backup_get_xml_desc_ret(v: remote_domain_backup_get_xml_desc_ret, w: bytearray) -> None:
     s1 = v.xml.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_remote_domain_authorized_ssh_keys_get_args(b: bytes, o: int, n: int) -> tuple[remote_domain_authorized_ssh_keys_get_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_authorized_ssh_keys_get_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    e9 = o + n8
-    if e9 > n or n8 > 4194304: raise _Bad
-    f_user_7 = b[o:e9].decode()
-    o = e9 + (-n8 & 3)
-    if n8 & 3 and b[e9:o] != _ZPAD[o - e9]: raise _Bad
-    f_flags_10 = _S_I.unpack_from(b, o)[0]
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    v.user = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_domain_authorized_ssh_keys_get_args(f_dom_1, f_user_7, f_flags_10), o
+    return v, o
 
 
 def _e_remote_domain_authorized_ssh_keys_get_args(v: remote_domain_authorized_ssh_keys_get_args, w: bytearray) -> None:
@@ -2165,7 +2658,7 @@ def _e_remote_domain_authorized_ssh_keys_get_args(v: remote_domain_authorized_ss
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -2173,75 +2666,98 @@ def _e_remote_domain_authorized_ssh_keys_get_args(v: remote_domain_authorized_ss
     s5 = v.user.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_domain_authorized_ssh_keys_get_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_authorized_ssh_keys_get_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_authorized_ssh_keys_get_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 2048 or n2 * 4 > n - o: raise _Bad
-    f_keys_1 = []
-    for _ in range(n2):
-        n4 = _S_I.unpack_from(b, o)[0]
+    if n1 > 2048 or n1 * 4 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.keys = x3
+    L_U_I = _U_I
+    L_ZPAD = _ZPAD
+    for _ in range(n1):
+        n4, = L_U_I(b, o)
         o += 4
         e5 = o + n4
-        if e5 > n or n4 > 4194304: raise _Bad
-        it3 = b[o:e5].decode()
-        o = e5 + (-n4 & 3)
-        if n4 & 3 and b[e5:o] != _ZPAD[o - e5]: raise _Bad
-        f_keys_1.append(it3)
-    return remote_domain_authorized_ssh_keys_get_ret(f_keys_1), o
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        it2 = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != L_ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
+        x3.append(it2)
+    return v, o
 
 
 def _e_remote_domain_authorized_ssh_keys_get_ret(v: remote_domain_authorized_ssh_keys_get_ret, w: bytearray) -> None:
     x1 = v.keys
     n2 = len(x1)
     if n2 > 2048: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
         s4 = it3.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
 
 
 def _d_remote_domain_authorized_ssh_keys_set_args(b: bytes, o: int, n: int) -> tuple[remote_domain_authorized_ssh_keys_set_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_authorized_ssh_keys_set_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    e9 = o + n8
-    if e9 > n or n8 > 4194304: raise _Bad
-    f_user_7 = b[o:e9].decode()
-    o = e9 + (-n8 & 3)
-    if n8 & 3 and b[e9:o] != _ZPAD[o - e9]: raise _Bad
-    n11 = _S_I.unpack_from(b, o)[0]
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    v.user = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    n6, = _U_I(b, o)
     o += 4
-    if n11 > 2048 or n11 * 4 > n - o: raise _Bad
-    f_keys_10 = []
-    for _ in range(n11):
-        n13 = _S_I.unpack_from(b, o)[0]
+    if n6 > 2048 or n6 * 4 > n - o: raise _Bad
+    x8: list[Any] = []
+    v.keys = x8
+    L_U_I = _U_I
+    L_ZPAD = _ZPAD
+    for _ in range(n6):
+        n9, = L_U_I(b, o)
         o += 4
-        e14 = o + n13
-        if e14 > n or n13 > 4194304: raise _Bad
-        it12 = b[o:e14].decode()
-        o = e14 + (-n13 & 3)
-        if n13 & 3 and b[e14:o] != _ZPAD[o - e14]: raise _Bad
-        f_keys_10.append(it12)
-    f_flags_15 = _S_I.unpack_from(b, o)[0]
+        e10 = o + n9
+        if e10 > n or big and n9 > 4194304: raise _Bad
+        it7 = b[o:e10].decode()
+        if n9 & 3:
+            o = e10 + 4 - (n9 & 3)
+            if b[e10:o] != L_ZPAD[o - e10]: raise _Bad
+        else:
+            o = e10
+        x8.append(it7)
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_domain_authorized_ssh_keys_set_args(f_dom_1, f_user_7, f_keys_10, f_flags_15), o
+    return v, o
 
 
 def _e_remote_domain_authorized_ssh_keys_set_args(v: remote_domain_authorized_ssh_keys_set_args, w: bytearray) -> None:
@@ -2249,7 +2765,7 @@ def _e_remote_domain_authorized_ssh_keys_set_args(v: remote_domain_authorized_ss
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -2257,35 +2773,41 @@ def _e_remote_domain_authorized_ssh_keys_set_args(v: remote_domain_authorized_ss
     s5 = v.user.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
     x7 = v.keys
     n8 = len(x7)
     if n8 > 2048: raise _Bad
-    w += _S_I.pack(n8)
+    w += _P_I(n8)
     for it9 in x7:
         s10 = it9.encode('utf-8', 'surrogateescape')
         n11 = len(s10)
         if n11 > 4194304: raise _Bad
-        w += _S_I.pack(n11)
+        w += _P_I(n11)
         w += s10
         if n11 & 3: w += _ZPAD[-n11 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_domain_get_messages_args(b: bytes, o: int, n: int) -> tuple[remote_domain_get_messages_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_get_messages_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_flags_7 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.flags = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_get_messages_args(f_dom_1, f_flags_7), o
+    return v, o
 
 
 def _e_remote_domain_get_messages_args(v: remote_domain_get_messages_args, w: bytearray) -> None:
@@ -2293,57 +2815,71 @@ def _e_remote_domain_get_messages_args(v: remote_domain_get_messages_args, w: by
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, v.flags)
+    w += _P_16siI(x4, x1.id, v.flags)
 
 
 def _d_remote_domain_get_messages_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_get_messages_ret, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_get_messages_ret)
+    n1, = _U_I(b, o)
     o += 4
-    if n2 > 2048 or n2 * 4 > n - o: raise _Bad
-    f_msgs_1 = []
-    for _ in range(n2):
-        n4 = _S_I.unpack_from(b, o)[0]
+    if n1 > 2048 or n1 * 4 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.msgs = x3
+    L_U_I = _U_I
+    L_ZPAD = _ZPAD
+    for _ in range(n1):
+        n4, = L_U_I(b, o)
         o += 4
         e5 = o + n4
-        if e5 > n or n4 > 4194304: raise _Bad
-        it3 = b[o:e5].decode()
-        o = e5 + (-n4 & 3)
-        if n4 & 3 and b[e5:o] != _ZPAD[o - e5]: raise _Bad
-        f_msgs_1.append(it3)
-    return remote_domain_get_messages_ret(f_msgs_1), o
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        it2 = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != L_ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
+        x3.append(it2)
+    return v, o
 
 
 def _e_remote_domain_get_messages_ret(v: remote_domain_get_messages_ret, w: bytearray) -> None:
     x1 = v.msgs
     n2 = len(x1)
     if n2 > 2048: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     for it3 in x1:
         s4 = it3.encode('utf-8', 'surrogateescape')
         n5 = len(s4)
         if n5 > 4194304: raise _Bad
-        w += _S_I.pack(n5)
+        w += _P_I(n5)
         w += s4
         if n5 & 3: w += _ZPAD[-n5 & 3]
 
 
 def _d_remote_domain_start_dirty_rate_calc_args(b: bytes, o: int, n: int) -> tuple[remote_domain_start_dirty_rate_calc_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_start_dirty_rate_calc_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_seconds_7, f_flags_8 = _S_16siiI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.seconds, v.flags = _U_16siiI(b, o)
     o += 28
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_start_dirty_rate_calc_args(f_dom_1, f_seconds_7, f_flags_8), o
+    return v, o
 
 
 def _e_remote_domain_start_dirty_rate_calc_args(v: remote_domain_start_dirty_rate_calc_args, w: bytearray) -> None:
@@ -2351,33 +2887,42 @@ def _e_remote_domain_start_dirty_rate_calc_args(v: remote_domain_start_dirty_rat
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siiI.pack(x4, x1.id, v.seconds, v.flags)
+    w += _P_16siiI(x4, x1.id, v.seconds, v.flags)
 
 
 def _d_remote_domain_event_memory_device_size_change_msg(b: bytes, o: int, n: int) -> tuple[remote_domain_event_memory_device_size_change_msg, int]:
-    f_callbackID_1, n4 = _S_iI.unpack_from(b, o)
+    big = n - o > 4194304
+    v = _new(remote_domain_event_memory_device_size_change_msg)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    v.callbackID, n2 = _U_iI(b, o)
     o += 8
-    e5 = o + n4
-    if e5 > n or n4 > 4194304: raise _Bad
-    f_name_3 = b[o:e5].decode()
-    o = e5 + (-n4 & 3)
-    if n4 & 3 and b[e5:o] != _ZPAD[o - e5]: raise _Bad
-    f_uuid_6, f_id_7, n9 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_2 = remote_nonnull_domain(f_name_3, f_uuid_6, f_id_7)
-    e10 = o + n9
-    if e10 > n or n9 > 4194304: raise _Bad
-    f_alias_8 = b[o:e10].decode()
-    o = e10 + (-n9 & 3)
-    if n9 & 3 and b[e10:o] != _ZPAD[o - e10]: raise _Bad
-    f_size_11 = _S_Q.unpack_from(b, o)[0]
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    v.alias = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    v.size, = _U_Q(b, o)
     o += 8
-    return remote_domain_event_memory_device_size_change_msg(f_callbackID_1, f_dom_2, f_alias_8, f_size_11), o
+    return v, o
 
 
 def _e_remote_domain_event_memory_device_size_change_msg(v: remote_domain_event_memory_device_size_change_msg, w: bytearray) -> None:
@@ -2385,7 +2930,7 @@ def _e_remote_domain_event_memory_device_size_change_msg(v: remote_domain_event_
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_iI.pack(v.callbackID, n3)
+    w += _P_iI(v.callbackID, n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -2393,31 +2938,40 @@ def _e_remote_domain_event_memory_device_size_change_msg(v: remote_domain_event_
     s5 = v.alias.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
-    w += _S_Q.pack(v.size)
+    w += _P_Q(v.size)
 
 
 def _d_remote_domain_fd_associate_args(b: bytes, o: int, n: int) -> tuple[remote_domain_fd_associate_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_fd_associate_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    e9 = o + n8
-    if e9 > n or n8 > 4194304: raise _Bad
-    f_name_7 = b[o:e9].decode()
-    o = e9 + (-n8 & 3)
-    if n8 & 3 and b[e9:o] != _ZPAD[o - e9]: raise _Bad
-    f_flags_10 = _S_I.unpack_from(b, o)[0]
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    v.name = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_domain_fd_associate_args(f_dom_1, f_name_7, f_flags_10), o
+    return v, o
 
 
 def _e_remote_domain_fd_associate_args(v: remote_domain_fd_associate_args, w: bytearray) -> None:
@@ -2425,7 +2979,7 @@ def _e_remote_domain_fd_associate_args(v: remote_domain_fd_associate_args, w: by
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -2433,10 +2987,10 @@ def _e_remote_domain_fd_associate_args(v: remote_domain_fd_associate_args, w: by
     s5 = v.name.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 _c_remote_domain_save_params_args = _Codec('remote_domain_save_params_args', _e_remote_domain_save_params_args, _d_remote_domain_save_params_args)

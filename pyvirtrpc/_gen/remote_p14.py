@@ -12,6 +12,8 @@ from struct import Struct as _Struct
 from struct import pack as _pack
 from struct import unpack_from as _unpack_from
 
+_new = object.__new__  # decoders fill __slots__ directly instead of calling __init__
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: it costs milliseconds at start-up
     from typing import Any, Optional, Union
@@ -27,11 +29,10 @@ from .._xdr import XdrStruct as _XdrStruct
 from .._xdr import XdrUnion as _XdrUnion
 from .._xdr import dec_chars as _dec_chars
 from .._xdr import enc_chars as _enc_chars
-from .._xdr import enum_member as _enum_member
-from .remote import _d_remote_typed_param_value
 from .remote import _e_remote_typed_param_value
 from .remote import remote_nonnull_domain
 from .remote import remote_typed_param
+from .remote import remote_typed_param_value
 
 __all__: list[str] = []  # import names explicitly
 
@@ -40,8 +41,28 @@ _S_16siI = _Struct('>16siI')
 _S_16siII = _Struct('>16siII')
 _S_16sii = _Struct('>16sii')
 _S_I = _Struct('>I')
+_S_Q = _Struct('>Q')
+_S_d = _Struct('>d')
 _S_i = _Struct('>i')
 _S_iI = _Struct('>iI')
+_S_q = _Struct('>q')
+_P_16si = _S_16si.pack
+_P_16siI = _S_16siI.pack
+_P_16siII = _S_16siII.pack
+_P_16sii = _S_16sii.pack
+_P_I = _S_I.pack
+_P_i = _S_i.pack
+_P_iI = _S_iI.pack
+_U_16si = _S_16si.unpack_from
+_U_16siI = _S_16siI.unpack_from
+_U_16siII = _S_16siII.unpack_from
+_U_16sii = _S_16sii.unpack_from
+_U_I = _S_I.unpack_from
+_U_Q = _S_Q.unpack_from
+_U_d = _S_d.unpack_from
+_U_i = _S_i.unpack_from
+_U_iI = _S_iI.unpack_from
+_U_q = _S_q.unpack_from
 
 
 class remote_domain_set_throttle_group_args(_XdrStruct):
@@ -195,39 +216,96 @@ class remote_domain_event_nic_mac_change_msg(_XdrStruct):
 # ------------------------------------------------------------------- codecs
 
 def _d_remote_domain_set_throttle_group_args(b: bytes, o: int, n: int) -> tuple[remote_domain_set_throttle_group_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_set_throttle_group_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    e9 = o + n8
-    if e9 > n or n8 > 4194304: raise _Bad
-    f_group_7 = b[o:e9].decode()
-    o = e9 + (-n8 & 3)
-    if n8 & 3 and b[e9:o] != _ZPAD[o - e9]: raise _Bad
-    n11 = _S_I.unpack_from(b, o)[0]
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    v.group = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    n6, = _U_I(b, o)
     o += 4
-    if n11 > 32 or n11 * 12 > n - o: raise _Bad
-    f_params_10 = []
-    for _ in range(n11):
-        n14 = _S_I.unpack_from(b, o)[0]
+    if n6 > 32 or n6 * 12 > n - o: raise _Bad
+    x8: list[Any] = []
+    v.params = x8
+    L_U_I = _U_I
+    L_U_Q = _U_Q
+    L_U_d = _U_d
+    L_U_i = _U_i
+    L_U_q = _U_q
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_typed_param = remote_typed_param
+    L_remote_typed_param_value = remote_typed_param_value
+    for _ in range(n6):
+        it7 = L_new(L_remote_typed_param)
+        n9, = L_U_I(b, o)
         o += 4
-        e15 = o + n14
-        if e15 > n or n14 > 4194304: raise _Bad
-        f_field_13 = b[o:e15].decode()
-        o = e15 + (-n14 & 3)
-        if n14 & 3 and b[e15:o] != _ZPAD[o - e15]: raise _Bad
-        f_value_16, o = _d_remote_typed_param_value(b, o, n)
-        it12 = remote_typed_param(f_field_13, f_value_16)
-        f_params_10.append(it12)
-    f_flags_17 = _S_I.unpack_from(b, o)[0]
+        e10 = o + n9
+        if e10 > n or big and n9 > 4194304: raise _Bad
+        it7.field = b[o:e10].decode()
+        if n9 & 3:
+            o = e10 + 4 - (n9 & 3)
+            if b[e10:o] != L_ZPAD[o - e10]: raise _Bad
+        else:
+            o = e10
+        x11 = L_new(L_remote_typed_param_value)
+        d12, = L_U_i(b, o)
+        o += 4
+        if d12 == 1:
+            x11.value, = L_U_i(b, o)
+            o += 4
+        elif d12 == 2:
+            x11.value, = L_U_I(b, o)
+            o += 4
+        elif d12 == 3:
+            x11.value, = L_U_q(b, o)
+            o += 8
+        elif d12 == 4:
+            x11.value, = L_U_Q(b, o)
+            o += 8
+        elif d12 == 5:
+            x11.value, = L_U_d(b, o)
+            o += 8
+        elif d12 == 6:
+            x11.value, = L_U_i(b, o)
+            o += 4
+        elif d12 == 7:
+            n13, = L_U_I(b, o)
+            o += 4
+            e14 = o + n13
+            if e14 > n or big and n13 > 4194304: raise _Bad
+            x11.value = b[o:e14].decode()
+            if n13 & 3:
+                o = e14 + 4 - (n13 & 3)
+                if b[e14:o] != L_ZPAD[o - e14]: raise _Bad
+            else:
+                o = e14
+        else:
+            raise _Bad
+        x11.type = d12
+        it7.value = x11
+        x8.append(it7)
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_domain_set_throttle_group_args(f_dom_1, f_group_7, f_params_10, f_flags_17), o
+    return v, o
 
 
 def _e_remote_domain_set_throttle_group_args(v: remote_domain_set_throttle_group_args, w: bytearray) -> None:
@@ -235,7 +313,7 @@ def _e_remote_domain_set_throttle_group_args(v: remote_domain_set_throttle_group
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -243,50 +321,59 @@ def _e_remote_domain_set_throttle_group_args(v: remote_domain_set_throttle_group
     s5 = v.group.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
     x7 = v.params
     n8 = len(x7)
     if n8 > 32: raise _Bad
-    w += _S_I.pack(n8)
+    w += _P_I(n8)
     for it9 in x7:
         s10 = it9.field.encode('utf-8', 'surrogateescape')
         n11 = len(s10)
         if n11 > 4194304: raise _Bad
-        w += _S_I.pack(n11)
+        w += _P_I(n11)
         w += s10
         if n11 & 3: w += _ZPAD[-n11 & 3]
         _e_remote_typed_param_value(it9.value, w)
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_domain_del_throttle_group_args(b: bytes, o: int, n: int) -> tuple[remote_domain_del_throttle_group_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_del_throttle_group_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, n8 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    if n8 == 0:
-        f_group_7 = None
-    elif n8 == 1:
-        n9 = _S_I.unpack_from(b, o)[0]
+    if n4 == 0:
+        v.group = None
+    elif n4 == 1:
+        n5, = _U_I(b, o)
         o += 4
-        e10 = o + n9
-        if e10 > n or n9 > 4194304: raise _Bad
-        f_group_7 = b[o:e10].decode()
-        o = e10 + (-n9 & 3)
-        if n9 & 3 and b[e10:o] != _ZPAD[o - e10]: raise _Bad
+        e6 = o + n5
+        if e6 > n or big and n5 > 4194304: raise _Bad
+        v.group = b[o:e6].decode()
+        if n5 & 3:
+            o = e6 + 4 - (n5 & 3)
+            if b[e6:o] != _ZPAD[o - e6]: raise _Bad
+        else:
+            o = e6
     else:
         raise _Bad
-    f_flags_11 = _S_I.unpack_from(b, o)[0]
+    v.flags, = _U_I(b, o)
     o += 4
-    return remote_domain_del_throttle_group_args(f_dom_1, f_group_7, f_flags_11), o
+    return v, o
 
 
 def _e_remote_domain_del_throttle_group_args(v: remote_domain_del_throttle_group_args, w: bytearray) -> None:
@@ -294,13 +381,13 @@ def _e_remote_domain_del_throttle_group_args(v: remote_domain_del_throttle_group
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
     x5 = v.group
-    w += _S_16si.pack(x4, x1.id)
+    w += _P_16si(x4, x1.id)
     if x5 is None:
         w += _FLAG0
     else:
@@ -308,24 +395,30 @@ def _e_remote_domain_del_throttle_group_args(v: remote_domain_del_throttle_group
         s6 = x5.encode('utf-8', 'surrogateescape')
         n7 = len(s6)
         if n7 > 4194304: raise _Bad
-        w += _S_I.pack(n7)
+        w += _P_I(n7)
         w += s6
         if n7 & 3: w += _ZPAD[-n7 & 3]
-    w += _S_I.pack(v.flags)
+    w += _P_I(v.flags)
 
 
 def _d_remote_domain_graphics_reload_args(b: bytes, o: int, n: int) -> tuple[remote_domain_graphics_reload_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_graphics_reload_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_type_7, f_flags_8 = _S_16siII.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.type, v.flags = _U_16siII(b, o)
     o += 28
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_graphics_reload_args(f_dom_1, f_type_7, f_flags_8), o
+    return v, o
 
 
 def _e_remote_domain_graphics_reload_args(v: remote_domain_graphics_reload_args, w: bytearray) -> None:
@@ -333,26 +426,32 @@ def _e_remote_domain_graphics_reload_args(v: remote_domain_graphics_reload_args,
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16siII.pack(x4, x1.id, v.type, v.flags)
+    w += _P_16siII(x4, x1.id, v.type, v.flags)
 
 
 def _d_remote_domain_get_autostart_once_args(b: bytes, o: int, n: int) -> tuple[remote_domain_get_autostart_once_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_get_autostart_once_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6 = _S_16si.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id = _U_16si(b, o)
     o += 20
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_get_autostart_once_args(f_dom_1), o
+    return v, o
 
 
 def _e_remote_domain_get_autostart_once_args(v: remote_domain_get_autostart_once_args, w: bytearray) -> None:
@@ -360,36 +459,43 @@ def _e_remote_domain_get_autostart_once_args(v: remote_domain_get_autostart_once
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16si.pack(x4, x1.id)
+    w += _P_16si(x4, x1.id)
 
 
 def _d_remote_domain_get_autostart_once_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_get_autostart_once_ret, int]:
-    f_autostart_1 = _S_i.unpack_from(b, o)[0]
+    v = _new(remote_domain_get_autostart_once_ret)
+    v.autostart, = _U_i(b, o)
     o += 4
-    return remote_domain_get_autostart_once_ret(f_autostart_1), o
+    return v, o
 
 
 def _e_remote_domain_get_autostart_once_ret(v: remote_domain_get_autostart_once_ret, w: bytearray) -> None:
-    w += _S_i.pack(v.autostart)
+    w += _P_i(v.autostart)
 
 
 def _d_remote_domain_set_autostart_once_args(b: bytes, o: int, n: int) -> tuple[remote_domain_set_autostart_once_args, int]:
-    n3 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(remote_domain_set_autostart_once_args)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
     o += 4
-    e4 = o + n3
-    if e4 > n or n3 > 4194304: raise _Bad
-    f_name_2 = b[o:e4].decode()
-    o = e4 + (-n3 & 3)
-    if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-    f_uuid_5, f_id_6, f_autostart_7 = _S_16sii.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, v.autostart = _U_16sii(b, o)
     o += 24
-    f_dom_1 = remote_nonnull_domain(f_name_2, f_uuid_5, f_id_6)
-    return remote_domain_set_autostart_once_args(f_dom_1, f_autostart_7), o
+    return v, o
 
 
 def _e_remote_domain_set_autostart_once_args(v: remote_domain_set_autostart_once_args, w: bytearray) -> None:
@@ -397,45 +503,60 @@ def _e_remote_domain_set_autostart_once_args(v: remote_domain_set_autostart_once
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_I.pack(n3)
+    w += _P_I(n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
-    w += _S_16sii.pack(x4, x1.id, v.autostart)
+    w += _P_16sii(x4, x1.id, v.autostart)
 
 
 def _d_remote_domain_event_nic_mac_change_msg(b: bytes, o: int, n: int) -> tuple[remote_domain_event_nic_mac_change_msg, int]:
-    f_callbackID_1, n4 = _S_iI.unpack_from(b, o)
+    big = n - o > 4194304
+    v = _new(remote_domain_event_nic_mac_change_msg)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    v.callbackID, n2 = _U_iI(b, o)
     o += 8
-    e5 = o + n4
-    if e5 > n or n4 > 4194304: raise _Bad
-    f_name_3 = b[o:e5].decode()
-    o = e5 + (-n4 & 3)
-    if n4 & 3 and b[e5:o] != _ZPAD[o - e5]: raise _Bad
-    f_uuid_6, f_id_7, n9 = _S_16siI.unpack_from(b, o)
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id, n4 = _U_16siI(b, o)
     o += 24
-    f_dom_2 = remote_nonnull_domain(f_name_3, f_uuid_6, f_id_7)
-    e10 = o + n9
-    if e10 > n or n9 > 4194304: raise _Bad
-    f_alias_8 = b[o:e10].decode()
-    o = e10 + (-n9 & 3)
-    if n9 & 3 and b[e10:o] != _ZPAD[o - e10]: raise _Bad
-    n12 = _S_I.unpack_from(b, o)[0]
+    e5 = o + n4
+    if e5 > n or big and n4 > 4194304: raise _Bad
+    v.alias = b[o:e5].decode()
+    if n4 & 3:
+        o = e5 + 4 - (n4 & 3)
+        if b[e5:o] != _ZPAD[o - e5]: raise _Bad
+    else:
+        o = e5
+    n6, = _U_I(b, o)
     o += 4
-    e13 = o + n12
-    if e13 > n or n12 > 4194304: raise _Bad
-    f_oldMAC_11 = b[o:e13].decode()
-    o = e13 + (-n12 & 3)
-    if n12 & 3 and b[e13:o] != _ZPAD[o - e13]: raise _Bad
-    n15 = _S_I.unpack_from(b, o)[0]
+    e7 = o + n6
+    if e7 > n or big and n6 > 4194304: raise _Bad
+    v.oldMAC = b[o:e7].decode()
+    if n6 & 3:
+        o = e7 + 4 - (n6 & 3)
+        if b[e7:o] != _ZPAD[o - e7]: raise _Bad
+    else:
+        o = e7
+    n8, = _U_I(b, o)
     o += 4
-    e16 = o + n15
-    if e16 > n or n15 > 4194304: raise _Bad
-    f_newMAC_14 = b[o:e16].decode()
-    o = e16 + (-n15 & 3)
-    if n15 & 3 and b[e16:o] != _ZPAD[o - e16]: raise _Bad
-    return remote_domain_event_nic_mac_change_msg(f_callbackID_1, f_dom_2, f_alias_8, f_oldMAC_11, f_newMAC_14), o
+    e9 = o + n8
+    if e9 > n or big and n8 > 4194304: raise _Bad
+    v.newMAC = b[o:e9].decode()
+    if n8 & 3:
+        o = e9 + 4 - (n8 & 3)
+        if b[e9:o] != _ZPAD[o - e9]: raise _Bad
+    else:
+        o = e9
+    return v, o
 
 
 def _e_remote_domain_event_nic_mac_change_msg(v: remote_domain_event_nic_mac_change_msg, w: bytearray) -> None:
@@ -443,7 +564,7 @@ def _e_remote_domain_event_nic_mac_change_msg(v: remote_domain_event_nic_mac_cha
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
     if n3 > 4194304: raise _Bad
-    w += _S_iI.pack(v.callbackID, n3)
+    w += _P_iI(v.callbackID, n3)
     w += s2
     if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = x1.uuid
@@ -451,19 +572,19 @@ def _e_remote_domain_event_nic_mac_change_msg(v: remote_domain_event_nic_mac_cha
     s5 = v.alias.encode('utf-8', 'surrogateescape')
     n6 = len(s5)
     if n6 > 4194304: raise _Bad
-    w += _S_16siI.pack(x4, x1.id, n6)
+    w += _P_16siI(x4, x1.id, n6)
     w += s5
     if n6 & 3: w += _ZPAD[-n6 & 3]
     s7 = v.oldMAC.encode('utf-8', 'surrogateescape')
     n8 = len(s7)
     if n8 > 4194304: raise _Bad
-    w += _S_I.pack(n8)
+    w += _P_I(n8)
     w += s7
     if n8 & 3: w += _ZPAD[-n8 & 3]
     s9 = v.newMAC.encode('utf-8', 'surrogateescape')
     n10 = len(s9)
     if n10 > 4194304: raise _Bad
-    w += _S_I.pack(n10)
+    w += _P_I(n10)
     w += s9
     if n10 & 3: w += _ZPAD[-n10 & 3]
 

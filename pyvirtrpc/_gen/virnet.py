@@ -12,6 +12,8 @@ from struct import Struct as _Struct
 from struct import pack as _pack
 from struct import unpack_from as _unpack_from
 
+_new = object.__new__  # decoders fill __slots__ directly instead of calling __init__
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: it costs milliseconds at start-up
     from typing import Any, Optional, Union
@@ -27,7 +29,6 @@ from .._xdr import XdrStruct as _XdrStruct
 from .._xdr import XdrUnion as _XdrUnion
 from .._xdr import dec_chars as _dec_chars
 from .._xdr import enc_chars as _enc_chars
-from .._xdr import enum_member as _enum_member
 
 __all__: list[str] = []  # import names explicitly
 
@@ -40,6 +41,21 @@ _S_iI = _Struct('>iI')
 _S_ii = _Struct('>ii')
 _S_iiI = _Struct('>iiI')
 _S_qI = _Struct('>qI')
+_P_16s = _S_16s.pack
+_P_16si = _S_16si.pack
+_P_I = _S_I.pack
+_P_IIiiIi = _S_IIiiIi.pack
+_P_i = _S_i.pack
+_P_ii = _S_ii.pack
+_P_qI = _S_qI.pack
+_U_16s = _S_16s.unpack_from
+_U_16si = _S_16si.unpack_from
+_U_I = _S_I.unpack_from
+_U_IIiiIi = _S_IIiiIi.unpack_from
+_U_i = _S_i.unpack_from
+_U_iI = _S_iI.unpack_from
+_U_iiI = _S_iiI.unpack_from
+_U_qI = _S_qI.unpack_from
 
 # ---------------------------------------------------------------- constants
 VIR_NET_MESSAGE_INITIAL: int = 65536
@@ -83,7 +99,7 @@ class virNetMessageType(_OpenEnum):
     VIR_NET_STREAM_HOLE = 6
 
 
-_EM_virNetMessageType: dict[int, virNetMessageType] = dict(virNetMessageType._value2member_map_)  # type: ignore[arg-type]
+_EM_virNetMessageType: dict[int, virNetMessageType] = dict(virNetMessageType._value2member_map_)  # type: ignore[arg-type,unused-ignore]
 VIR_NET_CALL: virNetMessageType = virNetMessageType.VIR_NET_CALL
 VIR_NET_REPLY: virNetMessageType = virNetMessageType.VIR_NET_REPLY
 VIR_NET_MESSAGE: virNetMessageType = virNetMessageType.VIR_NET_MESSAGE
@@ -118,7 +134,7 @@ class virNetMessageStatus(_OpenEnum):
     VIR_NET_CONTINUE = 2
 
 
-_EM_virNetMessageStatus: dict[int, virNetMessageStatus] = dict(virNetMessageStatus._value2member_map_)  # type: ignore[arg-type]
+_EM_virNetMessageStatus: dict[int, virNetMessageStatus] = dict(virNetMessageStatus._value2member_map_)  # type: ignore[arg-type,unused-ignore]
 VIR_NET_OK: virNetMessageStatus = virNetMessageStatus.VIR_NET_OK
 VIR_NET_ERROR: virNetMessageStatus = virNetMessageStatus.VIR_NET_ERROR
 VIR_NET_CONTINUE: virNetMessageStatus = virNetMessageStatus.VIR_NET_CONTINUE
@@ -274,58 +290,63 @@ class virNetStreamHole(_XdrStruct):
 # ------------------------------------------------------------------- codecs
 
 def _d_virNetMessageType(b: bytes, o: int, n: int) -> tuple[virNetMessageType, int]:
-    r1 = _S_i.unpack_from(b, o)[0]
+    r1, = _U_i(b, o)
     o += 4
-    v = _enum_member(_EM_virNetMessageType, virNetMessageType, r1)
+    v = _EM_virNetMessageType[r1] if r1 in _EM_virNetMessageType else virNetMessageType(r1)
     return v, o
 
 
 def _e_virNetMessageType(v: virNetMessageType, w: bytearray) -> None:
-    w += _S_i.pack(v)
+    w += _P_i(v)
 
 
 def _d_virNetMessageStatus(b: bytes, o: int, n: int) -> tuple[virNetMessageStatus, int]:
-    r1 = _S_i.unpack_from(b, o)[0]
+    r1, = _U_i(b, o)
     o += 4
-    v = _enum_member(_EM_virNetMessageStatus, virNetMessageStatus, r1)
+    v = _EM_virNetMessageStatus[r1] if r1 in _EM_virNetMessageStatus else virNetMessageStatus(r1)
     return v, o
 
 
 def _e_virNetMessageStatus(v: virNetMessageStatus, w: bytearray) -> None:
-    w += _S_i.pack(v)
+    w += _P_i(v)
 
 
 def _d_virNetMessageHeader(b: bytes, o: int, n: int) -> tuple[virNetMessageHeader, int]:
-    f_prog_1, f_vers_2, f_proc_3, r5, f_serial_6, r8 = _S_IIiiIi.unpack_from(b, o)
+    v = _new(virNetMessageHeader)
+    v.prog, v.vers, v.proc, r1, v.serial, r2 = _U_IIiiIi(b, o)
     o += 24
-    f_type_4 = _enum_member(_EM_virNetMessageType, virNetMessageType, r5)
-    f_status_7 = _enum_member(_EM_virNetMessageStatus, virNetMessageStatus, r8)
-    return virNetMessageHeader(f_prog_1, f_vers_2, f_proc_3, f_type_4, f_serial_6, f_status_7), o
+    v.type = _EM_virNetMessageType[r1] if r1 in _EM_virNetMessageType else virNetMessageType(r1)
+    v.status = _EM_virNetMessageStatus[r2] if r2 in _EM_virNetMessageStatus else virNetMessageStatus(r2)
+    return v, o
 
 
 def _e_virNetMessageHeader(v: virNetMessageHeader, w: bytearray) -> None:
-    w += _S_IIiiIi.pack(v.prog, v.vers, v.proc, v.type, v.serial, v.status)
+    w += _P_IIiiIi(v.prog, v.vers, v.proc, v.type, v.serial, v.status)
 
 
 def _d_virNetMessageUUID(b: bytes, o: int, n: int) -> tuple[bytes, int]:
-    v = _S_16s.unpack_from(b, o)[0]
+    v, = _U_16s(b, o)
     o += 16
     return v, o
 
 
 def _e_virNetMessageUUID(v: bytes, w: bytearray) -> None:
     if len(v) != 16: raise _Bad
-    w += _S_16s.pack(v)
+    w += _P_16s(v)
 
 
 def _d_virNetMessageNonnullString(b: bytes, o: int, n: int) -> tuple[str, int]:
-    n1 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    n1, = _U_I(b, o)
     o += 4
     e2 = o + n1
-    if e2 > n or n1 > 4194304: raise _Bad
+    if e2 > n or big and n1 > 4194304: raise _Bad
     v = b[o:e2].decode()
-    o = e2 + (-n1 & 3)
-    if n1 & 3 and b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
     return v, o
 
 
@@ -333,24 +354,28 @@ def _e_virNetMessageNonnullString(v: str, w: bytearray) -> None:
     s1 = v.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_virNetMessageString(b: bytes, o: int, n: int) -> tuple[Optional[str], int]:
-    n1 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    n1, = _U_I(b, o)
     o += 4
     if n1 == 0:
         v = None
     elif n1 == 1:
-        n2 = _S_I.unpack_from(b, o)[0]
+        n2, = _U_I(b, o)
         o += 4
         e3 = o + n2
-        if e3 > n or n2 > 4194304: raise _Bad
+        if e3 > n or big and n2 > 4194304: raise _Bad
         v = b[o:e3].decode()
-        o = e3 + (-n2 & 3)
-        if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
+        if n2 & 3:
+            o = e3 + 4 - (n2 & 3)
+            if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+        else:
+            o = e3
     else:
         raise _Bad
     return v, o
@@ -364,77 +389,91 @@ def _e_virNetMessageString(v: Optional[str], w: bytearray) -> None:
         s1 = v.encode('utf-8', 'surrogateescape')
         n2 = len(s1)
         if n2 > 4194304: raise _Bad
-        w += _S_I.pack(n2)
+        w += _P_I(n2)
         w += s1
         if n2 & 3: w += _ZPAD[-n2 & 3]
 
 
 def _d_virNetMessageNonnullDomain(b: bytes, o: int, n: int) -> tuple[virNetMessageNonnullDomain, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(virNetMessageNonnullDomain)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_name_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    f_uuid_4, f_id_5 = _S_16si.unpack_from(b, o)
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.name = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    v.uuid, v.id = _U_16si(b, o)
     o += 20
-    return virNetMessageNonnullDomain(f_name_1, f_uuid_4, f_id_5), o
+    return v, o
 
 
 def _e_virNetMessageNonnullDomain(v: virNetMessageNonnullDomain, w: bytearray) -> None:
     s1 = v.name.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
     x3 = v.uuid
     if len(x3) != 16: raise _Bad
-    w += _S_16si.pack(x3, v.id)
+    w += _P_16si(x3, v.id)
 
 
 def _d_virNetMessageNonnullNetwork(b: bytes, o: int, n: int) -> tuple[virNetMessageNonnullNetwork, int]:
-    n2 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    v = _new(virNetMessageNonnullNetwork)
+    n1, = _U_I(b, o)
     o += 4
-    e3 = o + n2
-    if e3 > n or n2 > 4194304: raise _Bad
-    f_name_1 = b[o:e3].decode()
-    o = e3 + (-n2 & 3)
-    if n2 & 3 and b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    f_uuid_4 = _S_16s.unpack_from(b, o)[0]
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.name = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    v.uuid, = _U_16s(b, o)
     o += 16
-    return virNetMessageNonnullNetwork(f_name_1, f_uuid_4), o
+    return v, o
 
 
 def _e_virNetMessageNonnullNetwork(v: virNetMessageNonnullNetwork, w: bytearray) -> None:
     s1 = v.name.encode('utf-8', 'surrogateescape')
     n2 = len(s1)
     if n2 > 4194304: raise _Bad
-    w += _S_I.pack(n2)
+    w += _P_I(n2)
     w += s1
     if n2 & 3: w += _ZPAD[-n2 & 3]
     x3 = v.uuid
     if len(x3) != 16: raise _Bad
-    w += _S_16s.pack(x3)
+    w += _P_16s(x3)
 
 
 def _d_virNetMessageDomain(b: bytes, o: int, n: int) -> tuple[Optional[virNetMessageNonnullDomain], int]:
-    n1 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    n1, = _U_I(b, o)
     o += 4
     if n1 == 0:
         v = None
     elif n1 == 1:
-        n3 = _S_I.unpack_from(b, o)[0]
+        v = _new(virNetMessageNonnullDomain)
+        n2, = _U_I(b, o)
         o += 4
-        e4 = o + n3
-        if e4 > n or n3 > 4194304: raise _Bad
-        f_name_2 = b[o:e4].decode()
-        o = e4 + (-n3 & 3)
-        if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-        f_uuid_5, f_id_6 = _S_16si.unpack_from(b, o)
+        e3 = o + n2
+        if e3 > n or big and n2 > 4194304: raise _Bad
+        v.name = b[o:e3].decode()
+        if n2 & 3:
+            o = e3 + 4 - (n2 & 3)
+            if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+        else:
+            o = e3
+        v.uuid, v.id = _U_16si(b, o)
         o += 20
-        v = virNetMessageNonnullDomain(f_name_2, f_uuid_5, f_id_6)
     else:
         raise _Bad
     return v, o
@@ -448,30 +487,34 @@ def _e_virNetMessageDomain(v: Optional[virNetMessageNonnullDomain], w: bytearray
         s1 = v.name.encode('utf-8', 'surrogateescape')
         n2 = len(s1)
         if n2 > 4194304: raise _Bad
-        w += _S_I.pack(n2)
+        w += _P_I(n2)
         w += s1
         if n2 & 3: w += _ZPAD[-n2 & 3]
         x3 = v.uuid
         if len(x3) != 16: raise _Bad
-        w += _S_16si.pack(x3, v.id)
+        w += _P_16si(x3, v.id)
 
 
 def _d_virNetMessageNetwork(b: bytes, o: int, n: int) -> tuple[Optional[virNetMessageNonnullNetwork], int]:
-    n1 = _S_I.unpack_from(b, o)[0]
+    big = n - o > 4194304
+    n1, = _U_I(b, o)
     o += 4
     if n1 == 0:
         v = None
     elif n1 == 1:
-        n3 = _S_I.unpack_from(b, o)[0]
+        v = _new(virNetMessageNonnullNetwork)
+        n2, = _U_I(b, o)
         o += 4
-        e4 = o + n3
-        if e4 > n or n3 > 4194304: raise _Bad
-        f_name_2 = b[o:e4].decode()
-        o = e4 + (-n3 & 3)
-        if n3 & 3 and b[e4:o] != _ZPAD[o - e4]: raise _Bad
-        f_uuid_5 = _S_16s.unpack_from(b, o)[0]
+        e3 = o + n2
+        if e3 > n or big and n2 > 4194304: raise _Bad
+        v.name = b[o:e3].decode()
+        if n2 & 3:
+            o = e3 + 4 - (n2 & 3)
+            if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+        else:
+            o = e3
+        v.uuid, = _U_16s(b, o)
         o += 16
-        v = virNetMessageNonnullNetwork(f_name_2, f_uuid_5)
     else:
         raise _Bad
     return v, o
@@ -485,111 +528,133 @@ def _e_virNetMessageNetwork(v: Optional[virNetMessageNonnullNetwork], w: bytearr
         s1 = v.name.encode('utf-8', 'surrogateescape')
         n2 = len(s1)
         if n2 > 4194304: raise _Bad
-        w += _S_I.pack(n2)
+        w += _P_I(n2)
         w += s1
         if n2 & 3: w += _ZPAD[-n2 & 3]
         x3 = v.uuid
         if len(x3) != 16: raise _Bad
-        w += _S_16s.pack(x3)
+        w += _P_16s(x3)
 
 
 def _d_virNetMessageError(b: bytes, o: int, n: int) -> tuple[virNetMessageError, int]:
-    f_code_1, f_domain_2, n4 = _S_iiI.unpack_from(b, o)
+    big = n - o > 4194304
+    v = _new(virNetMessageError)
+    v.code, v.domain, n1 = _U_iiI(b, o)
     o += 12
-    if n4 == 0:
-        f_message_3 = None
-    elif n4 == 1:
-        n5 = _S_I.unpack_from(b, o)[0]
+    if n1 == 0:
+        v.message = None
+    elif n1 == 1:
+        n2, = _U_I(b, o)
         o += 4
-        e6 = o + n5
-        if e6 > n or n5 > 4194304: raise _Bad
-        f_message_3 = b[o:e6].decode()
-        o = e6 + (-n5 & 3)
-        if n5 & 3 and b[e6:o] != _ZPAD[o - e6]: raise _Bad
+        e3 = o + n2
+        if e3 > n or big and n2 > 4194304: raise _Bad
+        v.message = b[o:e3].decode()
+        if n2 & 3:
+            o = e3 + 4 - (n2 & 3)
+            if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+        else:
+            o = e3
     else:
         raise _Bad
-    f_level_7, n9 = _S_iI.unpack_from(b, o)
+    v.level, n4 = _U_iI(b, o)
     o += 8
-    if n9 == 0:
-        f_dom_8 = None
-    elif n9 == 1:
-        n11 = _S_I.unpack_from(b, o)[0]
+    if n4 == 0:
+        v.dom = None
+    elif n4 == 1:
+        x5 = _new(virNetMessageNonnullDomain)
+        v.dom = x5
+        n6, = _U_I(b, o)
         o += 4
-        e12 = o + n11
-        if e12 > n or n11 > 4194304: raise _Bad
-        f_name_10 = b[o:e12].decode()
-        o = e12 + (-n11 & 3)
-        if n11 & 3 and b[e12:o] != _ZPAD[o - e12]: raise _Bad
-        f_uuid_13, f_id_14 = _S_16si.unpack_from(b, o)
+        e7 = o + n6
+        if e7 > n or big and n6 > 4194304: raise _Bad
+        x5.name = b[o:e7].decode()
+        if n6 & 3:
+            o = e7 + 4 - (n6 & 3)
+            if b[e7:o] != _ZPAD[o - e7]: raise _Bad
+        else:
+            o = e7
+        x5.uuid, x5.id = _U_16si(b, o)
         o += 20
-        f_dom_8 = virNetMessageNonnullDomain(f_name_10, f_uuid_13, f_id_14)
     else:
         raise _Bad
-    n16 = _S_I.unpack_from(b, o)[0]
+    n8, = _U_I(b, o)
     o += 4
-    if n16 == 0:
-        f_str1_15 = None
-    elif n16 == 1:
-        n17 = _S_I.unpack_from(b, o)[0]
+    if n8 == 0:
+        v.str1 = None
+    elif n8 == 1:
+        n9, = _U_I(b, o)
         o += 4
-        e18 = o + n17
-        if e18 > n or n17 > 4194304: raise _Bad
-        f_str1_15 = b[o:e18].decode()
-        o = e18 + (-n17 & 3)
-        if n17 & 3 and b[e18:o] != _ZPAD[o - e18]: raise _Bad
+        e10 = o + n9
+        if e10 > n or big and n9 > 4194304: raise _Bad
+        v.str1 = b[o:e10].decode()
+        if n9 & 3:
+            o = e10 + 4 - (n9 & 3)
+            if b[e10:o] != _ZPAD[o - e10]: raise _Bad
+        else:
+            o = e10
     else:
         raise _Bad
-    n20 = _S_I.unpack_from(b, o)[0]
+    n11, = _U_I(b, o)
     o += 4
-    if n20 == 0:
-        f_str2_19 = None
-    elif n20 == 1:
-        n21 = _S_I.unpack_from(b, o)[0]
+    if n11 == 0:
+        v.str2 = None
+    elif n11 == 1:
+        n12, = _U_I(b, o)
         o += 4
-        e22 = o + n21
-        if e22 > n or n21 > 4194304: raise _Bad
-        f_str2_19 = b[o:e22].decode()
-        o = e22 + (-n21 & 3)
-        if n21 & 3 and b[e22:o] != _ZPAD[o - e22]: raise _Bad
+        e13 = o + n12
+        if e13 > n or big and n12 > 4194304: raise _Bad
+        v.str2 = b[o:e13].decode()
+        if n12 & 3:
+            o = e13 + 4 - (n12 & 3)
+            if b[e13:o] != _ZPAD[o - e13]: raise _Bad
+        else:
+            o = e13
     else:
         raise _Bad
-    n24 = _S_I.unpack_from(b, o)[0]
+    n14, = _U_I(b, o)
     o += 4
-    if n24 == 0:
-        f_str3_23 = None
-    elif n24 == 1:
-        n25 = _S_I.unpack_from(b, o)[0]
+    if n14 == 0:
+        v.str3 = None
+    elif n14 == 1:
+        n15, = _U_I(b, o)
         o += 4
-        e26 = o + n25
-        if e26 > n or n25 > 4194304: raise _Bad
-        f_str3_23 = b[o:e26].decode()
-        o = e26 + (-n25 & 3)
-        if n25 & 3 and b[e26:o] != _ZPAD[o - e26]: raise _Bad
+        e16 = o + n15
+        if e16 > n or big and n15 > 4194304: raise _Bad
+        v.str3 = b[o:e16].decode()
+        if n15 & 3:
+            o = e16 + 4 - (n15 & 3)
+            if b[e16:o] != _ZPAD[o - e16]: raise _Bad
+        else:
+            o = e16
     else:
         raise _Bad
-    f_int1_27, f_int2_28, n30 = _S_iiI.unpack_from(b, o)
+    v.int1, v.int2, n17 = _U_iiI(b, o)
     o += 12
-    if n30 == 0:
-        f_net_29 = None
-    elif n30 == 1:
-        n32 = _S_I.unpack_from(b, o)[0]
+    if n17 == 0:
+        v.net = None
+    elif n17 == 1:
+        x18 = _new(virNetMessageNonnullNetwork)
+        v.net = x18
+        n19, = _U_I(b, o)
         o += 4
-        e33 = o + n32
-        if e33 > n or n32 > 4194304: raise _Bad
-        f_name_31 = b[o:e33].decode()
-        o = e33 + (-n32 & 3)
-        if n32 & 3 and b[e33:o] != _ZPAD[o - e33]: raise _Bad
-        f_uuid_34 = _S_16s.unpack_from(b, o)[0]
+        e20 = o + n19
+        if e20 > n or big and n19 > 4194304: raise _Bad
+        x18.name = b[o:e20].decode()
+        if n19 & 3:
+            o = e20 + 4 - (n19 & 3)
+            if b[e20:o] != _ZPAD[o - e20]: raise _Bad
+        else:
+            o = e20
+        x18.uuid, = _U_16s(b, o)
         o += 16
-        f_net_29 = virNetMessageNonnullNetwork(f_name_31, f_uuid_34)
     else:
         raise _Bad
-    return virNetMessageError(f_code_1, f_domain_2, f_message_3, f_level_7, f_dom_8, f_str1_15, f_str2_19, f_str3_23, f_int1_27, f_int2_28, f_net_29), o
+    return v, o
 
 
 def _e_virNetMessageError(v: virNetMessageError, w: bytearray) -> None:
     x1 = v.message
-    w += _S_ii.pack(v.code, v.domain)
+    w += _P_ii(v.code, v.domain)
     if x1 is None:
         w += _FLAG0
     else:
@@ -597,11 +662,11 @@ def _e_virNetMessageError(v: virNetMessageError, w: bytearray) -> None:
         s2 = x1.encode('utf-8', 'surrogateescape')
         n3 = len(s2)
         if n3 > 4194304: raise _Bad
-        w += _S_I.pack(n3)
+        w += _P_I(n3)
         w += s2
         if n3 & 3: w += _ZPAD[-n3 & 3]
     x4 = v.dom
-    w += _S_i.pack(v.level)
+    w += _P_i(v.level)
     if x4 is None:
         w += _FLAG0
     else:
@@ -609,12 +674,12 @@ def _e_virNetMessageError(v: virNetMessageError, w: bytearray) -> None:
         s5 = x4.name.encode('utf-8', 'surrogateescape')
         n6 = len(s5)
         if n6 > 4194304: raise _Bad
-        w += _S_I.pack(n6)
+        w += _P_I(n6)
         w += s5
         if n6 & 3: w += _ZPAD[-n6 & 3]
         x7 = x4.uuid
         if len(x7) != 16: raise _Bad
-        w += _S_16si.pack(x7, x4.id)
+        w += _P_16si(x7, x4.id)
     x8 = v.str1
     if x8 is None:
         w += _FLAG0
@@ -623,7 +688,7 @@ def _e_virNetMessageError(v: virNetMessageError, w: bytearray) -> None:
         s9 = x8.encode('utf-8', 'surrogateescape')
         n10 = len(s9)
         if n10 > 4194304: raise _Bad
-        w += _S_I.pack(n10)
+        w += _P_I(n10)
         w += s9
         if n10 & 3: w += _ZPAD[-n10 & 3]
     x11 = v.str2
@@ -634,7 +699,7 @@ def _e_virNetMessageError(v: virNetMessageError, w: bytearray) -> None:
         s12 = x11.encode('utf-8', 'surrogateescape')
         n13 = len(s12)
         if n13 > 4194304: raise _Bad
-        w += _S_I.pack(n13)
+        w += _P_I(n13)
         w += s12
         if n13 & 3: w += _ZPAD[-n13 & 3]
     x14 = v.str3
@@ -645,11 +710,11 @@ def _e_virNetMessageError(v: virNetMessageError, w: bytearray) -> None:
         s15 = x14.encode('utf-8', 'surrogateescape')
         n16 = len(s15)
         if n16 > 4194304: raise _Bad
-        w += _S_I.pack(n16)
+        w += _P_I(n16)
         w += s15
         if n16 & 3: w += _ZPAD[-n16 & 3]
     x17 = v.net
-    w += _S_ii.pack(v.int1, v.int2)
+    w += _P_ii(v.int1, v.int2)
     if x17 is None:
         w += _FLAG0
     else:
@@ -657,22 +722,23 @@ def _e_virNetMessageError(v: virNetMessageError, w: bytearray) -> None:
         s18 = x17.name.encode('utf-8', 'surrogateescape')
         n19 = len(s18)
         if n19 > 4194304: raise _Bad
-        w += _S_I.pack(n19)
+        w += _P_I(n19)
         w += s18
         if n19 & 3: w += _ZPAD[-n19 & 3]
         x20 = x17.uuid
         if len(x20) != 16: raise _Bad
-        w += _S_16s.pack(x20)
+        w += _P_16s(x20)
 
 
 def _d_virNetStreamHole(b: bytes, o: int, n: int) -> tuple[virNetStreamHole, int]:
-    f_length_1, f_flags_2 = _S_qI.unpack_from(b, o)
+    v = _new(virNetStreamHole)
+    v.length, v.flags = _U_qI(b, o)
     o += 12
-    return virNetStreamHole(f_length_1, f_flags_2), o
+    return v, o
 
 
 def _e_virNetStreamHole(v: virNetStreamHole, w: bytearray) -> None:
-    w += _S_qI.pack(v.length, v.flags)
+    w += _P_qI(v.length, v.flags)
 
 
 _c_virNetMessageType = _Codec('virNetMessageType', _e_virNetMessageType, _d_virNetMessageType)
@@ -694,7 +760,7 @@ _LAZY: dict[str, str] = {}
 
 def codecs() -> dict[str, _Codec]:
     """Every named type of this file, by name (imports every shard)."""
-    return {name: globals()[f'_c_{name}'] if name not in _LAZY else __getattr__(f'_c_{name}') for name in _NAMES}
+    return {name: globals()[f'_c_{name}'] for name in _NAMES}
 
 
 _NAMES: tuple[str, ...] = (

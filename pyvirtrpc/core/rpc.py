@@ -72,7 +72,9 @@ class Call:
 
     __slots__ = ("serial", "program", "procedure", "codec", "packet", "done", "result", "error", "waiter", "name")
 
-    def __init__(self, serial: int, program: int, procedure: int, codec: Optional[Codec], packet: bytes, name: str) -> None:
+    def __init__(
+        self, serial: int, program: int, procedure: int, codec: Optional[Codec], packet: bytes, name: str
+    ) -> None:
         self.serial = serial
         self.program = program
         self.procedure = procedure

@@ -17,7 +17,7 @@ import argparse
 import hashlib
 import sys
 from pathlib import Path
-from typing import Optional, Union
+from typing import Union
 
 from .cheaders import read_header
 from .emit import emit_constants, emit_program
@@ -47,7 +47,7 @@ HEADERS: list[tuple[str, str, list[str]]] = [
 ]
 
 #: .x files in dependency order: (file, module, program constants or None).
-PROGRAMS: list[tuple[str, str, Optional[tuple[str, str, str]]]] = [
+PROGRAMS: list[tuple[str, str, tuple[str, str, str] | None]] = [
     ("virnetprotocol.x", "virnet", None),
     ("virkeepaliveprotocol.x", "keepalive", ("KEEPALIVE_PROGRAM", "KEEPALIVE_PROTOCOL_VERSION", "keepalive")),
     ("remote_protocol.x", "remote", ("REMOTE_PROGRAM", "REMOTE_PROTOCOL_VERSION", "remote")),
@@ -86,7 +86,7 @@ def generate(root: Path = ROOT, protocol_dir: str = "protocol") -> dict[str, str
 
 
 def _package_init(
-    modules: list[tuple[str, Optional[tuple[str, str, str]]]],
+    modules: list[tuple[str, tuple[str, str, str] | None]],
     specs: list[tuple[str, Spec]],
     known: dict[str, Union[int, str]],
 ) -> str:
@@ -114,7 +114,7 @@ def _package_init(
     return "\n".join(lines) + "\n"
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tools.xdrgen", description=__doc__.split("\n\n")[0])
     ap.add_argument("--check", action="store_true", help="only compare; exit 1 if the committed output differs")
     args = ap.parse_args(argv)

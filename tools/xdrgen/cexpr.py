@@ -84,10 +84,10 @@ class _Parser:
         if tok.kind == "ident":
             if tok.text not in self.names:
                 raise GenError(tok.loc, f"unknown constant {tok.text!r}")
-            value = self.names[tok.text]
-            if not isinstance(value, int):
+            named = self.names[tok.text]
+            if not isinstance(named, int):
                 raise GenError(tok.loc, f"constant {tok.text!r} is not an integer")
-            return value
+            return named
         raise GenError(tok.loc, f"unexpected {tok.text!r} in a constant expression")
 
 

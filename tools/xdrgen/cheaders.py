@@ -35,6 +35,7 @@ def read_header(
     out: list[Const] = []
     # Stack of booleans: True where the enclosing #if block is a sentinel block.
     stack: list[bool] = []
+    opened: list[Loc] = []  # where each open #if of this level began
     skipping = False
 
     def define(name: str, value: Union[int, str], loc: Loc) -> None:
@@ -54,10 +55,12 @@ def read_header(
             if directive in ("if", "ifdef", "ifndef"):
                 sentinel = directive == "ifdef" and len(words) > 1 and words[1] == "VIR_ENUM_SENTINELS"
                 stack.append(sentinel)
+                opened.append(tok.loc)
             elif directive == "endif":
                 if not stack:
                     raise GenError(tok.loc, "#endif without #if")
                 stack.pop()
+                opened.pop()
             elif directive == "define" and not any(stack) and len(words) > 1:
                 _define(tok, words, known, define)
             skipping = any(stack)
@@ -68,7 +71,7 @@ def read_header(
             continue
         i = _enum(toks, i + 1, known, define, stack)
     if stack:
-        raise GenError(toks[-1].loc if toks else None, "unterminated #if block")
+        raise GenError(opened[-1], "unterminated #if block")
     return out
 
 

@@ -8,7 +8,7 @@ consumed by :mod:`emit`.  Every node remembers where it came from
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import Union
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class Loc:
 class GenError(Exception):
     """A problem in an input file, reported as ``file:line:col: message``."""
 
-    def __init__(self, loc: Optional[Loc], message: str) -> None:
+    def __init__(self, loc: Loc | None, message: str) -> None:
         self.loc = loc
         self.message = message
         super().__init__(f"{loc}: {message}" if loc else message)
@@ -63,7 +63,7 @@ class Ref:
 
 @dataclass(frozen=True)
 class String:
-    max: Optional[int]
+    max: int | None
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ class Opaque:
     """``opaque x[N]`` (fixed) or ``opaque x<N>`` (variable)."""
 
     fixed: bool
-    size: Optional[int]
+    size: int | None
 
 
 @dataclass(frozen=True)
@@ -79,14 +79,14 @@ class Chars:
     """``char x[N]`` / ``char x<N>``: libvirt's quirk, each byte is a 4-byte int."""
 
     fixed: bool
-    size: Optional[int]
+    size: int | None
 
 
 @dataclass(frozen=True)
 class Array:
     elem: "Type"
     fixed: bool
-    size: Optional[int]
+    size: int | None
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ class Struct:
 @dataclass(frozen=True)
 class Arm:
     values: tuple[int, ...]  # empty for the default arm
-    field: Optional[Field]  # None for a void arm
+    field: Field | None  # None for a void arm
 
 
 @dataclass(frozen=True)
@@ -123,7 +123,7 @@ class Union_:
     name: str
     discriminant: Field
     arms: tuple[Arm, ...]
-    default: Optional[Arm]
+    default: Arm | None
     loc: Loc
     source: str
 

@@ -10,8 +10,6 @@ and which module defines a name.
 
 from __future__ import annotations
 
-from typing import Optional
-
 from .model import (
     Array,
     Chars,
@@ -31,8 +29,9 @@ from .model import (
 )
 
 #: Deepest nesting of composite types allowed in a definition.  libvirt's
-#: deepest is 5 (typed parameters inside event messages); 32 leaves room
-#: while keeping the generated decoders' recursion shallow.
+#: deepest is 4 (remote_connect_get_all_domain_stats_ret: record, typed
+#: parameter, value union); 32 leaves room while keeping the generated
+#: decoders' recursion shallow.
 MAX_DEPTH = 32
 
 PRIM_SIZE = {"hyper": 8, "uhyper": 8, "double": 8}
@@ -78,14 +77,19 @@ class Universe:
             disc = d.discriminant.type
             if isinstance(disc, Ref):
                 target = self.underlying(disc)
-                if not isinstance(target, Enum) and not (isinstance(target, Prim) and target.kind in ("int", "uint", "bool")):
-                    raise GenError(d.discriminant.loc, "a union discriminant must be int, unsigned int, bool or an enum")
+                scalar = isinstance(target, Prim) and target.kind in ("int", "uint", "bool")
+                if not isinstance(target, Enum) and not scalar:
+                    raise GenError(
+                        d.discriminant.loc, "a union discriminant must be int, unsigned int, bool or an enum"
+                    )
 
     def depth(self, name: str, stack: tuple[str, ...]) -> int:
         if name in stack:
             cycle = " -> ".join(stack[stack.index(name):] + (name,))
             d = self.defs[name]
-            raise GenError(d.loc, f"recursive type ({cycle}): nesting depth must be bounded, so recursion is not supported")
+            raise GenError(
+                d.loc, f"recursive type ({cycle}): nesting depth must be bounded, so recursion is not supported"
+            )
         d = self.defs[name]
         inner = 0
         for t in self._types_in(d):
@@ -132,7 +136,7 @@ class Universe:
             return 4 + min(self.min_size(a.field.type) if a.field else 0 for a in arms)
         raise TypeError(t)
 
-    def fixed_size(self, t: "Type | Definition") -> Optional[int]:
+    def fixed_size(self, t: "Type | Definition") -> int | None:
         """The exact wire size when it does not depend on the value, else None."""
         if isinstance(t, Prim):
             return PRIM_SIZE.get(t.kind, 4)

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Optional, Union
+from collections import ChainMap
+from typing import Union
 
 from .cexpr import evaluate
 from .lexer import Token, tokenize
@@ -41,6 +42,8 @@ from .model import (
 )
 
 _ANNOTATION = re.compile(r"^\s*\*?\s*@(\w+)\s*:\s*(.*?)\s*$")
+#: RFC 4506 section 4.4: ``bool`` is ``enum { FALSE = 0, TRUE = 1 }``, so case labels may name them.
+_BOOL_CONSTANTS: dict[str, Union[int, str]] = {"FALSE": 0, "TRUE": 1}
 _KEYWORDS = {
     "bool", "case", "const", "default", "double", "quadruple", "enum", "float",
     "hyper", "int", "opaque", "string", "struct", "switch", "typedef", "union",
@@ -48,7 +51,8 @@ _KEYWORDS = {
 }
 
 
-def annotations(comment: str) -> tuple[tuple[str, str], ...]:
+def read_annotations(comment: str) -> tuple[tuple[str, str], ...]:
+    """The ``@key: value`` lines of a comment, in order."""
     body = comment[2:-2]
     found = []
     for line in body.splitlines():
@@ -66,7 +70,7 @@ class _Parser:
         # Comments are kept aside: only the one right before an enumerator matters.
         self.toks: list[Token] = []
         self.comment_before: dict[int, str] = {}
-        pending: Optional[str] = None
+        pending: str | None = None
         for tok in all_toks:
             if tok.kind == "comment":
                 pending = tok.text
@@ -82,7 +86,7 @@ class _Parser:
         self.eof_loc = all_toks[-1].loc if all_toks else None
 
     # -------------------------------------------------------------- tokens
-    def peek(self) -> Optional[Token]:
+    def peek(self) -> Token | None:
         return self.toks[self.i] if self.i < len(self.toks) else None
 
     def take(self, what: str = "a token") -> Token:
@@ -122,7 +126,7 @@ class _Parser:
         if not toks:
             tok = self.peek()
             raise GenError(tok.loc if tok else self.eof_loc, "expected a value")
-        return evaluate(toks, self.known)
+        return evaluate(toks, ChainMap(self.known, _BOOL_CONSTANTS))
 
     def source(self, first: Token, last: Token) -> str:
         return "\n".join(self.lines[first.loc.line - 1:last.loc.line])
@@ -160,7 +164,9 @@ class _Parser:
                 end = self.expect(";")
                 spec.types.append(Union_(name.text, disc, arms, default, name.loc, self.source(tok, end)))
             else:
-                raise GenError(tok.loc, f"expected a definition (const, typedef, enum, struct, union), found {tok.text!r}")
+                raise GenError(
+                    tok.loc, f"expected a definition (const, typedef, enum, struct, union), found {tok.text!r}"
+                )
 
     def define_const(self, name: Token, value: int) -> None:
         old = self.known.get(name.text)
@@ -181,7 +187,7 @@ class _Parser:
             self.expect("=")
             value = self.value((",", "}"))
             comment = self.comment_before.get(index)
-            members.append(EnumMember(name.text, value, name.loc, annotations(comment) if comment else ()))
+            members.append(EnumMember(name.text, value, name.loc, read_annotations(comment) if comment else ()))
             self.define_const(name, value)
             tok = self.take("',' or '}'")
             if tok.text == "}":
@@ -209,18 +215,19 @@ class _Parser:
             names.add(decl.name)
             fields.append(decl)
 
-    def union_body(self) -> tuple[Field, tuple[Arm, ...], Optional[Arm]]:
+    def union_body(self) -> tuple[Field, tuple[Arm, ...], Arm | None]:
         self.expect("switch")
         self.expect("(")
         disc = self.declaration()
         if disc is None:
             raise GenError(self.toks[self.i - 1].loc, "a union discriminant cannot be void")
-        if not (isinstance(disc.type, Prim) and disc.type.kind in ("int", "uint", "bool")) and not isinstance(disc.type, Ref):
+        scalar = isinstance(disc.type, Prim) and disc.type.kind in ("int", "uint", "bool")
+        if not scalar and not isinstance(disc.type, Ref):
             raise GenError(disc.loc, "a union discriminant must be int, unsigned int, bool or an enum")
         self.expect(")")
         self.expect("{")
         arms: list[Arm] = []
-        default: Optional[Arm] = None
+        default: Arm | None = None
         seen: set[int] = set()
         while True:
             tok = self.take("'case', 'default' or '}'")
@@ -280,7 +287,7 @@ class _Parser:
             return Ref(text, tok.loc), tok
         raise GenError(tok.loc, f"expected a type, found {text!r}")
 
-    def declaration(self) -> Optional[Field]:
+    def declaration(self) -> Field | None:
         tok = self.peek()
         if tok is not None and tok.text == "void":
             self.i += 1
@@ -295,11 +302,13 @@ class _Parser:
                 self.check_size(bracket, size)
                 return Field(name.text, Opaque(True, size), name.loc)
             if bracket.text == "<":
-                size = self.opt_max()
+                limit = self.opt_max()
                 if tok.text == "opaque":
-                    return Field(name.text, Opaque(False, size), name.loc)
-                return Field(name.text, String(size), name.loc)
-            raise GenError(bracket.loc, f"{tok.text} needs a size: '[N]' or '<N>'" if tok.text == "opaque" else "string needs '<N>' or '<>'")
+                    return Field(name.text, Opaque(False, limit), name.loc)
+                return Field(name.text, String(limit), name.loc)
+            if tok.text == "opaque":
+                raise GenError(bracket.loc, "opaque needs a size: '[N]' or '<N>'")
+            raise GenError(bracket.loc, "string needs '<N>' or '<>'")
         base, btok = self.type_spec()
         nxt = self.peek()
         if nxt is not None and nxt.text == "*":
@@ -319,13 +328,13 @@ class _Parser:
             return Field(name.text, Array(base, True, size), name.loc)
         if nxt is not None and nxt.text == "<":
             self.i += 1
-            size = self.opt_max()
+            limit = self.opt_max()
             if is_char:
-                return Field(name.text, Chars(False, size), name.loc)
-            return Field(name.text, Array(base, False, size), name.loc)
+                return Field(name.text, Chars(False, limit), name.loc)
+            return Field(name.text, Array(base, False, limit), name.loc)
         return Field(name.text, base, name.loc)
 
-    def opt_max(self) -> Optional[int]:
+    def opt_max(self) -> int | None:
         tok = self.peek()
         if tok is not None and tok.text == ">":
             self.i += 1
@@ -336,7 +345,7 @@ class _Parser:
         return size
 
     @staticmethod
-    def check_size(tok: Optional[Token], size: int) -> None:
+    def check_size(tok: Token | None, size: int) -> None:
         if not 0 <= size <= 0xFFFFFFFF:
             raise GenError(tok.loc if tok else None, f"size {size} is not an unsigned 32-bit value")
 

@@ -17,10 +17,21 @@ TLS URI or the asyncio client is used.
 from __future__ import annotations
 
 from . import _lasterror
-from ._api import virConnect, virDomain
+from ._api import virConnect as virConnect
+from ._api import virDomain as virDomain
 from ._gen.constants import *  # noqa: F403 - libvirt-python exposes every VIR_* constant
 from ._gen.constants import LIBVIR_VERSION_NUMBER
-from .errors import libvirtError
+from .errors import libvirtError as libvirtError
+from .event import virEventAddHandle as virEventAddHandle
+from .event import virEventAddTimeout as virEventAddTimeout
+from .event import virEventInvokeFreeCallback as virEventInvokeFreeCallback
+from .event import virEventRegisterDefaultImpl as virEventRegisterDefaultImpl
+from .event import virEventRegisterImpl as virEventRegisterImpl
+from .event import virEventRemoveHandle as virEventRemoveHandle
+from .event import virEventRemoveTimeout as virEventRemoveTimeout
+from .event import virEventRunDefaultImpl as virEventRunDefaultImpl
+from .event import virEventUpdateHandle as virEventUpdateHandle
+from .event import virEventUpdateTimeout as virEventUpdateTimeout
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

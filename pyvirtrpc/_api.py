@@ -23,6 +23,7 @@ from __future__ import annotations
 import threading
 
 from . import _lasterror, _ops
+from ._api_events import EventsMixin
 from ._gen import constants as C
 from ._gen import remote as R
 from .client import Connection
@@ -40,9 +41,15 @@ _reset = _lasterror.reset
 _report = _lasterror.report
 
 
+#: public functions defined in libvirt.c (VIR_FROM_THIS = VIR_FROM_NONE); the
+#: rest (libvirt-host.c, libvirt-domain.c) report from VIR_FROM_DOMAIN
+_FROM_NONE = frozenset({"virConnectClose", "virConnectRef"})
+
+
 def _invalid(kind: str, cname: str) -> libvirtError:
+    """What libvirt reports for a NULL/closed object passed to ``cname``."""
     code = {"conn": C.VIR_ERR_INVALID_CONN, "dom": C.VIR_ERR_INVALID_DOMAIN}[kind]
-    return make_error(code, C.VIR_FROM_DOMAIN, cname)
+    return make_error(code, C.VIR_FROM_NONE if cname in _FROM_NONE else C.VIR_FROM_DOMAIN, cname)
 
 
 class _Shared:
@@ -100,13 +107,14 @@ def _proc(name: Union[str, int]) -> Procedure:
     return R.PROC_BY_NAME[key]
 
 
-class virConnect:  # noqa: N801 - libvirt-python's name
+class virConnect(EventsMixin):  # noqa: N801 - libvirt-python's name
     """A connection to a libvirt daemon (libvirt-python's virConnect)."""
 
     def __init__(self, shared: _Shared) -> None:
         self._o: Optional[_Shared] = shared
         self._own = 1  # references this object holds: the open plus every ref()
         self._last_error: Optional[tuple[Any, ...]] = None
+        self._handler: Optional[tuple[Callable[[Any, Any], Any], Any]] = None
 
     # ---------------------------------------------------------- plumbing
     def _call(self, number: int, args: Any, cname: str) -> Any:
@@ -119,12 +127,12 @@ class virConnect:  # noqa: N801 - libvirt-python's name
             return o.client.call(P[number], args)
         except libvirtError as exc:
             self._last_error = exc.err
-            _report(exc)
+            _report(exc, self._handler)
             raise
 
     def _fail(self, exc: libvirtError) -> libvirtError:
         self._last_error = exc.err
-        _report(exc)
+        _report(exc, self._handler)
         return exc
 
     def _shared(self, cname: str) -> _Shared:
@@ -189,7 +197,9 @@ class virConnect:  # noqa: N801 - libvirt-python's name
         try:
             proc = _proc(procedure)
         except KeyError:
-            raise self._fail(make_error(C.VIR_ERR_INVALID_ARG, C.VIR_FROM_RPC, f"unknown procedure {procedure!r}")) from None
+            raise self._fail(
+                make_error(C.VIR_ERR_INVALID_ARG, C.VIR_FROM_RPC, f"unknown procedure {procedure!r}")
+            ) from None
         try:
             if timeout is None:
                 return o.client.call(proc, args)
@@ -208,6 +218,15 @@ class virConnect:  # noqa: N801 - libvirt-python's name
 
     def virConnResetLastError(self) -> None:
         self._last_error = None
+
+    def virConnSetErrorFunc(self, handler: Optional[Callable[[Any, Any], Any]], ctx: Any = None) -> None:
+        """pyvirtrpc extension (libvirt-python has none): libvirt's virConnSetErrorFunc.
+
+        ``handler(ctx, err)`` is called for errors of this connection (and of
+        its domains) instead of the global handler; None restores the global
+        one.  The chapter's integrated example (3.9) uses it.
+        """
+        self._handler = None if handler is None else (handler, ctx)
 
     # ------------------------------------------------ host information
     def getHostname(self) -> str:
@@ -273,7 +292,9 @@ class virConnect:  # noqa: N801 - libvirt-python's name
         return str(self._call(R.REMOTE_PROC_CONNECT_GET_CAPABILITIES, None, "virConnectGetCapabilities").capabilities)
 
     def getSysinfo(self, flags: int = 0) -> str:
-        ret = self._call(R.REMOTE_PROC_CONNECT_GET_SYSINFO, R.remote_connect_get_sysinfo_args(flags), "virConnectGetSysinfo")
+        ret = self._call(
+            R.REMOTE_PROC_CONNECT_GET_SYSINFO, R.remote_connect_get_sysinfo_args(flags), "virConnectGetSysinfo"
+        )
         return str(ret.sysinfo)
 
     def getSecurityModel(self) -> list[str]:
@@ -304,9 +325,7 @@ class virConnect:  # noqa: N801 - libvirt-python's name
         return int(self._call(R.REMOTE_PROC_CONNECT_NUM_OF_DOMAINS, None, "virConnectNumOfDomains").num)
 
     def listDefinedDomains(self) -> list[str]:
-        n = int(
-            self._call(R.REMOTE_PROC_CONNECT_NUM_OF_DEFINED_DOMAINS, None, "virConnectNumOfDefinedDomains").num
-        )
+        n = int(self._call(R.REMOTE_PROC_CONNECT_NUM_OF_DEFINED_DOMAINS, None, "virConnectNumOfDefinedDomains").num)
         if n == 0:
             return []
         ret = self._call(
@@ -317,9 +336,7 @@ class virConnect:  # noqa: N801 - libvirt-python's name
         return [str(x) for x in ret.names]
 
     def numOfDefinedDomains(self) -> int:
-        return int(
-            self._call(R.REMOTE_PROC_CONNECT_NUM_OF_DEFINED_DOMAINS, None, "virConnectNumOfDefinedDomains").num
-        )
+        return int(self._call(R.REMOTE_PROC_CONNECT_NUM_OF_DEFINED_DOMAINS, None, "virConnectNumOfDefinedDomains").num)
 
     def lookupByName(self, name: str) -> virDomain:
         ret = self._call(
@@ -328,14 +345,20 @@ class virConnect:  # noqa: N801 - libvirt-python's name
         return virDomain(self, ret.dom)
 
     def lookupByID(self, id: int) -> virDomain:  # noqa: A002
-        ret = self._call(R.REMOTE_PROC_DOMAIN_LOOKUP_BY_ID, R.remote_domain_lookup_by_id_args(id), "virDomainLookupByID")
+        ret = self._call(
+            R.REMOTE_PROC_DOMAIN_LOOKUP_BY_ID, R.remote_domain_lookup_by_id_args(id), "virDomainLookupByID"
+        )
         return virDomain(self, ret.dom)
 
     def lookupByUUID(self, uuid: bytes) -> virDomain:
         if not isinstance(uuid, (bytes, bytearray)) or len(uuid) != 16:
-            raise self._fail(make_error(C.VIR_ERR_INVALID_ARG, C.VIR_FROM_DOMAIN, "uuid in virDomainLookupByUUID must be 16 bytes"))
+            raise self._fail(
+                make_error(C.VIR_ERR_INVALID_ARG, C.VIR_FROM_DOMAIN, "uuid in virDomainLookupByUUID must be 16 bytes")
+            )
         ret = self._call(
-            R.REMOTE_PROC_DOMAIN_LOOKUP_BY_UUID, R.remote_domain_lookup_by_uuid_args(bytes(uuid)), "virDomainLookupByUUID"
+            R.REMOTE_PROC_DOMAIN_LOOKUP_BY_UUID,
+            R.remote_domain_lookup_by_uuid_args(bytes(uuid)),
+            "virDomainLookupByUUID",
         )
         return virDomain(self, ret.dom)
 
@@ -345,7 +368,9 @@ class virConnect:  # noqa: N801 - libvirt-python's name
             self._shared("virDomainLookupByUUIDString")
             raise self._fail(
                 make_error(
-                    C.VIR_ERR_INVALID_ARG, C.VIR_FROM_DOMAIN, f"uuidstr in virDomainLookupByUUIDString must be a valid UUID"
+                    C.VIR_ERR_INVALID_ARG,
+                    C.VIR_FROM_DOMAIN,
+                    "uuidstr in virDomainLookupByUUIDString must be a valid UUID",
                 )
             )
         ret = self._call(
@@ -393,7 +418,7 @@ class virDomain:  # noqa: N801
             return o.client.call(P[number], args)
         except libvirtError as exc:
             self._conn._last_error = exc.err
-            _report(exc)
+            _report(exc, self._conn._handler)
             raise
 
     def connect(self) -> virConnect:
@@ -424,7 +449,9 @@ class virDomain:  # noqa: N801
 
     def XMLDesc(self, flags: int = 0) -> str:
         ret = self._call(
-            R.REMOTE_PROC_DOMAIN_GET_XML_DESC, R.remote_domain_get_xml_desc_args(self._dom, flags), "virDomainGetXMLDesc"
+            R.REMOTE_PROC_DOMAIN_GET_XML_DESC,
+            R.remote_domain_get_xml_desc_args(self._dom, flags),
+            "virDomainGetXMLDesc",
         )
         return str(ret.xml)
 
@@ -440,7 +467,9 @@ class virDomain:  # noqa: N801
 
     def create(self) -> int:
         ret = self._call(
-            R.REMOTE_PROC_DOMAIN_CREATE_WITH_FLAGS, R.remote_domain_create_with_flags_args(self._dom, 0), "virDomainCreate"
+            R.REMOTE_PROC_DOMAIN_CREATE_WITH_FLAGS,
+            R.remote_domain_create_with_flags_args(self._dom, 0),
+            "virDomainCreate",
         )
         self._dom = ret.dom  # the id changes when a domain starts
         return 0
@@ -455,40 +484,72 @@ class virDomain:  # noqa: N801
         return 0
 
     def destroy(self) -> int:
-        return self._simple(R.REMOTE_PROC_DOMAIN_DESTROY, R.remote_domain_destroy_args(self._dom), "virDomainDestroy")
+        self._call(R.REMOTE_PROC_DOMAIN_DESTROY, R.remote_domain_destroy_args(self._dom), "virDomainDestroy")
+        self._dom.id = -1  # remoteDomainDestroy: a stopped domain has no id
+        return 0
 
     def destroyFlags(self, flags: int = 0) -> int:
-        return self._simple(
-            R.REMOTE_PROC_DOMAIN_DESTROY_FLAGS, R.remote_domain_destroy_flags_args(self._dom, flags), "virDomainDestroyFlags"
+        self._call(
+            R.REMOTE_PROC_DOMAIN_DESTROY_FLAGS,
+            R.remote_domain_destroy_flags_args(self._dom, flags),
+            "virDomainDestroyFlags",
         )
+        self._dom.id = -1
+        return 0
 
     def shutdown(self) -> int:
-        return self._simple(R.REMOTE_PROC_DOMAIN_SHUTDOWN, R.remote_domain_shutdown_args(self._dom), "virDomainShutdown")
+        return self._simple(
+            R.REMOTE_PROC_DOMAIN_SHUTDOWN, R.remote_domain_shutdown_args(self._dom), "virDomainShutdown"
+        )
 
     def reboot(self, flags: int = 0) -> int:
-        return self._simple(R.REMOTE_PROC_DOMAIN_REBOOT, R.remote_domain_reboot_args(self._dom, flags), "virDomainReboot")
+        return self._simple(
+            R.REMOTE_PROC_DOMAIN_REBOOT, R.remote_domain_reboot_args(self._dom, flags), "virDomainReboot"
+        )
 
     def undefine(self) -> int:
-        return self._simple(R.REMOTE_PROC_DOMAIN_UNDEFINE, R.remote_domain_undefine_args(self._dom), "virDomainUndefine")
+        return self._simple(
+            R.REMOTE_PROC_DOMAIN_UNDEFINE, R.remote_domain_undefine_args(self._dom), "virDomainUndefine"
+        )
 
     def undefineFlags(self, flags: int = 0) -> int:
         return self._simple(
-            R.REMOTE_PROC_DOMAIN_UNDEFINE_FLAGS, R.remote_domain_undefine_flags_args(self._dom, flags), "virDomainUndefineFlags"
+            R.REMOTE_PROC_DOMAIN_UNDEFINE_FLAGS,
+            R.remote_domain_undefine_flags_args(self._dom, flags),
+            "virDomainUndefineFlags",
         )
 
     def isActive(self) -> int:
-        return int(self._call(R.REMOTE_PROC_DOMAIN_IS_ACTIVE, R.remote_domain_is_active_args(self._dom), "virDomainIsActive").active)
+        return int(
+            self._call(
+                R.REMOTE_PROC_DOMAIN_IS_ACTIVE, R.remote_domain_is_active_args(self._dom), "virDomainIsActive"
+            ).active
+        )
 
     def isPersistent(self) -> int:
         return int(
-            self._call(R.REMOTE_PROC_DOMAIN_IS_PERSISTENT, R.remote_domain_is_persistent_args(self._dom), "virDomainIsPersistent").persistent
+            self._call(
+                R.REMOTE_PROC_DOMAIN_IS_PERSISTENT,
+                R.remote_domain_is_persistent_args(self._dom),
+                "virDomainIsPersistent",
+            ).persistent
         )
 
     def OSType(self) -> str:
-        return str(self._call(R.REMOTE_PROC_DOMAIN_GET_OS_TYPE, R.remote_domain_get_os_type_args(self._dom), "virDomainGetOSType").type)
+        return str(
+            self._call(
+                R.REMOTE_PROC_DOMAIN_GET_OS_TYPE, R.remote_domain_get_os_type_args(self._dom), "virDomainGetOSType"
+            ).type
+        )
 
     def maxMemory(self) -> int:
-        return int(self._call(R.REMOTE_PROC_DOMAIN_GET_MAX_MEMORY, R.remote_domain_get_max_memory_args(self._dom), "virDomainGetMaxMemory").memory)
+        return int(
+            self._call(
+                R.REMOTE_PROC_DOMAIN_GET_MAX_MEMORY,
+                R.remote_domain_get_max_memory_args(self._dom),
+                "virDomainGetMaxMemory",
+            ).memory
+        )
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, virDomain) and self._dom.uuid == other._dom.uuid and self._conn is other._conn
@@ -498,4 +559,3 @@ class virDomain:  # noqa: N801
 
     def __repr__(self) -> str:
         return f"<virDomain {self._dom.name!r} id={self._dom.id}>"
-

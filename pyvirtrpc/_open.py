@@ -36,9 +36,7 @@ def connect_channel(plan: Any, auth: Any, timeout: Optional[float]) -> Channel:
     if transport == "unix":
         from .transport import unix
 
-        _uri_check = getattr(_uri, "check_local_socket", None)
-        if _uri_check is not None:
-            _uri_check(plan)
+        _uri.check_autostart(plan)
         return unix.connect(plan.socket_path, timeout)
     if transport in ("tcp", "tls"):
         from .transport import tcp
@@ -62,6 +60,16 @@ def sasl_steps_factory(plan: Any, auth: Any, channel: Any) -> Callable[[Optional
     return steps
 
 
+def canonical_uri(plan: Any, result: hs.OpenResult) -> Optional[str]:
+    """virConnectGetURI: the URI as libvirt formats it (virURIFormat of the opened
+    URI after aliases, or of the one the daemon reported for a probed open)."""
+    if not plan.get_uri and plan.parsed is not None:
+        return str(plan.parsed.format())
+    if result.uri is None:
+        return None
+    return str(_uri.parse(result.uri, validate=False).format())
+
+
 def open_uri(name: Optional[str], flags: int, auth: Any, *, timeout: Optional[float] = None) -> virConnect:
     plan = _uri.plan(name, flags)
     channel = connect_channel(plan, auth, timeout)
@@ -72,15 +80,26 @@ def open_uri(name: Optional[str], flags: int, auth: Any, *, timeout: Optional[fl
             plan.open_flags,
             plan.auth,
             want_keepalive=keepalive_possible,
-            need_uri=plan.effective_uri is None,
+            need_uri=plan.get_uri,
             sasl=sasl_steps_factory(plan, auth, channel),
         )
         result = client.run_steps(hs.open_connection(params))
     except libvirtError:
-        client.abort(C.VIR_CONNECT_CLOSE_REASON_CLIENT, make_error(C.VIR_ERR_INTERNAL_ERROR, C.VIR_FROM_RPC, "client socket is closed"))
+        client.abort(
+            C.VIR_CONNECT_CLOSE_REASON_CLIENT,
+            make_error(C.VIR_ERR_INTERNAL_ERROR, C.VIR_FROM_RPC, "client socket is closed"),
+        )
         raise
     except BaseException:
-        client.abort(C.VIR_CONNECT_CLOSE_REASON_CLIENT, make_error(C.VIR_ERR_INTERNAL_ERROR, C.VIR_FROM_RPC, "client socket is closed"))
+        client.abort(
+            C.VIR_CONNECT_CLOSE_REASON_CLIENT,
+            make_error(C.VIR_ERR_INTERNAL_ERROR, C.VIR_FROM_RPC, "client socket is closed"),
+        )
         raise
-    uri_text = plan.effective_uri if plan.effective_uri is not None else result.uri
-    return virConnect(_Shared(client, uri_text, result, plan))
+    conn = virConnect(_Shared(client, canonical_uri(plan, result), result, plan))
+    if keepalive_possible:
+        # an event loop is registered: it watches the socket and runs keepalive/event timers
+        from ._events import attach
+
+        attach(client, result)
+    return conn

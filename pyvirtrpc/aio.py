@@ -33,6 +33,7 @@ import errno as _errno
 
 from . import _ops
 from . import uri as _uri
+from ._api_events import AsyncEventsMixin
 from ._gen import constants as C
 from ._gen import remote as R
 from .client import CLOSE_CLIENT, CLOSE_EOF, CLOSE_ERROR, PROGRAMS, REMOTE
@@ -49,14 +50,29 @@ if TYPE_CHECKING:
 P = R.PROCEDURES
 
 
-class _Protocol(asyncio.Protocol):
+#: Size of the protocol's receive buffer.  asyncio's default recv() asks for
+#: 256 KiB, and allocating that per read costs an mmap/munmap pair (~18 us);
+#: a BufferedProtocol reads into one reused buffer instead.
+RECV_BUFFER = 65536
+
+
+class _Protocol(asyncio.BufferedProtocol):
     def __init__(self, conn: AsyncConnection) -> None:
         self.conn = conn
+        self._buf = bytearray(RECV_BUFFER)
+        self._view = memoryview(self._buf)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.conn._transport = transport  # type: ignore[assignment]
 
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.conn._received(bytes(self._view[:nbytes]))
+
     def data_received(self, data: bytes) -> None:
+        # used by transports that do not support buffered protocols
         self.conn._received(data)
 
     def eof_received(self) -> Optional[bool]:
@@ -69,7 +85,9 @@ class _Protocol(asyncio.Protocol):
             self.conn._die(err, CLOSE_EOF)
         else:
             eno = getattr(exc, "errno", None) or _errno.EIO
-            self.conn._die(system_error(C.VIR_FROM_RPC, eno, "Cannot recv data"), CLOSE_ERROR)
+            # libvirt says EOF when poll() saw the peer hang up, which a reset or broken pipe implies
+            reason = CLOSE_EOF if eno in (_errno.ECONNRESET, _errno.EPIPE) else CLOSE_ERROR
+            self.conn._die(system_error(C.VIR_FROM_RPC, eno, "Cannot recv data"), reason)
 
 
 class AsyncConnection:
@@ -217,14 +235,14 @@ def _closed() -> libvirtError:
 async def _connect(plan: Any, auth: Any, conn: AsyncConnection) -> None:
     loop = conn.loop
     if plan.transport == "unix":
-        check = getattr(_uri, "check_local_socket", None)
-        if check is not None:
-            check(plan)
+        _uri.check_autostart(plan)
         path = plan.socket_path
         try:
             await loop.create_unix_connection(lambda: _Protocol(conn), path)
         except OSError as exc:
-            raise system_error(C.VIR_FROM_RPC, exc.errno or _errno.EIO, f"Failed to connect socket to '{path}'") from None
+            raise system_error(
+                C.VIR_FROM_RPC, exc.errno or _errno.EIO, f"Failed to connect socket to '{path}'"
+            ) from None
         return
     # Other transports: bring the channel up with the blocking transport code
     # in a worker thread (TLS handshake, ssh process), then hand asyncio the socket.
@@ -250,14 +268,15 @@ async def _open(name: Optional[str], flags: int, auth: Any, timeout: Optional[fl
 
         sasl = sasl_steps_factory(plan, auth, conn)
         params = hs.OpenParams(
-            plan.open_name, plan.open_flags, plan.auth, want_keepalive=False, need_uri=plan.effective_uri is None, sasl=sasl
+            plan.open_name, plan.open_flags, plan.auth, want_keepalive=True, need_uri=plan.get_uri, sasl=sasl
         )
         result = await conn.run_steps(hs.open_connection(params))
     except BaseException:
         conn.abort(CLOSE_CLIENT, _closed())
         raise
-    uri_text = plan.effective_uri if plan.effective_uri is not None else result.uri
-    return AsyncConnect(conn, uri_text, result)
+    from ._open import canonical_uri
+
+    return AsyncConnect(conn, canonical_uri(plan, result), result)
 
 
 async def open(name: Optional[str] = None, flags: int = 0, *, timeout: Optional[float] = None) -> AsyncConnect:  # noqa: A001
@@ -272,7 +291,7 @@ async def openAuth(uri: Optional[str], auth: Any, flags: int = 0, *, timeout: Op
     return await _open(uri, flags, auth, timeout)
 
 
-class AsyncConnect:
+class AsyncConnect(AsyncEventsMixin):
     """A connection: virConnect's operations as coroutines."""
 
     def __init__(self, conn: AsyncConnection, uri: Optional[str], result: hs.OpenResult) -> None:
@@ -317,7 +336,9 @@ class AsyncConnect:
         return str((await self._call(R.REMOTE_PROC_CONNECT_GET_HOSTNAME, None, "virConnectGetHostname")).hostname)
 
     async def getMaxVcpus(self, type: Optional[str]) -> int:  # noqa: A002
-        ret = await self._call(R.REMOTE_PROC_CONNECT_GET_MAX_VCPUS, R.remote_connect_get_max_vcpus_args(type), "virConnectGetMaxVcpus")
+        ret = await self._call(
+            R.REMOTE_PROC_CONNECT_GET_MAX_VCPUS, R.remote_connect_get_max_vcpus_args(type), "virConnectGetMaxVcpus"
+        )
         return int(ret.max_vcpus)
 
     async def getFreeMemory(self) -> int:
@@ -328,7 +349,9 @@ class AsyncConnect:
 
     async def getCellsFreeMemory(self, startCell: int, maxCells: int) -> list[int]:
         if maxCells > R.REMOTE_NODE_MAX_CELLS:
-            raise make_error(C.VIR_ERR_RPC, C.VIR_FROM_REMOTE, f"too many NUMA cells: {maxCells} > {R.REMOTE_NODE_MAX_CELLS}")
+            raise make_error(
+                C.VIR_ERR_RPC, C.VIR_FROM_REMOTE, f"too many NUMA cells: {maxCells} > {R.REMOTE_NODE_MAX_CELLS}"
+            )
         ret = await self._call(
             R.REMOTE_PROC_NODE_GET_CELLS_FREE_MEMORY,
             R.remote_node_get_cells_free_memory_args(startCell, maxCells),
@@ -361,27 +384,39 @@ class AsyncConnect:
         return _ops.encrypted(self.connection.is_encrypted, self._result.auth_type, ret)
 
     async def getCapabilities(self) -> str:
-        return str((await self._call(R.REMOTE_PROC_CONNECT_GET_CAPABILITIES, None, "virConnectGetCapabilities")).capabilities)
+        return str(
+            (await self._call(R.REMOTE_PROC_CONNECT_GET_CAPABILITIES, None, "virConnectGetCapabilities")).capabilities
+        )
 
     async def getSysinfo(self, flags: int = 0) -> str:
-        ret = await self._call(R.REMOTE_PROC_CONNECT_GET_SYSINFO, R.remote_connect_get_sysinfo_args(flags), "virConnectGetSysinfo")
+        ret = await self._call(
+            R.REMOTE_PROC_CONNECT_GET_SYSINFO, R.remote_connect_get_sysinfo_args(flags), "virConnectGetSysinfo"
+        )
         return str(ret.sysinfo)
 
     async def getSecurityModel(self) -> list[str]:
-        return _ops.security_model(await self._call(R.REMOTE_PROC_NODE_GET_SECURITY_MODEL, None, "virNodeGetSecurityModel"))
+        return _ops.security_model(
+            await self._call(R.REMOTE_PROC_NODE_GET_SECURITY_MODEL, None, "virNodeGetSecurityModel")
+        )
 
     async def listAllDomains(self, flags: int = 0) -> list[AsyncDomain]:
         ret = await self._call(
-            R.REMOTE_PROC_CONNECT_LIST_ALL_DOMAINS, R.remote_connect_list_all_domains_args(1, flags), "virConnectListAllDomains"
+            R.REMOTE_PROC_CONNECT_LIST_ALL_DOMAINS,
+            R.remote_connect_list_all_domains_args(1, flags),
+            "virConnectListAllDomains",
         )
         return [AsyncDomain(self, d) for d in ret.domains]
 
     async def lookupByName(self, name: str) -> AsyncDomain:
-        ret = await self._call(R.REMOTE_PROC_DOMAIN_LOOKUP_BY_NAME, R.remote_domain_lookup_by_name_args(name), "virDomainLookupByName")
+        ret = await self._call(
+            R.REMOTE_PROC_DOMAIN_LOOKUP_BY_NAME, R.remote_domain_lookup_by_name_args(name), "virDomainLookupByName"
+        )
         return AsyncDomain(self, ret.dom)
 
     async def lookupByID(self, id: int) -> AsyncDomain:  # noqa: A002
-        ret = await self._call(R.REMOTE_PROC_DOMAIN_LOOKUP_BY_ID, R.remote_domain_lookup_by_id_args(id), "virDomainLookupByID")
+        ret = await self._call(
+            R.REMOTE_PROC_DOMAIN_LOOKUP_BY_ID, R.remote_domain_lookup_by_id_args(id), "virDomainLookupByID"
+        )
         return AsyncDomain(self, ret.dom)
 
     async def lookupByUUIDString(self, uuidstr: str) -> AsyncDomain:
@@ -390,7 +425,9 @@ class AsyncConnect:
             raise make_error(
                 C.VIR_ERR_INVALID_ARG, C.VIR_FROM_DOMAIN, "uuidstr in virDomainLookupByUUIDString must be a valid UUID"
             )
-        ret = await self._call(R.REMOTE_PROC_DOMAIN_LOOKUP_BY_UUID, R.remote_domain_lookup_by_uuid_args(raw), "virDomainLookupByUUID")
+        ret = await self._call(
+            R.REMOTE_PROC_DOMAIN_LOOKUP_BY_UUID, R.remote_domain_lookup_by_uuid_args(raw), "virDomainLookupByUUID"
+        )
         return AsyncDomain(self, ret.dom)
 
 
@@ -420,14 +457,24 @@ class AsyncDomain:
         return _ops.format_uuid(self._dom.uuid)
 
     async def info(self) -> list[int]:
-        return _ops.domain_info(await self._call(R.REMOTE_PROC_DOMAIN_GET_INFO, R.remote_domain_get_info_args(self._dom), "virDomainGetInfo"))
+        return _ops.domain_info(
+            await self._call(
+                R.REMOTE_PROC_DOMAIN_GET_INFO, R.remote_domain_get_info_args(self._dom), "virDomainGetInfo"
+            )
+        )
 
     async def state(self, flags: int = 0) -> list[int]:
-        ret = await self._call(R.REMOTE_PROC_DOMAIN_GET_STATE, R.remote_domain_get_state_args(self._dom, flags), "virDomainGetState")
+        ret = await self._call(
+            R.REMOTE_PROC_DOMAIN_GET_STATE, R.remote_domain_get_state_args(self._dom, flags), "virDomainGetState"
+        )
         return [ret.state, ret.reason]
 
     async def XMLDesc(self, flags: int = 0) -> str:
-        ret = await self._call(R.REMOTE_PROC_DOMAIN_GET_XML_DESC, R.remote_domain_get_xml_desc_args(self._dom, flags), "virDomainGetXMLDesc")
+        ret = await self._call(
+            R.REMOTE_PROC_DOMAIN_GET_XML_DESC,
+            R.remote_domain_get_xml_desc_args(self._dom, flags),
+            "virDomainGetXMLDesc",
+        )
         return str(ret.xml)
 
     async def suspend(self) -> int:
@@ -440,13 +487,16 @@ class AsyncDomain:
 
     async def create(self) -> int:
         ret = await self._call(
-            R.REMOTE_PROC_DOMAIN_CREATE_WITH_FLAGS, R.remote_domain_create_with_flags_args(self._dom, 0), "virDomainCreate"
+            R.REMOTE_PROC_DOMAIN_CREATE_WITH_FLAGS,
+            R.remote_domain_create_with_flags_args(self._dom, 0),
+            "virDomainCreate",
         )
         self._dom = ret.dom
         return 0
 
     async def destroy(self) -> int:
         await self._call(R.REMOTE_PROC_DOMAIN_DESTROY, R.remote_domain_destroy_args(self._dom), "virDomainDestroy")
+        self._dom.id = -1  # remoteDomainDestroy: a stopped domain has no id
         return 0
 
     def __repr__(self) -> str:

@@ -29,6 +29,7 @@ Contract:
 from __future__ import annotations
 
 import errno as _errno
+import select
 import socket
 import threading
 from _thread import allocate_lock
@@ -64,8 +65,10 @@ PROGRAMS = {
     _lxc.PROGRAM: _lxc.PROCEDURES,
 }
 REMOTE = _remote.PROGRAM
-#: How much one recv() asks for: a whole typical reply, or a big chunk of a large one.
-RECV_SIZE = 262144
+#: How much one recv() asks for.  Kept below glibc's mmap threshold (128 KiB):
+#: recv(n) allocates an n-byte buffer first, and a 256 KiB one costs an
+#: mmap/munmap pair, ~18 us per call (measured), more than the rest of a call.
+RECV_SIZE = 65536
 
 _USE_DEFAULT: Any = object()
 
@@ -93,6 +96,51 @@ class _Waiter:
         return ok
 
 
+def _readable(channel: Any, timeout: Optional[float]) -> bool:
+    """poll() the channel for input (hang-ups and errors count: recv() reports them)."""
+    p = select.poll()
+    try:
+        p.register(channel.fileno(), select.POLLIN)
+    except (OSError, ValueError):
+        return True  # let recv() report the broken channel
+    return bool(p.poll(None if timeout is None else max(int(timeout * 1000), 0)))
+
+
+def _shutdown(channel: Any) -> None:
+    """shutdown(SHUT_RDWR) the channel's socket, whatever wraps it (TLS, SASL), without closing it."""
+    shut = getattr(channel, "shutdown", None)
+    if shut is not None:  # a socket, or a channel that knows what its shutdown means
+        try:
+            shut(socket.SHUT_RDWR)
+        except (OSError, ValueError):
+            pass
+        return
+    try:
+        fd = channel.fileno()
+        s = socket.socket(fileno=fd) if fd >= 0 else None
+    except (OSError, ValueError, AttributeError):
+        return  # not a socket (or already closed): nothing blocks on it
+    if s is None:
+        return
+    try:
+        s.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        s.detach()
+
+
+def _hung_up(channel: Any) -> bool:
+    """True if the peer hung up (POLLHUP), which libvirt reports as reason EOF."""
+    p = select.poll()
+    try:
+        p.register(channel.fileno(), select.POLLIN)
+        ready = p.poll(0)
+    except (OSError, ValueError):
+        return False
+    return any(ev & select.POLLHUP for _fd, ev in ready)
+
+
 def _copy(error: libvirtError) -> libvirtError:
     """A fresh exception with the same fields (one instance per raising thread)."""
     return from_fields(error.err) if error.err is not None else libvirtError(str(error))
@@ -117,6 +165,15 @@ class Connection:
         self._log = _log.logger("rpc") if _log.debug_enabled("rpc") else None
         if self._log is not None:
             self.rpc.trace = self._trace_in
+        # --- event loop integration (pyvirtrpc._events) ---
+        #: called under the lock with True when a caller holds the reader role while an
+        #: event loop wants to read (the loop stops watching the socket), False once free
+        self.park: Optional[Callable[[bool], None]] = None
+        self._parked = False
+        #: called on every death, close() included: (reason, error)
+        self.death_hooks: list[Callable[[int, Optional[libvirtError]], None]] = []
+        #: per-connection events/keepalive state, owned by pyvirtrpc._events
+        self.event_state: Any = None
 
     # ------------------------------------------------------------ tracing
     def _trace_in(self, m: Message) -> None:
@@ -252,7 +309,7 @@ class Connection:
                     try:
                         completed = rpc.receive(data)
                     except libvirtError as exc:
-                        completed = None
+                        completed = []
                         protocol_error: Optional[libvirtError] = exc
                     else:
                         protocol_error = None
@@ -288,16 +345,25 @@ class Connection:
                 except OSError:
                     pass
             with lock:
-                self._reading = False
-                self._promote()
+                self._release()
 
-    def _promote(self) -> None:
+    def _promote(self) -> bool:
         """Wake one waiting caller so that it takes over reading (lock held)."""
         for c in self.rpc.calls.values():
             w = c.waiter
             if w is not None:
                 w.set()
-                return
+                return True
+        return False
+
+    def _release(self) -> None:
+        """Give up the reader role (lock held): to a waiting caller, else back to the event loop."""
+        self._reading = False
+        if not self._promote() and self._parked:
+            self._parked = False
+            park = self.park
+            if park is not None:
+                park(False)
 
     def _deliver(self, events: list[tuple[Procedure, Any]]) -> None:
         sink = self.event_sink
@@ -307,34 +373,43 @@ class Connection:
     def pump(self, timeout: Optional[float] = 0.0) -> bool:
         """Read and dispatch what has arrived, if no caller is reading (event loops use this).
 
-        Returns False when the connection is dead.
+        Waits at most ``timeout`` seconds (None: without limit) for the channel
+        to become readable, and never blocks in recv() on a channel with
+        nothing to read.  When a caller holds the reader role it returns at
+        once and, through :attr:`park`, has the loop stop watching the socket
+        until the role is free.  Returns False when the connection is dead.
         """
         with self._lock:
             if self._dead is not None:
                 return False
             if self._reading:
+                park = self.park
+                if park is not None and not self._parked:
+                    self._parked = True
+                    park(True)
                 return True
             self._reading = True
-        # A call object nobody waits for: the loop reads until nothing is left.
-        probe = Call(0xFFFFFFFF, 0, 0, None, b"", "")
-        probe.done = True
         try:
-            self.channel.settimeout(timeout)
-            try:
-                data = self.channel.recv(RECV_SIZE)
-            except socket.timeout:
+            channel = self.channel
+            pending = getattr(channel, "pending", None)
+            if not (pending is not None and pending()) and not _readable(channel, timeout):
                 return True
+            chunks = []
+            try:
+                data = channel.recv(RECV_SIZE)
+                # a TLS/SASL channel may hold decoded data the socket no longer shows
+                while data and pending is not None and pending():
+                    chunks.append(data)
+                    data = channel.recv(RECV_SIZE)
             except libvirtError as exc:
                 self._die(exc, CLOSE_ERROR)
                 return False
             except OSError as exc:
                 self._die(system_error(C.VIR_FROM_RPC, exc.errno or _errno.EIO, "Cannot recv data"), CLOSE_ERROR)
                 return False
-            finally:
-                try:
-                    self.channel.settimeout(None)
-                except OSError:
-                    pass
+            if chunks:
+                chunks.append(data)
+                data = b"".join(chunks)
             if not data:
                 self._die(system_error(C.VIR_FROM_RPC, _errno.EIO, "End of file while reading data"), CLOSE_EOF)
                 return False
@@ -361,14 +436,28 @@ class Connection:
             return True
         finally:
             with self._lock:
-                self._reading = False
-                self._promote()
+                self._release()
+
+    def try_send(self, packet: bytes) -> bool:
+        """Send ``packet`` unless another thread is sending (keepalive PINGs: never block a loop)."""
+        if self._dead is not None or not self._send_lock.acquire(False):
+            return False
+        try:
+            self.channel.sendall(packet)
+        except (OSError, libvirtError):
+            return False  # the reader will see the failure
+        finally:
+            self._send_lock.release()
+        return True
 
     # --------------------------------------------------------------- death
     def _die(self, error: libvirtError, reason: int) -> None:
         with self._lock:
             if self._dead is not None:
                 return
+            if reason == CLOSE_EOF or reason == CLOSE_ERROR:
+                # libvirt's reason comes from poll(): EOF when the socket hung up, else ERROR
+                reason = CLOSE_EOF if _hung_up(self.channel) else CLOSE_ERROR
             self._dead = error
             self._close_reason = reason
             failed = self.rpc.fail_all(error)
@@ -376,10 +465,13 @@ class Connection:
                 c.error = _copy(error)
                 if c.waiter is not None:
                     c.waiter.set()
+        _shutdown(self.channel)  # wakes a reader blocked in recv() (close() alone does not)
         try:
             self.channel.close()
         except OSError:
             pass
+        for hook in self.death_hooks:
+            hook(reason, error)
         self._notify_close(reason, error)
 
     def _notify_close(self, reason: int, error: Optional[libvirtError]) -> None:

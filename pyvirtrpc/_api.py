@@ -144,7 +144,13 @@ class virConnect(EventsMixin):  # noqa: N801 - libvirt-python's name
 
     # -------------------------------------------------------- lifecycle
     def close(self) -> int:
-        """virConnectClose: drop this object's reference; returns the references left."""
+        """virConnectClose: drop this object's reference.
+
+        Returns 0 when that was the last reference (the connection is closed),
+        and 1 while other references remain (further ``ref()`` calls, domains,
+        registered callbacks), exactly as libvirt: its documentation warns the
+        value is not the count.
+        """
         _reset()
         o = self._o
         if o is None:
@@ -153,7 +159,7 @@ class virConnect(EventsMixin):  # noqa: N801 - libvirt-python's name
         if self._own <= 0:
             self._o = None
         try:
-            return o.unref()
+            return 1 if o.unref() > 0 else 0
         except libvirtError as exc:
             raise self._fail(exc) from None
 

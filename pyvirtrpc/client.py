@@ -280,18 +280,14 @@ class Connection:
         recv = channel.recv
         rpc = self.rpc
         lock = self._lock
-        timed = False
         try:
             while True:
                 if deadline is not None:
+                    # Wait for data with poll(), not settimeout(): the socket's
+                    # timeout also applies to other threads' sendall().
                     remaining = deadline - monotonic()
-                    if remaining <= 0:
+                    if remaining <= 0 or not self._readable(remaining):
                         raise socket.timeout()
-                    channel.settimeout(remaining)
-                    timed = True
-                elif timed:
-                    channel.settimeout(None)
-                    timed = False
                 try:
                     data = recv(RECV_SIZE)
                 except socket.timeout:
@@ -339,13 +335,21 @@ class Connection:
                     call.error = self._timeout_error(call, timeout)
                     call.done = True
         finally:
-            if timed:
-                try:
-                    channel.settimeout(None)
-                except OSError:
-                    pass
             with lock:
                 self._release()
+
+    def _readable(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the channel to have data to read."""
+        pending = getattr(self.channel, "pending", None)
+        if pending is not None and pending():
+            return True  # TLS/SASL plaintext already buffered in the channel
+        try:
+            fd = self.channel.fileno()
+        except OSError:
+            return True  # closed: let recv() report it
+        poller = select.poll()
+        poller.register(fd, select.POLLIN | select.POLLPRI)
+        return bool(poller.poll(max(timeout, 0.0) * 1000.0))
 
     def _promote(self) -> bool:
         """Wake one waiting caller so that it takes over reading (lock held)."""

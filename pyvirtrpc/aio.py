@@ -194,7 +194,10 @@ class AsyncConnection:
                     step = gen.send(result)
                 elif isinstance(step, hs.InstallLayer):
                     self.layer = step.layer
-                    self.is_encrypted = self.is_encrypted or bool(getattr(step.layer, "ssf", 0))
+                    ssf = int(getattr(step.layer, "ssf", 0))
+                    self.is_encrypted = self.is_encrypted or ssf > 0
+                    # remoteAuthSASL: an insecure transport becomes secure at SSF >= 56
+                    self.is_secure = self.is_secure or ssf >= 56
                     step = gen.send(None)
                 else:
                     raise TypeError(f"unknown handshake step {step!r}")

@@ -240,6 +240,12 @@ class Peer:
         except Exception:  # noqa: BLE001 - a test peer sending garbage to us ends the connection
             pass
         finally:
+            # the client went away (EOF) or we died: release the socket now,
+            # not whenever the garbage collector gets to it
+            try:
+                self.sock.close()
+            except OSError:
+                pass
             self.closed.set()
             with self._cond:
                 self._cond.notify_all()

@@ -477,7 +477,9 @@ class DigestLayer(SecurityLayer):
         super().__init__(ssf, peer_maxbuf - (25 if cipher else 16), our_maxbuf)
         self.cipher = cipher
         self.name = f"DIGEST-MD5 {cipher or 'integrity'}"
-        self._ki_send, self._ki_recv, kc_send, kc_recv = layer_keys(ha1, cipher, server=server)
+        ki_send, ki_recv, kc_send, kc_recv = layer_keys(ha1, cipher, server=server)
+        self._mac_send = _HmacMD5(ki_send)
+        self._mac_recv = _HmacMD5(ki_recv)
         self._seq_send = 0
         self._seq_recv = 0
         self._block = cipher in ("des", "3des")
@@ -490,7 +492,7 @@ class DigestLayer(SecurityLayer):
     def _seal(self, chunk: bytes) -> bytes:
         seq = _U32.pack(self._seq_send)
         self._seq_send = (self._seq_send + 1) & 0xFFFFFFFF
-        mac = hmac.digest(self._ki_send, seq + chunk, "md5")[:10]
+        mac = self._mac_send.mac10(seq + chunk)
         if self._enc is None:
             return chunk + mac + _VERSION + seq
         if self._block:
@@ -527,9 +529,41 @@ class DigestLayer(SecurityLayer):
             plain = self._dec.update(body[:n - 6])
             msg = plain[:-10]
             mac = plain[-10:]
-        if not hmac.compare_digest(hmac.digest(self._ki_recv, seq + msg, "md5")[:10], mac):
+        if not hmac.compare_digest(self._mac_recv.mac10(seq + msg), mac):
             raise SaslFailure(SASL_FAIL, "CMAC doesn't match")
         return msg
+
+
+try:  # CPython's own MD5: faster than OpenSSL's for packet-sized inputs
+    from _md5 import md5 as _md5_new
+except ImportError:  # pragma: no cover - a build without it
+    _md5_new = hashlib.md5
+
+
+class _HmacMD5:
+    """HMAC-MD5 (RFC 2104) with the key's pads hashed once.
+
+    ``hmac.digest`` re-keys on every call; a layer MACs every packet with the
+    same key, so the inner and outer states are prepared once and copied
+    (measured: ~1 us per packet against ~3.5 us).
+    """
+
+    __slots__ = ("_inner", "_outer")
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) > 64:
+            key = _md5_new(key).digest()
+        key = key.ljust(64, b"\0")
+        self._inner = _md5_new(bytes(b ^ 0x36 for b in key))
+        self._outer = _md5_new(bytes(b ^ 0x5C for b in key))
+
+    def mac10(self, data: bytes) -> bytes:
+        """The first 10 bytes of HMAC-MD5(key, data): DIGEST-MD5's MAC."""
+        inner = self._inner.copy()
+        inner.update(data)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()[:10]
 
 
 def _slidebits(k: bytes) -> bytes:
@@ -541,8 +575,12 @@ def _slidebits(k: bytes) -> bytes:
 def _make_cipher(cipher: str, key: bytes) -> Any:
     # cryptography is imported here, not at module load: it is only needed
     # once a DIGEST-MD5 privacy layer exists (start-up time matters).
-    from cryptography.hazmat.decrepit.ciphers.algorithms import ARC4, TripleDES
     from cryptography.hazmat.primitives.ciphers import Cipher, modes
+
+    try:  # cryptography >= 43 keeps the old ciphers here
+        from cryptography.hazmat.decrepit.ciphers.algorithms import ARC4, TripleDES
+    except ImportError:  # older releases (Debian 12's python3-cryptography is 38)
+        from cryptography.hazmat.primitives.ciphers.algorithms import ARC4, TripleDES  # type: ignore[attr-defined,no-redef,unused-ignore]
 
     if cipher.startswith("rc4"):
         # Cyrus (OpenSSL build) keys RC4 with all 16 bytes even for rc4-40/-56:

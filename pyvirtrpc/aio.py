@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import errno as _errno
+import socket
 
 from . import _ops
 from . import uri as _uri
@@ -223,10 +224,13 @@ class AsyncConnection:
         self._die(error, reason)
 
     async def close(self) -> None:
+        """CONNECT_CLOSE (its failure ignored, as libvirt's dispose does), then close."""
         self.close_listeners = []
         try:
             if self._dead is None:
                 await self.call(P[R.REMOTE_PROC_CONNECT_CLOSE])
+        except libvirtError:
+            pass
         finally:
             self._die(_closed(), CLOSE_CLIENT)
 
@@ -258,7 +262,8 @@ async def _connect(plan: Any, auth: Any, conn: AsyncConnection) -> None:
     if adopt is not None:
         await adopt(loop, lambda: _Protocol(conn))
     else:
-        await loop.create_connection(lambda: _Protocol(conn), sock=channel)  # type: ignore[arg-type]
+        sock: socket.socket = channel  # type: ignore[assignment]  # unix/tcp channels are sockets
+        await loop.create_connection(lambda: _Protocol(conn), sock=sock)
 
 
 async def _open(name: Optional[str], flags: int, auth: Any, timeout: Optional[float]) -> AsyncConnect:

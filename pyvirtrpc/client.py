@@ -488,11 +488,18 @@ class Connection:
         self._die(error, reason)
 
     def close(self) -> None:
-        """CONNECT_CLOSE, then close the channel (listeners are not told: libvirt drops them first)."""
+        """CONNECT_CLOSE, then close the channel (listeners are not told: libvirt drops them first).
+
+        A failed CONNECT_CLOSE is not an error: libvirt closes from its
+        connection's dispose function, which ignores the result (a daemon, or
+        virt-ssh-helper, may hang up before the reply gets through).
+        """
         self.close_listeners = []
         try:
             if self._dead is None:
                 self.call(_remote.PROCEDURES[_remote.REMOTE_PROC_CONNECT_CLOSE])
+        except libvirtError:
+            pass
         finally:
             self._die(make_error(C.VIR_ERR_INTERNAL_ERROR, C.VIR_FROM_RPC, "client socket is closed"), CLOSE_CLIENT)
 

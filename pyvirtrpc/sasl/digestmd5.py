@@ -535,7 +535,7 @@ class DigestLayer(SecurityLayer):
 
 
 try:  # CPython's own MD5: faster than OpenSSL's for packet-sized inputs
-    from _md5 import md5 as _md5_new
+    from _md5 import md5 as _md5_new  # type: ignore[import-not-found]
 except ImportError:  # pragma: no cover - a build without it
     _md5_new = hashlib.md5
 
@@ -563,7 +563,8 @@ class _HmacMD5:
         inner.update(data)
         outer = self._outer.copy()
         outer.update(inner.digest())
-        return outer.digest()[:10]
+        mac: bytes = outer.digest()[:10]
+        return mac
 
 
 def _slidebits(k: bytes) -> bytes:

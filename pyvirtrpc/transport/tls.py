@@ -459,6 +459,10 @@ def client_context(plan: Any) -> ClientContext:
 def _load_context(creds: Credentials, verify: bool) -> tuple[ssl.SSLContext, list[_x509.Cert], list[_x509.Crl]]:
     """virNetTLSContextLoadCredentials: CA, CRL, then our certificate and key."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    # A TCP close without close_notify must be an error, as it is for GnuTLS
+    # (it tells "the server refused our certificate" from a clean "no").  Some
+    # Python builds (Debian's 3.11.2) set OP_IGNORE_UNEXPECTED_EOF by default.
+    ctx.options &= ~getattr(ssl, "OP_IGNORE_UNEXPECTED_EOF", 0)
     # libvirt checks the host name itself, after the handshake, and sends no SNI
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_REQUIRED if verify else ssl.CERT_NONE

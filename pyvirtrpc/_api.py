@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 P = R.PROCEDURES
 _reset = _lasterror.reset
 _report = _lasterror.report
+#: the per-thread last-error slot, reset inline on the hot path (virResetLastError)
+_tls = _lasterror._state
 
 
 #: public functions defined in libvirt.c (VIR_FROM_THIS = VIR_FROM_NONE); the
@@ -53,14 +55,27 @@ def _invalid(kind: str, cname: str) -> libvirtError:
 
 
 class _Shared:
-    """The state behind a connection: the client, its reference count, caches."""
+    """The state behind a connection: the client, its reference counts, caches.
 
-    __slots__ = ("client", "refs", "lock", "uri", "type_cache", "is_secure", "is_encrypted", "result", "plan")
+    Two kinds of reference keep a connection open, as in libvirt: the open
+    and every ``ref()`` (``refs``, under ``lock``), and every object that
+    holds the connection, such as a virDomain (``holders``: one token per
+    object in a list, because list append/pop are atomic and a listing of
+    10,000 domains must not take 20,000 locks).  The connection closes when
+    both are gone.
+    """
+
+    __slots__ = (
+        "client", "refs", "holders", "lock", "closed", "uri", "type_cache", "is_secure", "is_encrypted",
+        "result", "plan",
+    )
 
     def __init__(self, client: Connection, uri: Optional[str], result: hs.OpenResult, plan: Any) -> None:
         self.client = client
         self.refs = 1
+        self.holders: list[None] = []
         self.lock = threading.Lock()
+        self.closed = False
         self.uri = uri
         self.type_cache: Optional[str] = None
         self.result = result
@@ -71,7 +86,7 @@ class _Shared:
 
     def ref(self) -> int:
         with self.lock:
-            if self.refs <= 0:
+            if self.refs + len(self.holders) <= 0:
                 return -1
             self.refs += 1
             return self.refs
@@ -79,15 +94,33 @@ class _Shared:
     def unref(self, *, finalizing: bool = False) -> int:
         with self.lock:
             self.refs -= 1
-            remaining = self.refs
+            remaining = self.refs + len(self.holders)
         if remaining == 0:
-            if finalizing:
-                # From a finalizer: no RPC (it could run inside a call on this
-                # very thread); the daemon takes EOF as a close.
-                self.client.abort(hs_close_reason(), _closed())
-            else:
-                self.client.close()
+            self._close(finalizing)
         return remaining
+
+    def hold(self, n: int = 1) -> None:
+        """``n`` more objects hold this connection (atomic: one list extend)."""
+        self.holders += [None] * n
+
+    def release(self) -> None:
+        """An object holding the connection went away (called from finalizers)."""
+        holders = self.holders
+        holders.pop()
+        if not holders and self.refs <= 0:
+            self._close(True)
+
+    def _close(self, finalizing: bool) -> None:
+        with self.lock:
+            if self.closed or self.refs + len(self.holders) > 0:
+                return
+            self.closed = True
+        if finalizing:
+            # From a finalizer: no RPC (it could run inside a call on this
+            # very thread); the daemon takes EOF as a close.
+            self.client.abort(hs_close_reason(), _closed())
+        else:
+            self.client.close()
 
 
 def hs_close_reason() -> int:
@@ -119,7 +152,7 @@ class virConnect(EventsMixin):  # noqa: N801 - libvirt-python's name
     # ---------------------------------------------------------- plumbing
     def _call(self, number: int, args: Any, cname: str) -> Any:
         """Call a REMOTE procedure the libvirt way (reset, report, raise)."""
-        _reset()
+        _tls.err = None
         o = self._o
         try:
             if o is None:
@@ -316,7 +349,7 @@ class virConnect(EventsMixin):  # noqa: N801 - libvirt-python's name
             R.remote_connect_list_all_domains_args(1, flags),
             "virConnectListAllDomains",
         )
-        return [virDomain(self, d) for d in ret.domains]
+        return _domains(self, ret.domains)
 
     def listDomainsID(self) -> list[int]:
         n = self.numOfDomains()
@@ -395,28 +428,62 @@ class virConnect(EventsMixin):  # noqa: N801 - libvirt-python's name
         return virDomain(self, ret.dom)
 
 
+class _Hold:
+    """One reference on a connection, held by one or more objects (domains).
+
+    An object that holds its connection (as a virDomainPtr does in C) keeps
+    a ``_Hold``; the reference goes when the last of its holders is
+    collected.  A listing shares one ``_Hold`` among all its domains, so that
+    10,000 domains cost one finalizer, not 10,000.
+    """
+
+    __slots__ = ("shared",)
+
+    def __init__(self, shared: _Shared) -> None:
+        self.shared: Optional[_Shared] = shared
+        shared.hold()
+
+    def __del__(self) -> None:
+        s = self.shared
+        if s is not None:
+            self.shared = None
+            try:
+                s.release()
+            except Exception:  # noqa: BLE001 - never raise from a finalizer
+                pass
+
+
+def _domains(conn: virConnect, doms: list[Any]) -> list[virDomain]:
+    """virDomain objects for a listing, built in bulk (one _Hold for all)."""
+    shared = conn._o
+    hold = _Hold(shared) if shared is not None and doms else None
+    new = object.__new__
+    out = []
+    for d in doms:
+        v = new(virDomain)
+        v._conn = conn
+        v._dom = d
+        v._o = shared
+        v._hold = hold
+        out.append(v)
+    return out
+
+
 class virDomain:  # noqa: N801
     """A domain (libvirt-python's virDomain)."""
+
+    __slots__ = ("_conn", "_dom", "_o", "_hold", "__weakref__", "__dict__")
 
     def __init__(self, conn: virConnect, dom: Any) -> None:
         self._conn = conn
         self._dom = dom  # remote_nonnull_domain: name, uuid, id
         shared = conn._o
-        if shared is not None:
-            shared.ref()  # a domain holds a reference on its connection, as in C
         self._o: Optional[_Shared] = shared
-
-    def __del__(self) -> None:
-        o = getattr(self, "_o", None)
-        if o is not None:
-            self._o = None
-            try:
-                o.unref(finalizing=True)
-            except Exception:  # noqa: BLE001
-                pass
+        # a domain holds a reference on its connection, as in C
+        self._hold = _Hold(shared) if shared is not None else None
 
     def _call(self, number: int, args: Any, cname: str) -> Any:
-        _reset()
+        _tls.err = None
         o = self._o
         try:
             if o is None:

@@ -214,7 +214,7 @@ def enc_chars(data: bytes) -> bytes:
     return _pack(f">{n}i", *_unpack(f"{n}b", data))
 
 
-_DECODE_FAILURES = (Bad, StructError, IndexError, UnicodeDecodeError, ValueError, OverflowError)
+DECODE_FAILURES = _DECODE_FAILURES = (Bad, StructError, IndexError, UnicodeDecodeError, ValueError, OverflowError)
 _ENCODE_FAILURES = (Bad, StructError, TypeError, AttributeError, ValueError, OverflowError, IndexError, KeyError)
 
 

@@ -236,6 +236,34 @@ class Deframer:
                 self._error = exc
         return msg
 
+    def messages(self, data: bytes) -> list[Message]:
+        """``feed(data)`` and return every message now complete, in order.
+
+        Fast path for the common case of a reply that arrives whole into an
+        empty buffer: the received bytes become the message without being
+        copied into (and back out of) the buffer.
+        """
+        if (
+            type(data) is bytes
+            and self._error is None
+            and self._pos == len(self._buf)
+            and len(data) >= MIN_PACKET
+            and _U32.unpack_from(data, 0)[0] == len(data)
+        ):
+            try:
+                check_length(len(data))
+                return [parse_packet(data)]
+            except DecodeError as exc:
+                self._error = exc
+                raise
+        self.feed(data)
+        out = []
+        while True:
+            m = self.next()
+            if m is None:
+                return out
+            out.append(m)
+
     def __iter__(self) -> Deframer:
         return self
 

@@ -126,8 +126,15 @@ class RPC:
         Encoding happens before a serial is taken, so a value that cannot be
         encoded (EncodeError) leaves no trace.
         """
-        w = bytearray(MIN_PACKET)
         codec = proc.args
+        if codec is None and args is None:  # the common void-argument call, without a buffer
+            serial = self.serial
+            self.serial = (serial + 1) & 0xFFFFFFFF
+            packet = HEAD.pack(MIN_PACKET, program, version, proc.number, CALL, serial, OK)
+            call = Call(serial, program, proc.number, proc.ret, packet, proc.name)
+            self.calls[serial] = call
+            return call
+        w = bytearray(MIN_PACKET)
         if codec is not None:
             _xdr.encode_into(codec, args, w)
         elif args is not None:
@@ -166,16 +173,37 @@ class RPC:
     # ----------------------------------------------------------- receiving
     def receive(self, data: bytes) -> list[Call]:
         """Feed bytes from the peer; return the calls they completed."""
-        d = self.deframer
-        d.feed(data)
+        # Fast path: one whole, successful REPLY to a waiting call, and nothing
+        # buffered: no Message object, no deframer copy.  Anything else (events,
+        # errors, partial packets, hooks installed) takes the general path.
+        n = len(data)
+        if (
+            n >= MIN_PACKET
+            and type(data) is bytes
+            and self.on_packet is None
+            and self.trace is None
+            and not self.deframer.buffered
+        ):
+            length, prog, _vers, proc, mtype, serial, status = HEAD.unpack_from(data, 0)
+            if length == n and mtype == REPLY and status == OK:
+                call = self.calls.get(serial)
+                codec = call.codec if call is not None else None
+                if call is not None and codec is not None and call.program == prog and call.procedure == proc:
+                    try:
+                        value, o = codec.dec(data, MIN_PACKET, n)
+                    except _xdr.DECODE_FAILURES:
+                        o = -1
+                    if o == n:
+                        del self.calls[serial]
+                        call.result = value
+                        call.done = True
+                        return [call]
         done: list[Call] = []
-        while True:
-            m = d.next()
-            if m is None:
-                return done
+        for m in self.deframer.messages(data):
             call = self.handle(m)
             if call is not None:
                 done.append(call)
+        return done
 
     def handle(self, m: Message) -> Optional[Call]:
         if self.on_packet is not None:
@@ -206,7 +234,14 @@ class RPC:
                             f"{call.name or call.procedure}: reply should be empty, got {len(m.data) - m.offset} bytes"
                         )
                 else:
-                    call.result = _xdr.decode(codec, m.data, m.offset)
+                    # the generated decoder directly; _xdr.decode (which explains
+                    # failures precisely) only when it does not take the whole payload
+                    data = m.data
+                    try:
+                        value, o = codec.dec(data, m.offset, len(data))
+                    except _xdr.DECODE_FAILURES:
+                        o = -1
+                    call.result = value if o == len(data) else _xdr.decode(codec, data, m.offset)
             elif status == ERROR:
                 call.error = remote_error(m)
             else:

@@ -70,6 +70,25 @@ def canonical_uri(plan: Any, result: hs.OpenResult) -> Optional[str]:
     return str(_uri.parse(result.uri, validate=False).format())
 
 
+#: endpoints whose daemon asked for no authentication on the last open (a
+#: later open pipelines CONNECT_OPEN behind AUTH_LIST: one round trip less)
+_no_auth: set[tuple[Any, ...]] = set()
+
+
+def endpoint(plan: Any) -> tuple[Any, ...]:
+    return (plan.transport, plan.socket_path, plan.host, plan.port, plan.open_flags, tuple(plan.argv or ()))
+
+
+def remember_auth(plan: Any, result: hs.OpenResult) -> None:
+    key = endpoint(plan)
+    if result.auth_type == hs.R.REMOTE_AUTH_NONE and not result.speculation_failed:
+        if len(_no_auth) > 256:
+            _no_auth.clear()
+        _no_auth.add(key)
+    else:
+        _no_auth.discard(key)
+
+
 def open_uri(name: Optional[str], flags: int, auth: Any, *, timeout: Optional[float] = None) -> virConnect:
     plan = _uri.plan(name, flags)
     channel = connect_channel(plan, auth, timeout)
@@ -83,7 +102,9 @@ def open_uri(name: Optional[str], flags: int, auth: Any, *, timeout: Optional[fl
             need_uri=plan.get_uri,
             sasl=sasl_steps_factory(plan, auth, channel),
         )
+        params.speculate = endpoint(plan) in _no_auth
         result = client.run_steps(hs.open_connection(params))
+        remember_auth(plan, result)
     except libvirtError:
         client.abort(
             C.VIR_CONNECT_CLOSE_REASON_CLIENT,

@@ -193,6 +193,14 @@ class AsyncConnection:
                         step = gen.throw(exc)
                         continue
                     step = gen.send(result)
+                elif isinstance(step, hs.Batch):
+                    outcomes = await asyncio.gather(
+                        *(self.call(c.procedure, c.args) for c in step.calls), return_exceptions=True
+                    )
+                    for item in outcomes:
+                        if isinstance(item, BaseException) and not isinstance(item, libvirtError):
+                            raise item
+                    step = gen.send(list(outcomes))
                 elif isinstance(step, hs.InstallLayer):
                     self.layer = step.layer
                     ssf = int(getattr(step.layer, "ssf", 0))
@@ -278,7 +286,11 @@ async def _open(name: Optional[str], flags: int, auth: Any, timeout: Optional[fl
         params = hs.OpenParams(
             plan.open_name, plan.open_flags, plan.auth, want_keepalive=True, need_uri=plan.get_uri, sasl=sasl
         )
+        from ._open import _no_auth, endpoint, remember_auth
+
+        params.speculate = endpoint(plan) in _no_auth
         result = await conn.run_steps(hs.open_connection(params))
+        remember_auth(plan, result)
     except BaseException:
         conn.abort(CLOSE_CLIENT, _closed())
         raise

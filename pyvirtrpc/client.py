@@ -209,12 +209,20 @@ class Connection:
         self, proc: Procedure, args: Any = None, *, program: int = REMOTE, version: int = 1, timeout: Any = _USE_DEFAULT
     ) -> Any:
         """Make one call and return its decoded reply (None for void)."""
+        return self._wait(self.start(proc, args, program, version), self.timeout if timeout is _USE_DEFAULT else timeout)
+
+    def start(self, proc: Procedure, args: Any = None, program: int = REMOTE, version: int = 1) -> Call:
+        """Send a call without waiting; :meth:`finish` waits for its reply."""
         lock = self._lock
         with lock:
             if self._dead is not None:
                 raise self._closed_error()
             call = self.rpc.request(program, version, proc, args)
         self._send(call.packet)
+        return call
+
+    def finish(self, call: Call, timeout: Any = _USE_DEFAULT) -> Any:
+        """The decoded reply of a call sent with :meth:`start` (raises its error)."""
         return self._wait(call, self.timeout if timeout is _USE_DEFAULT else timeout)
 
     def _closed_error(self) -> libvirtError:
@@ -523,6 +531,23 @@ class Connection:
                         step = gen.throw(exc)
                         continue
                     step = gen.send(result)
+                elif isinstance(step, hs.Batch):
+                    results: list[Any] = []
+                    started: list[Any] = []
+                    for c in step.calls:
+                        try:
+                            started.append(self.start(c.procedure, c.args))
+                        except libvirtError as exc:
+                            started.append(exc)
+                    for item in started:
+                        if isinstance(item, libvirtError):
+                            results.append(item)
+                            continue
+                        try:
+                            results.append(self.finish(item))
+                        except libvirtError as exc:
+                            results.append(exc)
+                    step = gen.send(results)
                 elif isinstance(step, hs.InstallLayer):
                     self.install_layer(step.layer)
                     step = gen.send(None)

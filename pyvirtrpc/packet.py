@@ -257,7 +257,7 @@ class Deframer:
                 self._error = exc
                 raise
         self.feed(data)
-        out = []
+        out: list[Message] = []
         while True:
             m = self.next()
             if m is None:

@@ -187,6 +187,9 @@ def test_callback_exception_is_printed_and_the_loop_goes_on(loop: event.DefaultL
 
 # ------------------------------------------------------- module functions
 def test_no_loop_registered(clean_registry: None) -> None:
+    # libvirtError('...() failed') carries the thread's last error, if any (as in
+    # libvirt-python): start from none, whatever earlier tests left behind
+    libvirt.virResetLastError()
     for fn, args in (
         (libvirt.virEventAddHandle, (0, R, lambda *a: None, None)),
         (libvirt.virEventAddTimeout, (100, lambda *a: None, None)),

@@ -5,6 +5,9 @@ driver must perform and receives their results:
 
 * ``Call(procedure, args)``: send the call, ``send()`` back the decoded
   return value, or ``throw()`` the libvirtError the call failed with;
+* ``Batch(call, ...)``: send several independent calls at once and
+  ``send()`` back the list of their results (a libvirtError in place of a
+  failed call's value);
 * ``InstallLayer(layer)``: put a negotiated SASL security layer under the
   framing before the next packet (nothing is sent back).
 
@@ -16,6 +19,13 @@ run keepalive, CONNECT_OPEN with the name and flags libvirt sends,
 CONNECT_GET_URI when the application gave no URI, then the probes for
 features 14 (REMOTE_EVENT_CALLBACK) and 15 (REMOTE_CLOSE_CALLBACK).  Its
 return value is an :class:`OpenResult`.
+
+The calls and their order on the wire are the C client's; only the waiting
+differs.  Calls that do not depend on each other's answers are pipelined
+(GET_URI and the two probes), and with ``OpenParams.speculate`` (the driver
+saw this daemon ask for no authentication before) AUTH_LIST, the keepalive
+probe and CONNECT_OPEN go out together: if the daemon now wants
+authentication, the early calls fail harmlessly and are made again after it.
 
 SASL negotiation is delegated to ``auth.sasl_steps`` (a sub-generator) so
 that this module stays the readable outline of the open.
@@ -63,6 +73,22 @@ class Call(Step):
         return f"<Call {self.procedure.name}>"
 
 
+class Batch(Step):
+    """Make several independent calls at once (pipelined: one round trip).
+
+    The driver sends every call, then waits for all, and sends back a list
+    with each call's return value, or the libvirtError it failed with.
+    """
+
+    __slots__ = ("calls",)
+
+    def __init__(self, *calls: Call) -> None:
+        self.calls = calls
+
+    def __repr__(self) -> str:
+        return f"<Batch {self.calls!r}>"
+
+
 class InstallLayer(Step):
     """Install a SASL security layer under the framing."""
 
@@ -73,7 +99,10 @@ class InstallLayer(Step):
 
 
 class OpenResult:
-    __slots__ = ("auth_type", "keepalive", "uri", "event_callback", "close_callback", "sasl_ssf", "sasl_mech")
+    __slots__ = (
+        "auth_type", "keepalive", "uri", "event_callback", "close_callback", "sasl_ssf", "sasl_mech",
+        "speculation_failed",
+    )
 
     def __init__(self) -> None:
         self.auth_type: int = int(R.REMOTE_AUTH_NONE)
@@ -87,12 +116,14 @@ class OpenResult:
         #: SASL: negotiated security strength factor (0: no layer) and mechanism
         self.sasl_ssf = 0
         self.sasl_mech: Optional[str] = None
+        #: CONNECT_OPEN was sent early but the daemon wanted authentication
+        self.speculation_failed = False
 
 
 class OpenParams:
     """What the driver knows about this open (from the URI plan and the caller)."""
 
-    __slots__ = ("name", "flags", "auth", "want_keepalive", "need_uri", "sasl")
+    __slots__ = ("name", "flags", "auth", "want_keepalive", "need_uri", "sasl", "speculate")
 
     def __init__(
         self,
@@ -113,21 +144,34 @@ class OpenParams:
         self.need_uri = need_uri
         #: runs the SASL exchange; given the forced mechanism (or None)
         self.sasl = sasl
+        #: the daemon asked for no authentication last time: send CONNECT_OPEN
+        #: right behind AUTH_LIST instead of waiting for its answer
+        self.speculate = False
 
 
 def _remote_error(code: int, detail: str) -> libvirtError:
     return make_error(code, C.VIR_FROM_REMOTE, detail)
 
 
-def authenticate(params: OpenParams, result: OpenResult) -> Generator[Step, Any, None]:
-    """remoteAuthenticate: pick the auth type and run it."""
-    try:
-        ret = yield Call(R.REMOTE_PROC_AUTH_LIST)
-    except libvirtError as exc:
-        if exc.get_error_code() == C.VIR_ERR_NO_SUPPORT:
+_UNSET: Any = object()
+
+
+def authenticate(params: OpenParams, result: OpenResult, listed: Any = _UNSET) -> Generator[Step, Any, None]:
+    """remoteAuthenticate: pick the auth type and run it.
+
+    ``listed`` is AUTH_LIST's answer (a value or the libvirtError) when the
+    caller already has it.
+    """
+    if listed is _UNSET:
+        try:
+            listed = yield Call(R.REMOTE_PROC_AUTH_LIST)
+        except libvirtError as exc:
+            listed = exc
+    if isinstance(listed, libvirtError):
+        if listed.get_error_code() == C.VIR_ERR_NO_SUPPORT:
             return  # a daemon older than AUTH_LIST: no authentication
-        raise
-    types = [int(t) for t in ret.types]
+        raise listed
+    types = [int(t) for t in listed.types]
     if not types:
         return
     if params.auth is not None:
@@ -168,27 +212,67 @@ def _supports(feature: int) -> Generator[Step, Any, bool]:
     return bool(ret.supported)
 
 
+def _needs_no_auth(listed: Any) -> bool:
+    if isinstance(listed, libvirtError):
+        return listed.get_error_code() == C.VIR_ERR_NO_SUPPORT
+    return not listed.types or int(listed.types[0]) == R.REMOTE_AUTH_NONE
+
+
 def open_connection(params: OpenParams) -> Steps:
     """doRemoteOpen after the transport is up (see the module docstring)."""
     result = OpenResult()
-    yield from authenticate(params, result)
-    if params.want_keepalive:
-        try:
-            result.keepalive = yield from _supports(FEATURE_PROGRAM_KEEPALIVE)
-        except libvirtError:
-            # remoteConnectSupportsFeatureUnlocked treats a failure as "no"
-            result.keepalive = False
-    yield Call(R.REMOTE_PROC_CONNECT_OPEN, R.remote_connect_open_args(params.name, params.flags))
-    if params.need_uri:
-        ret = yield Call(R.REMOTE_PROC_CONNECT_GET_URI)
-        result.uri = ret.uri
-    for feature in (FEATURE_REMOTE_EVENT_CALLBACK, FEATURE_REMOTE_CLOSE_CALLBACK):
-        try:
-            supported = yield from _supports(feature)
-        except libvirtError:
-            supported = False
-        if feature == FEATURE_REMOTE_EVENT_CALLBACK:
-            result.event_callback = supported
+    open_call = Call(R.REMOTE_PROC_CONNECT_OPEN, R.remote_connect_open_args(params.name, params.flags))
+    keepalive_call = Call(
+        R.REMOTE_PROC_CONNECT_SUPPORTS_FEATURE, R.remote_connect_supports_feature_args(FEATURE_PROGRAM_KEEPALIVE)
+    )
+    opened = False
+    if params.speculate and params.auth is None:
+        # Same calls in the same order as the C client, without waiting for
+        # each answer.  If the daemon wants authentication after all, the
+        # early calls fail ("authentication required") and are made again
+        # after authenticating.
+        calls = [Call(R.REMOTE_PROC_AUTH_LIST)] + ([keepalive_call] if params.want_keepalive else []) + [open_call]
+        answers = yield Batch(*calls)
+        listed = answers[0]
+        if _needs_no_auth(listed):
+            yield from authenticate(params, result, listed)
+            if params.want_keepalive:
+                ka = answers[1]
+                result.keepalive = not isinstance(ka, libvirtError) and bool(ka.supported)
+            if isinstance(answers[-1], libvirtError):
+                raise answers[-1]
+            opened = True
         else:
-            result.close_callback = supported
+            result.speculation_failed = True
+            yield from authenticate(params, result, listed)
+    else:
+        yield from authenticate(params, result)
+    if not opened:
+        if params.want_keepalive:
+            try:
+                ret = yield keepalive_call
+                result.keepalive = bool(ret.supported)
+            except libvirtError:
+                # remoteConnectSupportsFeatureUnlocked treats a failure as "no"
+                result.keepalive = False
+        yield open_call
+    # GET_URI and the two feature probes need the open connection but not
+    # each other: they travel together (the C client sends them one after
+    # the other; the daemon answers the same).  A failed probe means "not
+    # supported", as in remoteConnectSupportsFeatureUnlocked.
+    after = [
+        Call(R.REMOTE_PROC_CONNECT_SUPPORTS_FEATURE, R.remote_connect_supports_feature_args(feature))
+        for feature in (FEATURE_REMOTE_EVENT_CALLBACK, FEATURE_REMOTE_CLOSE_CALLBACK)
+    ]
+    if params.need_uri:
+        after.insert(0, Call(R.REMOTE_PROC_CONNECT_GET_URI))
+    answers = yield Batch(*after)
+    if params.need_uri:
+        got = answers.pop(0)
+        if isinstance(got, libvirtError):
+            raise got
+        result.uri = got.uri
+    result.event_callback, result.close_callback = (
+        not isinstance(ret, libvirtError) and bool(ret.supported) for ret in answers
+    )
     return result

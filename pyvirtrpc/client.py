@@ -209,7 +209,8 @@ class Connection:
         self, proc: Procedure, args: Any = None, *, program: int = REMOTE, version: int = 1, timeout: Any = _USE_DEFAULT
     ) -> Any:
         """Make one call and return its decoded reply (None for void)."""
-        return self._wait(self.start(proc, args, program, version), self.timeout if timeout is _USE_DEFAULT else timeout)
+        call = self.start(proc, args, program, version)
+        return self._wait(call, self.timeout if timeout is _USE_DEFAULT else timeout)
 
     def start(self, proc: Procedure, args: Any = None, program: int = REMOTE, version: int = 1) -> Call:
         """Send a call without waiting; :meth:`finish` waits for its reply."""

@@ -81,7 +81,7 @@ def endpoint(plan: Any) -> tuple[Any, ...]:
 
 def remember_auth(plan: Any, result: hs.OpenResult) -> None:
     key = endpoint(plan)
-    if result.auth_type == hs.R.REMOTE_AUTH_NONE and not result.speculation_failed:
+    if result.auth_type == 0 and not result.speculation_failed:  # REMOTE_AUTH_NONE
         if len(_no_auth) > 256:
             _no_auth.clear()
         _no_auth.add(key)

@@ -22,20 +22,21 @@ from ._api import virDomain as virDomain
 from ._gen.constants import *  # noqa: F403 - libvirt-python exposes every VIR_* constant
 from ._gen.constants import LIBVIR_VERSION_NUMBER
 from .errors import libvirtError as libvirtError
-from .event import virEventAddHandle as virEventAddHandle
-from .event import virEventAddTimeout as virEventAddTimeout
-from .event import virEventInvokeFreeCallback as virEventInvokeFreeCallback
-from .event import virEventRegisterDefaultImpl as virEventRegisterDefaultImpl
-from .event import virEventRegisterImpl as virEventRegisterImpl
-from .event import virEventRemoveHandle as virEventRemoveHandle
-from .event import virEventRemoveTimeout as virEventRemoveTimeout
-from .event import virEventRunDefaultImpl as virEventRunDefaultImpl
-from .event import virEventUpdateHandle as virEventUpdateHandle
-from .event import virEventUpdateTimeout as virEventUpdateTimeout
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Callable, Optional, Union
+
+    from .event import virEventAddHandle as virEventAddHandle
+    from .event import virEventAddTimeout as virEventAddTimeout
+    from .event import virEventInvokeFreeCallback as virEventInvokeFreeCallback
+    from .event import virEventRegisterDefaultImpl as virEventRegisterDefaultImpl
+    from .event import virEventRegisterImpl as virEventRegisterImpl
+    from .event import virEventRemoveHandle as virEventRemoveHandle
+    from .event import virEventRemoveTimeout as virEventRemoveTimeout
+    from .event import virEventRunDefaultImpl as virEventRunDefaultImpl
+    from .event import virEventUpdateHandle as virEventUpdateHandle
+    from .event import virEventUpdateTimeout as virEventUpdateTimeout
 
 __version__ = "0.1.0"
 
@@ -111,3 +112,35 @@ def virGetLastErrorMessage() -> str:
 
 def virResetLastError() -> None:
     _lasterror.reset()
+
+
+_EVENT_NAMES = frozenset(
+    {
+        'virEventAddHandle',
+        'virEventAddTimeout',
+        'virEventInvokeFreeCallback',
+        'virEventRegisterDefaultImpl',
+        'virEventRegisterImpl',
+        'virEventRemoveHandle',
+        'virEventRemoveTimeout',
+        'virEventRunDefaultImpl',
+        'virEventUpdateHandle',
+        'virEventUpdateTimeout',
+    }
+)
+
+
+def __getattr__(name: str) -> Any:
+    """The virEvent* functions, imported on first use (pyvirtrpc.event pulls in
+    threading, which the sync unix path otherwise never needs)."""
+    if name in _EVENT_NAMES:
+        from . import event
+
+        value = getattr(event, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | _EVENT_NAMES)

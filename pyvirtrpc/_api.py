@@ -20,7 +20,7 @@ Contract:
 
 from __future__ import annotations
 
-import threading
+from _thread import allocate_lock
 
 from . import _lasterror, _ops
 from ._api_events import EventsMixin
@@ -74,7 +74,7 @@ class _Shared:
         self.client = client
         self.refs = 1
         self.holders: list[None] = []
-        self.lock = threading.Lock()
+        self.lock = allocate_lock()
         self.closed = False
         self.uri = uri
         self.type_cache: Optional[str] = None

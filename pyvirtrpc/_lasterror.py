@@ -19,7 +19,7 @@ Contract:
 from __future__ import annotations
 
 import sys
-import threading
+from _thread import _local
 
 from . import errors
 from ._errtables import DOMAIN_NAMES
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
     Handler = Callable[[Any, ErrTuple], Any]
 
-_state = threading.local()
+_state = _local()  # threading.local, without importing threading
 _handler: Optional[Handler] = None
 _handler_ctx: Any = None
 

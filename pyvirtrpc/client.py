@@ -31,14 +31,11 @@ from __future__ import annotations
 import errno as _errno
 import select
 import socket
-import threading
 from _thread import allocate_lock
 from time import monotonic
 
 from . import _log
 from ._gen import constants as C
-from ._gen import lxc as _lxc
-from ._gen import qemu as _qemu
 from ._gen import remote as _remote
 from .core import handshake as hs
 from .core.rpc import RPC, Call
@@ -59,11 +56,30 @@ CLOSE_EOF = C.VIR_CONNECT_CLOSE_REASON_EOF
 CLOSE_KEEPALIVE = C.VIR_CONNECT_CLOSE_REASON_KEEPALIVE
 CLOSE_CLIENT = C.VIR_CONNECT_CLOSE_REASON_CLIENT
 
-PROGRAMS = {
-    _remote.PROGRAM: _remote.PROCEDURES,
-    _qemu.PROGRAM: _qemu.PROCEDURES,
-    _lxc.PROGRAM: _lxc.PROCEDURES,
-}
+class _Programs(dict):  # type: ignore[type-arg]
+    """program number -> procedure table; the QEMU and LXC tables are imported on
+    first use (an event or a call of those programs), not at start-up."""
+
+    _LAZY = {0x20008087: "qemu", 0x00068000: "lxc"}
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def __missing__(self, key: int) -> Any:
+        name = self._LAZY.get(key)
+        if name is None:
+            raise KeyError(key)
+        from importlib import import_module
+
+        table = import_module(f"pyvirtrpc._gen.{name}").PROCEDURES
+        self[key] = table
+        return table
+
+
+PROGRAMS: dict[int, Any] = _Programs({_remote.PROGRAM: _remote.PROCEDURES})
 REMOTE = _remote.PROGRAM
 #: How much one recv() asks for.  Kept below glibc's mmap threshold (128 KiB):
 #: recv(n) allocates an n-byte buffer first, and a 256 KiB one costs an
@@ -153,8 +169,8 @@ class Connection:
         self.channel = channel
         self.rpc = RPC(PROGRAMS)
         self.timeout = timeout
-        self._lock = threading.Lock()
-        self._send_lock = threading.Lock()
+        self._lock = allocate_lock()
+        self._send_lock = allocate_lock()
         self._reading = False
         self._dead: Optional[libvirtError] = None
         self._close_reason: Optional[int] = None

@@ -32,21 +32,12 @@ from .._xdr import enc_chars as _enc_chars
 
 if TYPE_CHECKING:  # the shards' names for type checkers; at run time __getattr__ imports them
     from .remote_p00 import remote_vcpu_info as remote_vcpu_info
-    from .remote_p00 import remote_connect_open_args as remote_connect_open_args
-    from .remote_p00 import remote_connect_get_type_ret as remote_connect_get_type_ret
-    from .remote_p00 import remote_connect_get_version_ret as remote_connect_get_version_ret
-    from .remote_p00 import remote_connect_get_max_vcpus_args as remote_connect_get_max_vcpus_args
-    from .remote_p00 import remote_connect_get_max_vcpus_ret as remote_connect_get_max_vcpus_ret
-    from .remote_p00 import remote_node_get_info_ret as remote_node_get_info_ret
-    from .remote_p00 import remote_connect_get_capabilities_ret as remote_connect_get_capabilities_ret
     from .remote_p00 import remote_domain_create_xml_args as remote_domain_create_xml_args
     from .remote_p00 import remote_domain_create_xml_ret as remote_domain_create_xml_ret
     from .remote_p00 import remote_domain_lookup_by_id_args as remote_domain_lookup_by_id_args
     from .remote_p00 import remote_domain_lookup_by_id_ret as remote_domain_lookup_by_id_ret
     from .remote_p00 import remote_domain_lookup_by_uuid_args as remote_domain_lookup_by_uuid_args
     from .remote_p00 import remote_domain_lookup_by_uuid_ret as remote_domain_lookup_by_uuid_ret
-    from .remote_p00 import remote_domain_lookup_by_name_args as remote_domain_lookup_by_name_args
-    from .remote_p00 import remote_domain_lookup_by_name_ret as remote_domain_lookup_by_name_ret
     from .remote_p00 import remote_domain_resume_args as remote_domain_resume_args
     from .remote_p00 import remote_domain_reboot_args as remote_domain_reboot_args
     from .remote_p00 import remote_domain_destroy_args as remote_domain_destroy_args
@@ -76,9 +67,6 @@ if TYPE_CHECKING:  # the shards' names for type checkers; at run time __getattr_
     from .remote_p00 import remote_domain_get_autostart_args as remote_domain_get_autostart_args
     from .remote_p00 import remote_domain_get_autostart_ret as remote_domain_get_autostart_ret
     from .remote_p00 import remote_domain_set_autostart_args as remote_domain_set_autostart_args
-    from .remote_p01 import remote_connect_supports_feature_args as remote_connect_supports_feature_args
-    from .remote_p01 import remote_connect_supports_feature_ret as remote_connect_supports_feature_ret
-    from .remote_p01 import remote_connect_get_hostname_ret as remote_connect_get_hostname_ret
     from .remote_p01 import remote_domain_get_scheduler_type_args as remote_domain_get_scheduler_type_args
     from .remote_p01 import remote_domain_get_scheduler_type_ret as remote_domain_get_scheduler_type_ret
     from .remote_p01 import remote_domain_get_scheduler_parameters_args as remote_domain_get_scheduler_parameters_args
@@ -127,13 +115,11 @@ if TYPE_CHECKING:  # the shards' names for type checkers; at run time __getattr_
     from .remote_p02 import remote_domain_block_stats_ret as remote_domain_block_stats_ret
     from .remote_p02 import remote_domain_interface_stats_args as remote_domain_interface_stats_args
     from .remote_p02 import remote_domain_interface_stats_ret as remote_domain_interface_stats_ret
-    from .remote_p02 import remote_auth_list_ret as remote_auth_list_ret
     from .remote_p02 import remote_auth_sasl_init_ret as remote_auth_sasl_init_ret
     from .remote_p02 import remote_auth_sasl_start_args as remote_auth_sasl_start_args
     from .remote_p02 import remote_auth_sasl_start_ret as remote_auth_sasl_start_ret
     from .remote_p02 import remote_auth_sasl_step_args as remote_auth_sasl_step_args
     from .remote_p02 import remote_auth_sasl_step_ret as remote_auth_sasl_step_ret
-    from .remote_p02 import remote_auth_polkit_ret as remote_auth_polkit_ret
     from .remote_p02 import remote_connect_num_of_storage_pools_ret as remote_connect_num_of_storage_pools_ret
     from .remote_p02 import remote_connect_list_storage_pools_args as remote_connect_list_storage_pools_args
     from .remote_p02 import remote_connect_list_storage_pools_ret as remote_connect_list_storage_pools_ret
@@ -174,10 +160,6 @@ if TYPE_CHECKING:  # the shards' names for type checkers; at run time __getattr_
     from .remote_p02 import remote_storage_vol_create_xml_args as remote_storage_vol_create_xml_args
     from .remote_p02 import remote_storage_vol_create_xml_ret as remote_storage_vol_create_xml_ret
     from .remote_p02 import remote_storage_vol_delete_args as remote_storage_vol_delete_args
-    from .remote_p03 import remote_connect_get_uri_ret as remote_connect_get_uri_ret
-    from .remote_p03 import remote_node_get_cells_free_memory_args as remote_node_get_cells_free_memory_args
-    from .remote_p03 import remote_node_get_cells_free_memory_ret as remote_node_get_cells_free_memory_ret
-    from .remote_p03 import remote_node_get_free_memory_ret as remote_node_get_free_memory_ret
     from .remote_p03 import remote_domain_block_peek_args as remote_domain_block_peek_args
     from .remote_p03 import remote_domain_block_peek_ret as remote_domain_block_peek_ret
     from .remote_p03 import remote_domain_memory_peek_args as remote_domain_memory_peek_args
@@ -187,7 +169,6 @@ if TYPE_CHECKING:  # the shards' names for type checkers; at run time __getattr_
     from .remote_p03 import remote_domain_migrate_finish2_args as remote_domain_migrate_finish2_args
     from .remote_p03 import remote_domain_migrate_finish2_ret as remote_domain_migrate_finish2_ret
     from .remote_p03 import remote_domain_get_security_label_args as remote_domain_get_security_label_args
-    from .remote_p03 import remote_node_get_security_model_ret as remote_node_get_security_model_ret
     from .remote_p03 import remote_connect_num_of_interfaces_ret as remote_connect_num_of_interfaces_ret
     from .remote_p03 import remote_connect_list_interfaces_args as remote_connect_list_interfaces_args
     from .remote_p03 import remote_connect_list_interfaces_ret as remote_connect_list_interfaces_ret
@@ -225,7 +206,6 @@ if TYPE_CHECKING:  # the shards' names for type checkers; at run time __getattr_
     from .remote_p03 import remote_node_device_destroy_args as remote_node_device_destroy_args
     from .remote_p03 import remote_connect_domain_event_register_ret as remote_connect_domain_event_register_ret
     from .remote_p03 import remote_connect_domain_event_deregister_ret as remote_connect_domain_event_deregister_ret
-    from .remote_p04 import remote_connect_get_lib_version_ret as remote_connect_get_lib_version_ret
     from .remote_p04 import remote_domain_memory_stats_args as remote_domain_memory_stats_args
     from .remote_p04 import remote_domain_memory_stat as remote_domain_memory_stat
     from .remote_p04 import remote_domain_memory_stats_ret as remote_domain_memory_stats_ret
@@ -263,7 +243,6 @@ if TYPE_CHECKING:  # the shards' names for type checkers; at run time __getattr_
     from .remote_p04 import remote_secret_lookup_by_usage_args as remote_secret_lookup_by_usage_args
     from .remote_p04 import remote_secret_lookup_by_usage_ret as remote_secret_lookup_by_usage_ret
     from .remote_p04 import remote_domain_migrate_prepare_tunnel_args as remote_domain_migrate_prepare_tunnel_args
-    from .remote_p04 import remote_connect_is_secure_ret as remote_connect_is_secure_ret
     from .remote_p04 import remote_domain_is_active_args as remote_domain_is_active_args
     from .remote_p04 import remote_domain_is_active_ret as remote_domain_is_active_ret
     from .remote_p04 import remote_domain_is_persistent_args as remote_domain_is_persistent_args
@@ -444,8 +423,6 @@ if TYPE_CHECKING:  # the shards' names for type checkers; at run time __getattr_
     from .remote_p08 import remote_domain_shutdown_flags_args as remote_domain_shutdown_flags_args
     from .remote_p08 import remote_domain_get_disk_errors_args as remote_domain_get_disk_errors_args
     from .remote_p08 import remote_domain_get_disk_errors_ret as remote_domain_get_disk_errors_ret
-    from .remote_p08 import remote_connect_list_all_domains_args as remote_connect_list_all_domains_args
-    from .remote_p08 import remote_connect_list_all_domains_ret as remote_connect_list_all_domains_ret
     from .remote_p08 import remote_connect_list_all_storage_pools_args as remote_connect_list_all_storage_pools_args
     from .remote_p08 import remote_connect_list_all_storage_pools_ret as remote_connect_list_all_storage_pools_ret
     from .remote_p08 import remote_storage_pool_list_all_volumes_args as remote_storage_pool_list_all_volumes_args
@@ -714,8 +691,10 @@ _S_16sii = _Struct('>16sii')
 _S_16siii = _Struct('>16siii')
 _S_16siiiI = _Struct('>16siiiI')
 _S_16siq = _Struct('>16siq')
+_S_32i = _Struct('>32i')
 _S_I = _Struct('>I')
 _S_Q = _Struct('>Q')
+_S_Qiiiiii = _Struct('>Qiiiiii')
 _S_d = _Struct('>d')
 _S_i = _Struct('>i')
 _S_iI = _Struct('>iI')
@@ -733,6 +712,7 @@ _P_16siiiI = _S_16siiiI.pack
 _P_16siq = _S_16siq.pack
 _P_I = _S_I.pack
 _P_Q = _S_Q.pack
+_P_Qiiiiii = _S_Qiiiiii.pack
 _P_d = _S_d.pack
 _P_i = _S_i.pack
 _P_iI = _S_iI.pack
@@ -747,8 +727,10 @@ _U_16sii = _S_16sii.unpack_from
 _U_16siii = _S_16siii.unpack_from
 _U_16siiiI = _S_16siiiI.unpack_from
 _U_16siq = _S_16siq.unpack_from
+_U_32i = _S_32i.unpack_from
 _U_I = _S_I.unpack_from
 _U_Q = _S_Q.unpack_from
+_U_Qiiiiii = _S_Qiiiiii.unpack_from
 _U_d = _S_d.unpack_from
 _U_i = _S_i.unpack_from
 _U_iI = _S_iI.unpack_from
@@ -1656,6 +1638,311 @@ class remote_typed_param(_XdrStruct):
         self.value = value
 
 
+class remote_connect_open_args(_XdrStruct):
+    """XDR definition::
+
+        struct remote_connect_open_args {
+            /* NB. "name" might be NULL although in practice you can't
+             * yet do that using the remote_internal driver.
+             */
+            remote_string name;
+            unsigned int flags;
+        };
+    """
+
+    __slots__ = ('name', 'flags')
+    _fields = __slots__
+    name: Optional[str]
+    flags: int
+
+    def __init__(self, name: Optional[str], flags: int) -> None:
+        self.name = name
+        self.flags = flags
+
+
+class remote_connect_supports_feature_args(_XdrStruct):
+    """XDR definition::
+
+        struct remote_connect_supports_feature_args {
+            int feature;
+        };
+    """
+
+    __slots__ = ('feature',)
+    _fields = __slots__
+    feature: int
+
+    def __init__(self, feature: int) -> None:
+        self.feature = feature
+
+
+class remote_connect_supports_feature_ret(_XdrStruct):
+    """XDR definition::
+
+        struct remote_connect_supports_feature_ret {
+            int supported;
+        };
+    """
+
+    __slots__ = ('supported',)
+    _fields = __slots__
+    supported: int
+
+    def __init__(self, supported: int) -> None:
+        self.supported = supported
+
+
+class remote_connect_get_type_ret(_XdrStruct):
+    """XDR definition::
+
+        struct remote_connect_get_type_ret {
+            remote_nonnull_string type;
+        };
+    """
+
+    __slots__ = ('type',)
+    _fields = __slots__
+    type: str
+
+    def __init__(self, type: str) -> None:
+        self.type = type
+
+
+class remote_connect_get_version_ret(_XdrStruct):
+    """XDR definition::
+
+        struct remote_connect_get_version_ret {
+            unsigned hyper hv_ver;
+        };
+    """
+
+    __slots__ = ('hv_ver',)
+    _fields = __slots__
+    hv_ver: int
+
+    def __init__(self, hv_ver: int) -> None:
+        self.hv_ver = hv_ver
+
+
+class remote_connect_get_lib_version_ret(_XdrStruct):
+    """XDR definition::
+
+        struct remote_connect_get_lib_version_ret {
+            unsigned hyper lib_ver;
+        };
+    """
+
+    __slots__ = ('lib_ver',)
+    _fields = __slots__
+    lib_ver: int
+
+    def __init__(self, lib_ver: int) -> None:
+        self.lib_ver = lib_ver
+
+
+class remote_connect_get_hostname_ret(_XdrStruct):
+    """XDR definition::
+
+        struct remote_connect_get_hostname_ret {
+            remote_nonnull_string hostname;
+        };
+    """
+
+    __slots__ = ('hostname',)
+    _fields = __slots__
+    hostname: str
+
+    def __init__(self, hostname: str) -> None:
+        self.hostname = hostname
+
+
+class remote_connect_get_uri_ret(_XdrStruct):
+    """XDR definition::
+
+        struct remote_connect_get_uri_ret {
+            remote_nonnull_string uri;
+        };
+    """
+
+    __slots__ = ('uri',)
+    _fields = __slots__
+    uri: str
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+
+
+class remote_connect_get_max_vcpus_args(_XdrStruct):
+    """XDR definition::
+
+        struct remote_connect_get_max_vcpus_args {
+            /* The only backend which supports this call is Xen HV, and
+             * there the type is ignored so it could be NULL.
+             */
+            remote_string type;
+        };
+    """
+
+    __slots__ = ('type',)
+    _fields = __slots__
+    type: Optional[str]
+
+    def __init__(self, type: Optional[str]) -> None:
+        self.type = type
+
+
+class remote_connect_get_max_vcpus_ret(_XdrStruct):
+    """XDR definition::
+
+        struct remote_connect_get_max_vcpus_ret {
+            int max_vcpus;
+        };
+    """
+
+    __slots__ = ('max_vcpus',)
+    _fields = __slots__
+    max_vcpus: int
+
+    def __init__(self, max_vcpus: int) -> None:
+        self.max_vcpus = max_vcpus
+
+
+class remote_node_get_info_ret(_XdrStruct):
+    """XDR definition::
+
+        struct remote_node_get_info_ret { /* insert@1 */
+            char model[32];
+            unsigned hyper memory;
+            int cpus;
+            int mhz;
+            int nodes;
+            int sockets;
+            int cores;
+            int threads;
+        };
+    """
+
+    __slots__ = ('model', 'memory', 'cpus', 'mhz', 'nodes', 'sockets', 'cores', 'threads')
+    _fields = __slots__
+    model: bytes
+    memory: int
+    cpus: int
+    mhz: int
+    nodes: int
+    sockets: int
+    cores: int
+    threads: int
+
+    def __init__(self, model: bytes, memory: int, cpus: int, mhz: int, nodes: int, sockets: int, cores: int, threads: int) -> None:
+        self.model = model
+        self.memory = memory
+        self.cpus = cpus
+        self.mhz = mhz
+        self.nodes = nodes
+        self.sockets = sockets
+        self.cores = cores
+        self.threads = threads
+
+
+class remote_connect_get_capabilities_ret(_XdrStruct):
+    """XDR definition::
+
+        struct remote_connect_get_capabilities_ret {
+            remote_nonnull_string capabilities;
+        };
+    """
+
+    __slots__ = ('capabilities',)
+    _fields = __slots__
+    capabilities: str
+
+    def __init__(self, capabilities: str) -> None:
+        self.capabilities = capabilities
+
+
+class remote_node_get_cells_free_memory_args(_XdrStruct):
+    """XDR definition::
+
+        struct remote_node_get_cells_free_memory_args {
+            int startCell;
+            int maxcells;
+        };
+    """
+
+    __slots__ = ('startCell', 'maxcells')
+    _fields = __slots__
+    startCell: int
+    maxcells: int
+
+    def __init__(self, startCell: int, maxcells: int) -> None:
+        self.startCell = startCell
+        self.maxcells = maxcells
+
+
+class remote_node_get_cells_free_memory_ret(_XdrStruct):
+    """XDR definition::
+
+        struct remote_node_get_cells_free_memory_ret {
+            unsigned hyper cells<REMOTE_NODE_MAX_CELLS>; /* insert@1 */
+        };
+    """
+
+    __slots__ = ('cells',)
+    _fields = __slots__
+    cells: list[int]
+
+    def __init__(self, cells: list[int]) -> None:
+        self.cells = cells
+
+
+class remote_node_get_free_memory_ret(_XdrStruct):
+    """XDR definition::
+
+        struct remote_node_get_free_memory_ret {
+            unsigned hyper freeMem;
+        };
+    """
+
+    __slots__ = ('freeMem',)
+    _fields = __slots__
+    freeMem: int
+
+    def __init__(self, freeMem: int) -> None:
+        self.freeMem = freeMem
+
+
+class remote_domain_lookup_by_name_args(_XdrStruct):
+    """XDR definition::
+
+        struct remote_domain_lookup_by_name_args {
+            remote_nonnull_string name;
+        };
+    """
+
+    __slots__ = ('name',)
+    _fields = __slots__
+    name: str
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+class remote_domain_lookup_by_name_ret(_XdrStruct):
+    """XDR definition::
+
+        struct remote_domain_lookup_by_name_ret {
+            remote_nonnull_domain dom;
+        };
+    """
+
+    __slots__ = ('dom',)
+    _fields = __slots__
+    dom: remote_nonnull_domain
+
+    def __init__(self, dom: remote_nonnull_domain) -> None:
+        self.dom = dom
+
+
 class remote_domain_get_security_label_ret(_XdrStruct):
     """XDR definition::
 
@@ -1673,6 +1960,57 @@ class remote_domain_get_security_label_ret(_XdrStruct):
     def __init__(self, label: bytes, enforcing: int) -> None:
         self.label = label
         self.enforcing = enforcing
+
+
+class remote_node_get_security_model_ret(_XdrStruct):
+    """XDR definition::
+
+        struct remote_node_get_security_model_ret {
+            char model<REMOTE_SECURITY_MODEL_MAX>;
+            char doi<REMOTE_SECURITY_DOI_MAX>;
+        };
+    """
+
+    __slots__ = ('model', 'doi')
+    _fields = __slots__
+    model: bytes
+    doi: bytes
+
+    def __init__(self, model: bytes, doi: bytes) -> None:
+        self.model = model
+        self.doi = doi
+
+
+class remote_auth_list_ret(_XdrStruct):
+    """XDR definition::
+
+        struct remote_auth_list_ret {
+            remote_auth_type types<REMOTE_AUTH_TYPE_LIST_MAX>;
+        };
+    """
+
+    __slots__ = ('types',)
+    _fields = __slots__
+    types: list[remote_auth_type]
+
+    def __init__(self, types: list[remote_auth_type]) -> None:
+        self.types = types
+
+
+class remote_auth_polkit_ret(_XdrStruct):
+    """XDR definition::
+
+        struct remote_auth_polkit_ret {
+            int complete;
+        };
+    """
+
+    __slots__ = ('complete',)
+    _fields = __slots__
+    complete: int
+
+    def __init__(self, complete: int) -> None:
+        self.complete = complete
 
 
 class remote_domain_event_lifecycle_msg(_XdrStruct):
@@ -1695,6 +2033,22 @@ class remote_domain_event_lifecycle_msg(_XdrStruct):
         self.dom = dom
         self.event = event
         self.detail = detail
+
+
+class remote_connect_is_secure_ret(_XdrStruct):
+    """XDR definition::
+
+        struct remote_connect_is_secure_ret {
+            int secure;
+        };
+    """
+
+    __slots__ = ('secure',)
+    _fields = __slots__
+    secure: int
+
+    def __init__(self, secure: int) -> None:
+        self.secure = secure
 
 
 class remote_domain_event_reboot_msg(_XdrStruct):
@@ -2032,6 +2386,44 @@ class remote_domain_event_control_error_msg(_XdrStruct):
 
     def __init__(self, dom: remote_nonnull_domain) -> None:
         self.dom = dom
+
+
+class remote_connect_list_all_domains_args(_XdrStruct):
+    """XDR definition::
+
+        struct remote_connect_list_all_domains_args {
+            int need_results;
+            unsigned int flags;
+        };
+    """
+
+    __slots__ = ('need_results', 'flags')
+    _fields = __slots__
+    need_results: int
+    flags: int
+
+    def __init__(self, need_results: int, flags: int) -> None:
+        self.need_results = need_results
+        self.flags = flags
+
+
+class remote_connect_list_all_domains_ret(_XdrStruct):
+    """XDR definition::
+
+        struct remote_connect_list_all_domains_ret { /* insert@1 */
+            remote_nonnull_domain domains<REMOTE_DOMAIN_LIST_MAX>;
+            unsigned int ret;
+        };
+    """
+
+    __slots__ = ('domains', 'ret')
+    _fields = __slots__
+    domains: list[remote_nonnull_domain]
+    ret: int
+
+    def __init__(self, domains: list[remote_nonnull_domain], ret: int) -> None:
+        self.domains = domains
+        self.ret = ret
 
 
 class remote_domain_event_device_removed_msg(_XdrStruct):
@@ -3192,6 +3584,352 @@ def _e_remote_typed_param(v: remote_typed_param, w: bytearray) -> None:
     _e_remote_typed_param_value(v.value, w)
 
 
+def _d_remote_connect_open_args(b: bytes, o: int, n: int) -> tuple[remote_connect_open_args, int]:
+    big = n - o > 4194304
+    v = _new(remote_connect_open_args)
+    n1, = _U_I(b, o)
+    o += 4
+    if n1 == 0:
+        v.name = None
+    elif n1 == 1:
+        n2, = _U_I(b, o)
+        o += 4
+        e3 = o + n2
+        if e3 > n or big and n2 > 4194304: raise _Bad
+        v.name = b[o:e3].decode()
+        if n2 & 3:
+            o = e3 + 4 - (n2 & 3)
+            if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+        else:
+            o = e3
+    else:
+        raise _Bad
+    v.flags, = _U_I(b, o)
+    o += 4
+    return v, o
+
+
+def _e_remote_connect_open_args(v: remote_connect_open_args, w: bytearray) -> None:
+    x1 = v.name
+    if x1 is None:
+        w += _FLAG0
+    else:
+        w += _FLAG1
+        s2 = x1.encode('utf-8', 'surrogateescape')
+        n3 = len(s2)
+        if n3 > 4194304: raise _Bad
+        w += _P_I(n3)
+        w += s2
+        if n3 & 3: w += _ZPAD[-n3 & 3]
+    w += _P_I(v.flags)
+
+
+def _d_remote_connect_supports_feature_args(b: bytes, o: int, n: int) -> tuple[remote_connect_supports_feature_args, int]:
+    v = _new(remote_connect_supports_feature_args)
+    v.feature, = _U_i(b, o)
+    o += 4
+    return v, o
+
+
+def _e_remote_connect_supports_feature_args(v: remote_connect_supports_feature_args, w: bytearray) -> None:
+    w += _P_i(v.feature)
+
+
+def _d_remote_connect_supports_feature_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_supports_feature_ret, int]:
+    v = _new(remote_connect_supports_feature_ret)
+    v.supported, = _U_i(b, o)
+    o += 4
+    return v, o
+
+
+def _e_remote_connect_supports_feature_ret(v: remote_connect_supports_feature_ret, w: bytearray) -> None:
+    w += _P_i(v.supported)
+
+
+def _d_remote_connect_get_type_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_get_type_ret, int]:
+    big = n - o > 4194304
+    v = _new(remote_connect_get_type_ret)
+    n1, = _U_I(b, o)
+    o += 4
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.type = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
+
+
+def _e_remote_connect_get_type_ret(v: remote_connect_get_type_ret, w: bytearray) -> None:
+    s1 = v.type.encode('utf-8', 'surrogateescape')
+    n2 = len(s1)
+    if n2 > 4194304: raise _Bad
+    w += _P_I(n2)
+    w += s1
+    if n2 & 3: w += _ZPAD[-n2 & 3]
+
+
+def _d_remote_connect_get_version_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_get_version_ret, int]:
+    v = _new(remote_connect_get_version_ret)
+    v.hv_ver, = _U_Q(b, o)
+    o += 8
+    return v, o
+
+
+def _e_remote_connect_get_version_ret(v: remote_connect_get_version_ret, w: bytearray) -> None:
+    w += _P_Q(v.hv_ver)
+
+
+def _d_remote_connect_get_lib_version_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_get_lib_version_ret, int]:
+    v = _new(remote_connect_get_lib_version_ret)
+    v.lib_ver, = _U_Q(b, o)
+    o += 8
+    return v, o
+
+
+def _e_remote_connect_get_lib_version_ret(v: remote_connect_get_lib_version_ret, w: bytearray) -> None:
+    w += _P_Q(v.lib_ver)
+
+
+def _d_remote_connect_get_hostname_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_get_hostname_ret, int]:
+    big = n - o > 4194304
+    v = _new(remote_connect_get_hostname_ret)
+    n1, = _U_I(b, o)
+    o += 4
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.hostname = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
+
+
+def _e_remote_connect_get_hostname_ret(v: remote_connect_get_hostname_ret, w: bytearray) -> None:
+    s1 = v.hostname.encode('utf-8', 'surrogateescape')
+    n2 = len(s1)
+    if n2 > 4194304: raise _Bad
+    w += _P_I(n2)
+    w += s1
+    if n2 & 3: w += _ZPAD[-n2 & 3]
+
+
+def _d_remote_connect_get_uri_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_get_uri_ret, int]:
+    big = n - o > 4194304
+    v = _new(remote_connect_get_uri_ret)
+    n1, = _U_I(b, o)
+    o += 4
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.uri = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
+
+
+def _e_remote_connect_get_uri_ret(v: remote_connect_get_uri_ret, w: bytearray) -> None:
+    s1 = v.uri.encode('utf-8', 'surrogateescape')
+    n2 = len(s1)
+    if n2 > 4194304: raise _Bad
+    w += _P_I(n2)
+    w += s1
+    if n2 & 3: w += _ZPAD[-n2 & 3]
+
+
+def _d_remote_connect_get_max_vcpus_args(b: bytes, o: int, n: int) -> tuple[remote_connect_get_max_vcpus_args, int]:
+    big = n - o > 4194304
+    v = _new(remote_connect_get_max_vcpus_args)
+    n1, = _U_I(b, o)
+    o += 4
+    if n1 == 0:
+        v.type = None
+    elif n1 == 1:
+        n2, = _U_I(b, o)
+        o += 4
+        e3 = o + n2
+        if e3 > n or big and n2 > 4194304: raise _Bad
+        v.type = b[o:e3].decode()
+        if n2 & 3:
+            o = e3 + 4 - (n2 & 3)
+            if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+        else:
+            o = e3
+    else:
+        raise _Bad
+    return v, o
+
+
+def _e_remote_connect_get_max_vcpus_args(v: remote_connect_get_max_vcpus_args, w: bytearray) -> None:
+    x1 = v.type
+    if x1 is None:
+        w += _FLAG0
+    else:
+        w += _FLAG1
+        s2 = x1.encode('utf-8', 'surrogateescape')
+        n3 = len(s2)
+        if n3 > 4194304: raise _Bad
+        w += _P_I(n3)
+        w += s2
+        if n3 & 3: w += _ZPAD[-n3 & 3]
+
+
+def _d_remote_connect_get_max_vcpus_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_get_max_vcpus_ret, int]:
+    v = _new(remote_connect_get_max_vcpus_ret)
+    v.max_vcpus, = _U_i(b, o)
+    o += 4
+    return v, o
+
+
+def _e_remote_connect_get_max_vcpus_ret(v: remote_connect_get_max_vcpus_ret, w: bytearray) -> None:
+    w += _P_i(v.max_vcpus)
+
+
+def _d_remote_node_get_info_ret(b: bytes, o: int, n: int) -> tuple[remote_node_get_info_ret, int]:
+    v = _new(remote_node_get_info_ret)
+    v.model = _dec_chars(_U_32i(b, o))
+    o += 128
+    v.memory, v.cpus, v.mhz, v.nodes, v.sockets, v.cores, v.threads = _U_Qiiiiii(b, o)
+    o += 32
+    return v, o
+
+
+def _e_remote_node_get_info_ret(v: remote_node_get_info_ret, w: bytearray) -> None:
+    x1 = v.model
+    if len(x1) != 32: raise _Bad
+    w += _enc_chars(x1)
+    w += _P_Qiiiiii(v.memory, v.cpus, v.mhz, v.nodes, v.sockets, v.cores, v.threads)
+
+
+def _d_remote_connect_get_capabilities_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_get_capabilities_ret, int]:
+    big = n - o > 4194304
+    v = _new(remote_connect_get_capabilities_ret)
+    n1, = _U_I(b, o)
+    o += 4
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.capabilities = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
+
+
+def _e_remote_connect_get_capabilities_ret(v: remote_connect_get_capabilities_ret, w: bytearray) -> None:
+    s1 = v.capabilities.encode('utf-8', 'surrogateescape')
+    n2 = len(s1)
+    if n2 > 4194304: raise _Bad
+    w += _P_I(n2)
+    w += s1
+    if n2 & 3: w += _ZPAD[-n2 & 3]
+
+
+def _d_remote_node_get_cells_free_memory_args(b: bytes, o: int, n: int) -> tuple[remote_node_get_cells_free_memory_args, int]:
+    v = _new(remote_node_get_cells_free_memory_args)
+    v.startCell, v.maxcells = _U_ii(b, o)
+    o += 8
+    return v, o
+
+
+def _e_remote_node_get_cells_free_memory_args(v: remote_node_get_cells_free_memory_args, w: bytearray) -> None:
+    w += _P_ii(v.startCell, v.maxcells)
+
+
+def _d_remote_node_get_cells_free_memory_ret(b: bytes, o: int, n: int) -> tuple[remote_node_get_cells_free_memory_ret, int]:
+    v = _new(remote_node_get_cells_free_memory_ret)
+    n1, = _U_I(b, o)
+    o += 4
+    if n1 > 1024 or n1 * 8 > n - o: raise _Bad
+    v.cells = list(_unpack_from('>%dQ' % n1, b, o))
+    o += 8 * n1
+    return v, o
+
+
+def _e_remote_node_get_cells_free_memory_ret(v: remote_node_get_cells_free_memory_ret, w: bytearray) -> None:
+    x1 = v.cells
+    n2 = len(x1)
+    if n2 > 1024: raise _Bad
+    w += _P_I(n2)
+    w += _pack('>%dQ' % len(x1), *x1)
+
+
+def _d_remote_node_get_free_memory_ret(b: bytes, o: int, n: int) -> tuple[remote_node_get_free_memory_ret, int]:
+    v = _new(remote_node_get_free_memory_ret)
+    v.freeMem, = _U_Q(b, o)
+    o += 8
+    return v, o
+
+
+def _e_remote_node_get_free_memory_ret(v: remote_node_get_free_memory_ret, w: bytearray) -> None:
+    w += _P_Q(v.freeMem)
+
+
+def _d_remote_domain_lookup_by_name_args(b: bytes, o: int, n: int) -> tuple[remote_domain_lookup_by_name_args, int]:
+    big = n - o > 4194304
+    v = _new(remote_domain_lookup_by_name_args)
+    n1, = _U_I(b, o)
+    o += 4
+    e2 = o + n1
+    if e2 > n or big and n1 > 4194304: raise _Bad
+    v.name = b[o:e2].decode()
+    if n1 & 3:
+        o = e2 + 4 - (n1 & 3)
+        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
+    else:
+        o = e2
+    return v, o
+
+
+def _e_remote_domain_lookup_by_name_args(v: remote_domain_lookup_by_name_args, w: bytearray) -> None:
+    s1 = v.name.encode('utf-8', 'surrogateescape')
+    n2 = len(s1)
+    if n2 > 4194304: raise _Bad
+    w += _P_I(n2)
+    w += s1
+    if n2 & 3: w += _ZPAD[-n2 & 3]
+
+
+def _d_remote_domain_lookup_by_name_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_lookup_by_name_ret, int]:
+    big = n - o > 4194304
+    v = _new(remote_domain_lookup_by_name_ret)
+    x1 = _new(remote_nonnull_domain)
+    v.dom = x1
+    n2, = _U_I(b, o)
+    o += 4
+    e3 = o + n2
+    if e3 > n or big and n2 > 4194304: raise _Bad
+    x1.name = b[o:e3].decode()
+    if n2 & 3:
+        o = e3 + 4 - (n2 & 3)
+        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
+    else:
+        o = e3
+    x1.uuid, x1.id = _U_16si(b, o)
+    o += 20
+    return v, o
+
+
+def _e_remote_domain_lookup_by_name_ret(v: remote_domain_lookup_by_name_ret, w: bytearray) -> None:
+    x1 = v.dom
+    s2 = x1.name.encode('utf-8', 'surrogateescape')
+    n3 = len(s2)
+    if n3 > 4194304: raise _Bad
+    w += _P_I(n3)
+    w += s2
+    if n3 & 3: w += _ZPAD[-n3 & 3]
+    x4 = x1.uuid
+    if len(x4) != 16: raise _Bad
+    w += _P_16si(x4, x1.id)
+
+
 def _d_remote_domain_get_security_label_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_get_security_label_ret, int]:
     v = _new(remote_domain_get_security_label_ret)
     n1, = _U_I(b, o)
@@ -3211,6 +3949,70 @@ def _e_remote_domain_get_security_label_ret(v: remote_domain_get_security_label_
     w += _P_I(n2)
     w += _enc_chars(s1)
     w += _P_i(v.enforcing)
+
+
+def _d_remote_node_get_security_model_ret(b: bytes, o: int, n: int) -> tuple[remote_node_get_security_model_ret, int]:
+    v = _new(remote_node_get_security_model_ret)
+    n1, = _U_I(b, o)
+    o += 4
+    if n1 > 257 or n1 * 4 > n - o: raise _Bad
+    v.model = _dec_chars(_unpack_from('>%di' % n1, b, o))
+    o += 4 * n1
+    n2, = _U_I(b, o)
+    o += 4
+    if n2 > 257 or n2 * 4 > n - o: raise _Bad
+    v.doi = _dec_chars(_unpack_from('>%di' % n2, b, o))
+    o += 4 * n2
+    return v, o
+
+
+def _e_remote_node_get_security_model_ret(v: remote_node_get_security_model_ret, w: bytearray) -> None:
+    s1 = v.model
+    n2 = len(s1)
+    if n2 > 257: raise _Bad
+    w += _P_I(n2)
+    w += _enc_chars(s1)
+    s3 = v.doi
+    n4 = len(s3)
+    if n4 > 257: raise _Bad
+    w += _P_I(n4)
+    w += _enc_chars(s3)
+
+
+def _d_remote_auth_list_ret(b: bytes, o: int, n: int) -> tuple[remote_auth_list_ret, int]:
+    v = _new(remote_auth_list_ret)
+    n1, = _U_I(b, o)
+    o += 4
+    if n1 > 20 or n1 * 4 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.types = x3
+    L_U_i = _U_i
+    for _ in range(n1):
+        r4, = L_U_i(b, o)
+        o += 4
+        it2 = _EM_remote_auth_type[r4] if r4 in _EM_remote_auth_type else remote_auth_type(r4)
+        x3.append(it2)
+    return v, o
+
+
+def _e_remote_auth_list_ret(v: remote_auth_list_ret, w: bytearray) -> None:
+    x1 = v.types
+    n2 = len(x1)
+    if n2 > 20: raise _Bad
+    w += _P_I(n2)
+    for it3 in x1:
+        w += _P_i(it3)
+
+
+def _d_remote_auth_polkit_ret(b: bytes, o: int, n: int) -> tuple[remote_auth_polkit_ret, int]:
+    v = _new(remote_auth_polkit_ret)
+    v.complete, = _U_i(b, o)
+    o += 4
+    return v, o
+
+
+def _e_remote_auth_polkit_ret(v: remote_auth_polkit_ret, w: bytearray) -> None:
+    w += _P_i(v.complete)
 
 
 def _d_remote_domain_event_lifecycle_msg(b: bytes, o: int, n: int) -> tuple[remote_domain_event_lifecycle_msg, int]:
@@ -3244,6 +4046,17 @@ def _e_remote_domain_event_lifecycle_msg(v: remote_domain_event_lifecycle_msg, w
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
     w += _P_16siii(x4, x1.id, v.event, v.detail)
+
+
+def _d_remote_connect_is_secure_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_is_secure_ret, int]:
+    v = _new(remote_connect_is_secure_ret)
+    v.secure, = _U_i(b, o)
+    o += 4
+    return v, o
+
+
+def _e_remote_connect_is_secure_ret(v: remote_connect_is_secure_ret, w: bytearray) -> None:
+    w += _P_i(v.secure)
 
 
 def _d_remote_domain_event_reboot_msg(b: bytes, o: int, n: int) -> tuple[remote_domain_event_reboot_msg, int]:
@@ -4104,6 +4917,68 @@ def _e_remote_domain_event_control_error_msg(v: remote_domain_event_control_erro
     w += _P_16si(x4, x1.id)
 
 
+def _d_remote_connect_list_all_domains_args(b: bytes, o: int, n: int) -> tuple[remote_connect_list_all_domains_args, int]:
+    v = _new(remote_connect_list_all_domains_args)
+    v.need_results, v.flags = _U_iI(b, o)
+    o += 8
+    return v, o
+
+
+def _e_remote_connect_list_all_domains_args(v: remote_connect_list_all_domains_args, w: bytearray) -> None:
+    w += _P_iI(v.need_results, v.flags)
+
+
+def _d_remote_connect_list_all_domains_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_list_all_domains_ret, int]:
+    big = n - o > 4194304
+    v = _new(remote_connect_list_all_domains_ret)
+    n1, = _U_I(b, o)
+    o += 4
+    if n1 > 16384 or n1 * 24 > n - o: raise _Bad
+    x3: list[Any] = []
+    v.domains = x3
+    L_U_16si = _U_16si
+    L_U_I = _U_I
+    L_ZPAD = _ZPAD
+    L_new = _new
+    L_remote_nonnull_domain = remote_nonnull_domain
+    for _ in range(n1):
+        it2 = L_new(L_remote_nonnull_domain)
+        n4, = L_U_I(b, o)
+        o += 4
+        e5 = o + n4
+        if e5 > n or big and n4 > 4194304: raise _Bad
+        it2.name = b[o:e5].decode()
+        if n4 & 3:
+            o = e5 + 4 - (n4 & 3)
+            if b[e5:o] != L_ZPAD[o - e5]: raise _Bad
+        else:
+            o = e5
+        it2.uuid, it2.id = L_U_16si(b, o)
+        o += 20
+        x3.append(it2)
+    v.ret, = _U_I(b, o)
+    o += 4
+    return v, o
+
+
+def _e_remote_connect_list_all_domains_ret(v: remote_connect_list_all_domains_ret, w: bytearray) -> None:
+    x1 = v.domains
+    n2 = len(x1)
+    if n2 > 16384: raise _Bad
+    w += _P_I(n2)
+    for it3 in x1:
+        s4 = it3.name.encode('utf-8', 'surrogateescape')
+        n5 = len(s4)
+        if n5 > 4194304: raise _Bad
+        w += _P_I(n5)
+        w += s4
+        if n5 & 3: w += _ZPAD[-n5 & 3]
+        x6 = it3.uuid
+        if len(x6) != 16: raise _Bad
+        w += _P_16si(x6, it3.id)
+    w += _P_I(v.ret)
+
+
 def _d_remote_domain_event_device_removed_msg(b: bytes, o: int, n: int) -> tuple[remote_domain_event_device_removed_msg, int]:
     big = n - o > 4194304
     v = _new(remote_domain_event_device_removed_msg)
@@ -4185,8 +5060,29 @@ _c_remote_error = _Codec('remote_error', _e_remote_error, _d_remote_error)
 _c_remote_auth_type = _Codec('remote_auth_type', _e_remote_auth_type, _d_remote_auth_type)
 _c_remote_typed_param_value = _Codec('remote_typed_param_value', _e_remote_typed_param_value, _d_remote_typed_param_value)
 _c_remote_typed_param = _Codec('remote_typed_param', _e_remote_typed_param, _d_remote_typed_param)
+_c_remote_connect_open_args = _Codec('remote_connect_open_args', _e_remote_connect_open_args, _d_remote_connect_open_args)
+_c_remote_connect_supports_feature_args = _Codec('remote_connect_supports_feature_args', _e_remote_connect_supports_feature_args, _d_remote_connect_supports_feature_args)
+_c_remote_connect_supports_feature_ret = _Codec('remote_connect_supports_feature_ret', _e_remote_connect_supports_feature_ret, _d_remote_connect_supports_feature_ret)
+_c_remote_connect_get_type_ret = _Codec('remote_connect_get_type_ret', _e_remote_connect_get_type_ret, _d_remote_connect_get_type_ret)
+_c_remote_connect_get_version_ret = _Codec('remote_connect_get_version_ret', _e_remote_connect_get_version_ret, _d_remote_connect_get_version_ret)
+_c_remote_connect_get_lib_version_ret = _Codec('remote_connect_get_lib_version_ret', _e_remote_connect_get_lib_version_ret, _d_remote_connect_get_lib_version_ret)
+_c_remote_connect_get_hostname_ret = _Codec('remote_connect_get_hostname_ret', _e_remote_connect_get_hostname_ret, _d_remote_connect_get_hostname_ret)
+_c_remote_connect_get_uri_ret = _Codec('remote_connect_get_uri_ret', _e_remote_connect_get_uri_ret, _d_remote_connect_get_uri_ret)
+_c_remote_connect_get_max_vcpus_args = _Codec('remote_connect_get_max_vcpus_args', _e_remote_connect_get_max_vcpus_args, _d_remote_connect_get_max_vcpus_args)
+_c_remote_connect_get_max_vcpus_ret = _Codec('remote_connect_get_max_vcpus_ret', _e_remote_connect_get_max_vcpus_ret, _d_remote_connect_get_max_vcpus_ret)
+_c_remote_node_get_info_ret = _Codec('remote_node_get_info_ret', _e_remote_node_get_info_ret, _d_remote_node_get_info_ret)
+_c_remote_connect_get_capabilities_ret = _Codec('remote_connect_get_capabilities_ret', _e_remote_connect_get_capabilities_ret, _d_remote_connect_get_capabilities_ret)
+_c_remote_node_get_cells_free_memory_args = _Codec('remote_node_get_cells_free_memory_args', _e_remote_node_get_cells_free_memory_args, _d_remote_node_get_cells_free_memory_args)
+_c_remote_node_get_cells_free_memory_ret = _Codec('remote_node_get_cells_free_memory_ret', _e_remote_node_get_cells_free_memory_ret, _d_remote_node_get_cells_free_memory_ret)
+_c_remote_node_get_free_memory_ret = _Codec('remote_node_get_free_memory_ret', _e_remote_node_get_free_memory_ret, _d_remote_node_get_free_memory_ret)
+_c_remote_domain_lookup_by_name_args = _Codec('remote_domain_lookup_by_name_args', _e_remote_domain_lookup_by_name_args, _d_remote_domain_lookup_by_name_args)
+_c_remote_domain_lookup_by_name_ret = _Codec('remote_domain_lookup_by_name_ret', _e_remote_domain_lookup_by_name_ret, _d_remote_domain_lookup_by_name_ret)
 _c_remote_domain_get_security_label_ret = _Codec('remote_domain_get_security_label_ret', _e_remote_domain_get_security_label_ret, _d_remote_domain_get_security_label_ret)
+_c_remote_node_get_security_model_ret = _Codec('remote_node_get_security_model_ret', _e_remote_node_get_security_model_ret, _d_remote_node_get_security_model_ret)
+_c_remote_auth_list_ret = _Codec('remote_auth_list_ret', _e_remote_auth_list_ret, _d_remote_auth_list_ret)
+_c_remote_auth_polkit_ret = _Codec('remote_auth_polkit_ret', _e_remote_auth_polkit_ret, _d_remote_auth_polkit_ret)
 _c_remote_domain_event_lifecycle_msg = _Codec('remote_domain_event_lifecycle_msg', _e_remote_domain_event_lifecycle_msg, _d_remote_domain_event_lifecycle_msg)
+_c_remote_connect_is_secure_ret = _Codec('remote_connect_is_secure_ret', _e_remote_connect_is_secure_ret, _d_remote_connect_is_secure_ret)
 _c_remote_domain_event_reboot_msg = _Codec('remote_domain_event_reboot_msg', _e_remote_domain_event_reboot_msg, _d_remote_domain_event_reboot_msg)
 _c_remote_domain_event_rtc_change_msg = _Codec('remote_domain_event_rtc_change_msg', _e_remote_domain_event_rtc_change_msg, _d_remote_domain_event_rtc_change_msg)
 _c_remote_domain_event_watchdog_msg = _Codec('remote_domain_event_watchdog_msg', _e_remote_domain_event_watchdog_msg, _d_remote_domain_event_watchdog_msg)
@@ -4203,6 +5099,8 @@ _c_remote_domain_event_pmsuspend_msg = _Codec('remote_domain_event_pmsuspend_msg
 _c_remote_domain_event_balloon_change_msg = _Codec('remote_domain_event_balloon_change_msg', _e_remote_domain_event_balloon_change_msg, _d_remote_domain_event_balloon_change_msg)
 _c_remote_domain_event_pmsuspend_disk_msg = _Codec('remote_domain_event_pmsuspend_disk_msg', _e_remote_domain_event_pmsuspend_disk_msg, _d_remote_domain_event_pmsuspend_disk_msg)
 _c_remote_domain_event_control_error_msg = _Codec('remote_domain_event_control_error_msg', _e_remote_domain_event_control_error_msg, _d_remote_domain_event_control_error_msg)
+_c_remote_connect_list_all_domains_args = _Codec('remote_connect_list_all_domains_args', _e_remote_connect_list_all_domains_args, _d_remote_connect_list_all_domains_args)
+_c_remote_connect_list_all_domains_ret = _Codec('remote_connect_list_all_domains_ret', _e_remote_connect_list_all_domains_ret, _d_remote_connect_list_all_domains_ret)
 _c_remote_domain_event_device_removed_msg = _Codec('remote_domain_event_device_removed_msg', _e_remote_domain_event_device_removed_msg, _d_remote_domain_event_device_removed_msg)
 _c_remote_procedure = _Codec('remote_procedure', _e_remote_procedure, _d_remote_procedure)
 
@@ -4216,29 +5114,14 @@ _LAZY: dict[str, str] = {
     'remote_node_get_cpu_stats': 'remote_p07',
     'remote_node_get_memory_stats': 'remote_p07',
     'remote_domain_disk_error': 'remote_p08',
-    'remote_connect_open_args': 'remote_p00',
-    'remote_connect_supports_feature_args': 'remote_p01',
-    'remote_connect_supports_feature_ret': 'remote_p01',
-    'remote_connect_get_type_ret': 'remote_p00',
-    'remote_connect_get_version_ret': 'remote_p00',
-    'remote_connect_get_lib_version_ret': 'remote_p04',
-    'remote_connect_get_hostname_ret': 'remote_p01',
     'remote_connect_get_sysinfo_args': 'remote_p06',
     'remote_connect_get_sysinfo_ret': 'remote_p06',
-    'remote_connect_get_uri_ret': 'remote_p03',
-    'remote_connect_get_max_vcpus_args': 'remote_p00',
-    'remote_connect_get_max_vcpus_ret': 'remote_p00',
-    'remote_node_get_info_ret': 'remote_p00',
-    'remote_connect_get_capabilities_ret': 'remote_p00',
     'remote_connect_get_domain_capabilities_args': 'remote_p10',
     'remote_connect_get_domain_capabilities_ret': 'remote_p10',
     'remote_node_get_cpu_stats_args': 'remote_p07',
     'remote_node_get_cpu_stats_ret': 'remote_p07',
     'remote_node_get_memory_stats_args': 'remote_p07',
     'remote_node_get_memory_stats_ret': 'remote_p07',
-    'remote_node_get_cells_free_memory_args': 'remote_p03',
-    'remote_node_get_cells_free_memory_ret': 'remote_p03',
-    'remote_node_get_free_memory_ret': 'remote_p03',
     'remote_domain_get_scheduler_type_args': 'remote_p01',
     'remote_domain_get_scheduler_type_ret': 'remote_p01',
     'remote_domain_get_scheduler_parameters_args': 'remote_p01',
@@ -4289,8 +5172,6 @@ _LAZY: dict[str, str] = {
     'remote_domain_lookup_by_id_ret': 'remote_p00',
     'remote_domain_lookup_by_uuid_args': 'remote_p00',
     'remote_domain_lookup_by_uuid_ret': 'remote_p00',
-    'remote_domain_lookup_by_name_args': 'remote_p00',
-    'remote_domain_lookup_by_name_ret': 'remote_p00',
     'remote_domain_suspend_args': 'remote_p01',
     'remote_domain_resume_args': 'remote_p00',
     'remote_domain_pm_suspend_for_duration_args': 'remote_p08',
@@ -4376,7 +5257,6 @@ _LAZY: dict[str, str] = {
     'remote_domain_get_security_label_args': 'remote_p03',
     'remote_domain_get_security_label_list_args': 'remote_p08',
     'remote_domain_get_security_label_list_ret': 'remote_p08',
-    'remote_node_get_security_model_ret': 'remote_p03',
     'remote_domain_attach_device_args': 'remote_p00',
     'remote_domain_attach_device_flags_args': 'remote_p05',
     'remote_domain_detach_device_args': 'remote_p00',
@@ -4469,13 +5349,11 @@ _LAZY: dict[str, str] = {
     'remote_interface_change_begin_args': 'remote_p06',
     'remote_interface_change_commit_args': 'remote_p06',
     'remote_interface_change_rollback_args': 'remote_p06',
-    'remote_auth_list_ret': 'remote_p02',
     'remote_auth_sasl_init_ret': 'remote_p02',
     'remote_auth_sasl_start_args': 'remote_p02',
     'remote_auth_sasl_start_ret': 'remote_p02',
     'remote_auth_sasl_step_args': 'remote_p02',
     'remote_auth_sasl_step_ret': 'remote_p02',
-    'remote_auth_polkit_ret': 'remote_p02',
     'remote_connect_num_of_storage_pools_ret': 'remote_p02',
     'remote_connect_list_storage_pools_args': 'remote_p02',
     'remote_connect_list_storage_pools_ret': 'remote_p02',
@@ -4593,7 +5471,6 @@ _LAZY: dict[str, str] = {
     'remote_secret_lookup_by_usage_args': 'remote_p04',
     'remote_secret_lookup_by_usage_ret': 'remote_p04',
     'remote_domain_migrate_prepare_tunnel_args': 'remote_p04',
-    'remote_connect_is_secure_ret': 'remote_p04',
     'remote_domain_is_active_args': 'remote_p04',
     'remote_domain_is_active_ret': 'remote_p04',
     'remote_domain_is_persistent_args': 'remote_p04',
@@ -4710,8 +5587,6 @@ _LAZY: dict[str, str] = {
     'remote_domain_shutdown_flags_args': 'remote_p08',
     'remote_domain_get_disk_errors_args': 'remote_p08',
     'remote_domain_get_disk_errors_ret': 'remote_p08',
-    'remote_connect_list_all_domains_args': 'remote_p08',
-    'remote_connect_list_all_domains_ret': 'remote_p08',
     'remote_connect_list_all_storage_pools_args': 'remote_p08',
     'remote_connect_list_all_storage_pools_ret': 'remote_p08',
     'remote_storage_pool_list_all_volumes_args': 'remote_p08',

@@ -40,12 +40,10 @@ _S_16siII = _Struct('>16siII')
 _S_16siQ = _Struct('>16siQ')
 _S_16sii = _Struct('>16sii')
 _S_16siii = _Struct('>16siii')
-_S_32i = _Struct('>32i')
 _S_I = _Struct('>I')
 _S_IQQIQ = _Struct('>IQQIQ')
 _S_IiQi = _Struct('>IiQi')
 _S_Q = _Struct('>Q')
-_S_Qiiiiii = _Struct('>Qiiiiii')
 _S_i = _Struct('>i')
 _P_16s = _S_16s.pack
 _P_16si = _S_16si.pack
@@ -58,7 +56,6 @@ _P_I = _S_I.pack
 _P_IQQIQ = _S_IQQIQ.pack
 _P_IiQi = _S_IiQi.pack
 _P_Q = _S_Q.pack
-_P_Qiiiiii = _S_Qiiiiii.pack
 _P_i = _S_i.pack
 _U_16s = _S_16s.unpack_from
 _U_16si = _S_16si.unpack_from
@@ -67,12 +64,10 @@ _U_16siII = _S_16siII.unpack_from
 _U_16siQ = _S_16siQ.unpack_from
 _U_16sii = _S_16sii.unpack_from
 _U_16siii = _S_16siii.unpack_from
-_U_32i = _S_32i.unpack_from
 _U_I = _S_I.unpack_from
 _U_IQQIQ = _S_IQQIQ.unpack_from
 _U_IiQi = _S_IiQi.unpack_from
 _U_Q = _S_Q.unpack_from
-_U_Qiiiiii = _S_Qiiiiii.unpack_from
 _U_i = _S_i.unpack_from
 
 
@@ -99,148 +94,6 @@ class remote_vcpu_info(_XdrStruct):
         self.state = state
         self.cpu_time = cpu_time
         self.cpu = cpu
-
-
-class remote_connect_open_args(_XdrStruct):
-    """XDR definition::
-
-        struct remote_connect_open_args {
-            /* NB. "name" might be NULL although in practice you can't
-             * yet do that using the remote_internal driver.
-             */
-            remote_string name;
-            unsigned int flags;
-        };
-    """
-
-    __slots__ = ('name', 'flags')
-    _fields = __slots__
-    name: Optional[str]
-    flags: int
-
-    def __init__(self, name: Optional[str], flags: int) -> None:
-        self.name = name
-        self.flags = flags
-
-
-class remote_connect_get_type_ret(_XdrStruct):
-    """XDR definition::
-
-        struct remote_connect_get_type_ret {
-            remote_nonnull_string type;
-        };
-    """
-
-    __slots__ = ('type',)
-    _fields = __slots__
-    type: str
-
-    def __init__(self, type: str) -> None:
-        self.type = type
-
-
-class remote_connect_get_version_ret(_XdrStruct):
-    """XDR definition::
-
-        struct remote_connect_get_version_ret {
-            unsigned hyper hv_ver;
-        };
-    """
-
-    __slots__ = ('hv_ver',)
-    _fields = __slots__
-    hv_ver: int
-
-    def __init__(self, hv_ver: int) -> None:
-        self.hv_ver = hv_ver
-
-
-class remote_connect_get_max_vcpus_args(_XdrStruct):
-    """XDR definition::
-
-        struct remote_connect_get_max_vcpus_args {
-            /* The only backend which supports this call is Xen HV, and
-             * there the type is ignored so it could be NULL.
-             */
-            remote_string type;
-        };
-    """
-
-    __slots__ = ('type',)
-    _fields = __slots__
-    type: Optional[str]
-
-    def __init__(self, type: Optional[str]) -> None:
-        self.type = type
-
-
-class remote_connect_get_max_vcpus_ret(_XdrStruct):
-    """XDR definition::
-
-        struct remote_connect_get_max_vcpus_ret {
-            int max_vcpus;
-        };
-    """
-
-    __slots__ = ('max_vcpus',)
-    _fields = __slots__
-    max_vcpus: int
-
-    def __init__(self, max_vcpus: int) -> None:
-        self.max_vcpus = max_vcpus
-
-
-class remote_node_get_info_ret(_XdrStruct):
-    """XDR definition::
-
-        struct remote_node_get_info_ret { /* insert@1 */
-            char model[32];
-            unsigned hyper memory;
-            int cpus;
-            int mhz;
-            int nodes;
-            int sockets;
-            int cores;
-            int threads;
-        };
-    """
-
-    __slots__ = ('model', 'memory', 'cpus', 'mhz', 'nodes', 'sockets', 'cores', 'threads')
-    _fields = __slots__
-    model: bytes
-    memory: int
-    cpus: int
-    mhz: int
-    nodes: int
-    sockets: int
-    cores: int
-    threads: int
-
-    def __init__(self, model: bytes, memory: int, cpus: int, mhz: int, nodes: int, sockets: int, cores: int, threads: int) -> None:
-        self.model = model
-        self.memory = memory
-        self.cpus = cpus
-        self.mhz = mhz
-        self.nodes = nodes
-        self.sockets = sockets
-        self.cores = cores
-        self.threads = threads
-
-
-class remote_connect_get_capabilities_ret(_XdrStruct):
-    """XDR definition::
-
-        struct remote_connect_get_capabilities_ret {
-            remote_nonnull_string capabilities;
-        };
-    """
-
-    __slots__ = ('capabilities',)
-    _fields = __slots__
-    capabilities: str
-
-    def __init__(self, capabilities: str) -> None:
-        self.capabilities = capabilities
 
 
 class remote_domain_create_xml_args(_XdrStruct):
@@ -330,38 +183,6 @@ class remote_domain_lookup_by_uuid_ret(_XdrStruct):
     """XDR definition::
 
         struct remote_domain_lookup_by_uuid_ret {
-            remote_nonnull_domain dom;
-        };
-    """
-
-    __slots__ = ('dom',)
-    _fields = __slots__
-    dom: remote_nonnull_domain
-
-    def __init__(self, dom: remote_nonnull_domain) -> None:
-        self.dom = dom
-
-
-class remote_domain_lookup_by_name_args(_XdrStruct):
-    """XDR definition::
-
-        struct remote_domain_lookup_by_name_args {
-            remote_nonnull_string name;
-        };
-    """
-
-    __slots__ = ('name',)
-    _fields = __slots__
-    name: str
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-
-class remote_domain_lookup_by_name_ret(_XdrStruct):
-    """XDR definition::
-
-        struct remote_domain_lookup_by_name_ret {
             remote_nonnull_domain dom;
         };
     """
@@ -899,171 +720,6 @@ def _e_remote_vcpu_info(v: remote_vcpu_info, w: bytearray) -> None:
     w += _P_IiQi(v.number, v.state, v.cpu_time, v.cpu)
 
 
-def _d_remote_connect_open_args(b: bytes, o: int, n: int) -> tuple[remote_connect_open_args, int]:
-    big = n - o > 4194304
-    v = _new(remote_connect_open_args)
-    n1, = _U_I(b, o)
-    o += 4
-    if n1 == 0:
-        v.name = None
-    elif n1 == 1:
-        n2, = _U_I(b, o)
-        o += 4
-        e3 = o + n2
-        if e3 > n or big and n2 > 4194304: raise _Bad
-        v.name = b[o:e3].decode()
-        if n2 & 3:
-            o = e3 + 4 - (n2 & 3)
-            if b[e3:o] != _ZPAD[o - e3]: raise _Bad
-        else:
-            o = e3
-    else:
-        raise _Bad
-    v.flags, = _U_I(b, o)
-    o += 4
-    return v, o
-
-
-def _e_remote_connect_open_args(v: remote_connect_open_args, w: bytearray) -> None:
-    x1 = v.name
-    if x1 is None:
-        w += _FLAG0
-    else:
-        w += _FLAG1
-        s2 = x1.encode('utf-8', 'surrogateescape')
-        n3 = len(s2)
-        if n3 > 4194304: raise _Bad
-        w += _P_I(n3)
-        w += s2
-        if n3 & 3: w += _ZPAD[-n3 & 3]
-    w += _P_I(v.flags)
-
-
-def _d_remote_connect_get_type_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_get_type_ret, int]:
-    big = n - o > 4194304
-    v = _new(remote_connect_get_type_ret)
-    n1, = _U_I(b, o)
-    o += 4
-    e2 = o + n1
-    if e2 > n or big and n1 > 4194304: raise _Bad
-    v.type = b[o:e2].decode()
-    if n1 & 3:
-        o = e2 + 4 - (n1 & 3)
-        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
-    else:
-        o = e2
-    return v, o
-
-
-def _e_remote_connect_get_type_ret(v: remote_connect_get_type_ret, w: bytearray) -> None:
-    s1 = v.type.encode('utf-8', 'surrogateescape')
-    n2 = len(s1)
-    if n2 > 4194304: raise _Bad
-    w += _P_I(n2)
-    w += s1
-    if n2 & 3: w += _ZPAD[-n2 & 3]
-
-
-def _d_remote_connect_get_version_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_get_version_ret, int]:
-    v = _new(remote_connect_get_version_ret)
-    v.hv_ver, = _U_Q(b, o)
-    o += 8
-    return v, o
-
-
-def _e_remote_connect_get_version_ret(v: remote_connect_get_version_ret, w: bytearray) -> None:
-    w += _P_Q(v.hv_ver)
-
-
-def _d_remote_connect_get_max_vcpus_args(b: bytes, o: int, n: int) -> tuple[remote_connect_get_max_vcpus_args, int]:
-    big = n - o > 4194304
-    v = _new(remote_connect_get_max_vcpus_args)
-    n1, = _U_I(b, o)
-    o += 4
-    if n1 == 0:
-        v.type = None
-    elif n1 == 1:
-        n2, = _U_I(b, o)
-        o += 4
-        e3 = o + n2
-        if e3 > n or big and n2 > 4194304: raise _Bad
-        v.type = b[o:e3].decode()
-        if n2 & 3:
-            o = e3 + 4 - (n2 & 3)
-            if b[e3:o] != _ZPAD[o - e3]: raise _Bad
-        else:
-            o = e3
-    else:
-        raise _Bad
-    return v, o
-
-
-def _e_remote_connect_get_max_vcpus_args(v: remote_connect_get_max_vcpus_args, w: bytearray) -> None:
-    x1 = v.type
-    if x1 is None:
-        w += _FLAG0
-    else:
-        w += _FLAG1
-        s2 = x1.encode('utf-8', 'surrogateescape')
-        n3 = len(s2)
-        if n3 > 4194304: raise _Bad
-        w += _P_I(n3)
-        w += s2
-        if n3 & 3: w += _ZPAD[-n3 & 3]
-
-
-def _d_remote_connect_get_max_vcpus_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_get_max_vcpus_ret, int]:
-    v = _new(remote_connect_get_max_vcpus_ret)
-    v.max_vcpus, = _U_i(b, o)
-    o += 4
-    return v, o
-
-
-def _e_remote_connect_get_max_vcpus_ret(v: remote_connect_get_max_vcpus_ret, w: bytearray) -> None:
-    w += _P_i(v.max_vcpus)
-
-
-def _d_remote_node_get_info_ret(b: bytes, o: int, n: int) -> tuple[remote_node_get_info_ret, int]:
-    v = _new(remote_node_get_info_ret)
-    v.model = _dec_chars(_U_32i(b, o))
-    o += 128
-    v.memory, v.cpus, v.mhz, v.nodes, v.sockets, v.cores, v.threads = _U_Qiiiiii(b, o)
-    o += 32
-    return v, o
-
-
-def _e_remote_node_get_info_ret(v: remote_node_get_info_ret, w: bytearray) -> None:
-    x1 = v.model
-    if len(x1) != 32: raise _Bad
-    w += _enc_chars(x1)
-    w += _P_Qiiiiii(v.memory, v.cpus, v.mhz, v.nodes, v.sockets, v.cores, v.threads)
-
-
-def _d_remote_connect_get_capabilities_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_get_capabilities_ret, int]:
-    big = n - o > 4194304
-    v = _new(remote_connect_get_capabilities_ret)
-    n1, = _U_I(b, o)
-    o += 4
-    e2 = o + n1
-    if e2 > n or big and n1 > 4194304: raise _Bad
-    v.capabilities = b[o:e2].decode()
-    if n1 & 3:
-        o = e2 + 4 - (n1 & 3)
-        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
-    else:
-        o = e2
-    return v, o
-
-
-def _e_remote_connect_get_capabilities_ret(v: remote_connect_get_capabilities_ret, w: bytearray) -> None:
-    s1 = v.capabilities.encode('utf-8', 'surrogateescape')
-    n2 = len(s1)
-    if n2 > 4194304: raise _Bad
-    w += _P_I(n2)
-    w += s1
-    if n2 & 3: w += _ZPAD[-n2 & 3]
-
-
 def _d_remote_domain_create_xml_args(b: bytes, o: int, n: int) -> tuple[remote_domain_create_xml_args, int]:
     big = n - o > 4194304
     v = _new(remote_domain_create_xml_args)
@@ -1203,64 +859,6 @@ def _d_remote_domain_lookup_by_uuid_ret(b: bytes, o: int, n: int) -> tuple[remot
 
 
 def _e_remote_domain_lookup_by_uuid_ret(v: remote_domain_lookup_by_uuid_ret, w: bytearray) -> None:
-    x1 = v.dom
-    s2 = x1.name.encode('utf-8', 'surrogateescape')
-    n3 = len(s2)
-    if n3 > 4194304: raise _Bad
-    w += _P_I(n3)
-    w += s2
-    if n3 & 3: w += _ZPAD[-n3 & 3]
-    x4 = x1.uuid
-    if len(x4) != 16: raise _Bad
-    w += _P_16si(x4, x1.id)
-
-
-def _d_remote_domain_lookup_by_name_args(b: bytes, o: int, n: int) -> tuple[remote_domain_lookup_by_name_args, int]:
-    big = n - o > 4194304
-    v = _new(remote_domain_lookup_by_name_args)
-    n1, = _U_I(b, o)
-    o += 4
-    e2 = o + n1
-    if e2 > n or big and n1 > 4194304: raise _Bad
-    v.name = b[o:e2].decode()
-    if n1 & 3:
-        o = e2 + 4 - (n1 & 3)
-        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
-    else:
-        o = e2
-    return v, o
-
-
-def _e_remote_domain_lookup_by_name_args(v: remote_domain_lookup_by_name_args, w: bytearray) -> None:
-    s1 = v.name.encode('utf-8', 'surrogateescape')
-    n2 = len(s1)
-    if n2 > 4194304: raise _Bad
-    w += _P_I(n2)
-    w += s1
-    if n2 & 3: w += _ZPAD[-n2 & 3]
-
-
-def _d_remote_domain_lookup_by_name_ret(b: bytes, o: int, n: int) -> tuple[remote_domain_lookup_by_name_ret, int]:
-    big = n - o > 4194304
-    v = _new(remote_domain_lookup_by_name_ret)
-    x1 = _new(remote_nonnull_domain)
-    v.dom = x1
-    n2, = _U_I(b, o)
-    o += 4
-    e3 = o + n2
-    if e3 > n or big and n2 > 4194304: raise _Bad
-    x1.name = b[o:e3].decode()
-    if n2 & 3:
-        o = e3 + 4 - (n2 & 3)
-        if b[e3:o] != _ZPAD[o - e3]: raise _Bad
-    else:
-        o = e3
-    x1.uuid, x1.id = _U_16si(b, o)
-    o += 20
-    return v, o
-
-
-def _e_remote_domain_lookup_by_name_ret(v: remote_domain_lookup_by_name_ret, w: bytearray) -> None:
     x1 = v.dom
     s2 = x1.name.encode('utf-8', 'surrogateescape')
     n3 = len(s2)
@@ -2137,21 +1735,12 @@ def _e_remote_domain_set_autostart_args(v: remote_domain_set_autostart_args, w: 
 
 
 _c_remote_vcpu_info = _Codec('remote_vcpu_info', _e_remote_vcpu_info, _d_remote_vcpu_info)
-_c_remote_connect_open_args = _Codec('remote_connect_open_args', _e_remote_connect_open_args, _d_remote_connect_open_args)
-_c_remote_connect_get_type_ret = _Codec('remote_connect_get_type_ret', _e_remote_connect_get_type_ret, _d_remote_connect_get_type_ret)
-_c_remote_connect_get_version_ret = _Codec('remote_connect_get_version_ret', _e_remote_connect_get_version_ret, _d_remote_connect_get_version_ret)
-_c_remote_connect_get_max_vcpus_args = _Codec('remote_connect_get_max_vcpus_args', _e_remote_connect_get_max_vcpus_args, _d_remote_connect_get_max_vcpus_args)
-_c_remote_connect_get_max_vcpus_ret = _Codec('remote_connect_get_max_vcpus_ret', _e_remote_connect_get_max_vcpus_ret, _d_remote_connect_get_max_vcpus_ret)
-_c_remote_node_get_info_ret = _Codec('remote_node_get_info_ret', _e_remote_node_get_info_ret, _d_remote_node_get_info_ret)
-_c_remote_connect_get_capabilities_ret = _Codec('remote_connect_get_capabilities_ret', _e_remote_connect_get_capabilities_ret, _d_remote_connect_get_capabilities_ret)
 _c_remote_domain_create_xml_args = _Codec('remote_domain_create_xml_args', _e_remote_domain_create_xml_args, _d_remote_domain_create_xml_args)
 _c_remote_domain_create_xml_ret = _Codec('remote_domain_create_xml_ret', _e_remote_domain_create_xml_ret, _d_remote_domain_create_xml_ret)
 _c_remote_domain_lookup_by_id_args = _Codec('remote_domain_lookup_by_id_args', _e_remote_domain_lookup_by_id_args, _d_remote_domain_lookup_by_id_args)
 _c_remote_domain_lookup_by_id_ret = _Codec('remote_domain_lookup_by_id_ret', _e_remote_domain_lookup_by_id_ret, _d_remote_domain_lookup_by_id_ret)
 _c_remote_domain_lookup_by_uuid_args = _Codec('remote_domain_lookup_by_uuid_args', _e_remote_domain_lookup_by_uuid_args, _d_remote_domain_lookup_by_uuid_args)
 _c_remote_domain_lookup_by_uuid_ret = _Codec('remote_domain_lookup_by_uuid_ret', _e_remote_domain_lookup_by_uuid_ret, _d_remote_domain_lookup_by_uuid_ret)
-_c_remote_domain_lookup_by_name_args = _Codec('remote_domain_lookup_by_name_args', _e_remote_domain_lookup_by_name_args, _d_remote_domain_lookup_by_name_args)
-_c_remote_domain_lookup_by_name_ret = _Codec('remote_domain_lookup_by_name_ret', _e_remote_domain_lookup_by_name_ret, _d_remote_domain_lookup_by_name_ret)
 _c_remote_domain_resume_args = _Codec('remote_domain_resume_args', _e_remote_domain_resume_args, _d_remote_domain_resume_args)
 _c_remote_domain_reboot_args = _Codec('remote_domain_reboot_args', _e_remote_domain_reboot_args, _d_remote_domain_reboot_args)
 _c_remote_domain_destroy_args = _Codec('remote_domain_destroy_args', _e_remote_domain_destroy_args, _d_remote_domain_destroy_args)

@@ -69,54 +69,6 @@ _U_i = _S_i.unpack_from
 _U_q = _S_q.unpack_from
 
 
-class remote_connect_supports_feature_args(_XdrStruct):
-    """XDR definition::
-
-        struct remote_connect_supports_feature_args {
-            int feature;
-        };
-    """
-
-    __slots__ = ('feature',)
-    _fields = __slots__
-    feature: int
-
-    def __init__(self, feature: int) -> None:
-        self.feature = feature
-
-
-class remote_connect_supports_feature_ret(_XdrStruct):
-    """XDR definition::
-
-        struct remote_connect_supports_feature_ret {
-            int supported;
-        };
-    """
-
-    __slots__ = ('supported',)
-    _fields = __slots__
-    supported: int
-
-    def __init__(self, supported: int) -> None:
-        self.supported = supported
-
-
-class remote_connect_get_hostname_ret(_XdrStruct):
-    """XDR definition::
-
-        struct remote_connect_get_hostname_ret {
-            remote_nonnull_string hostname;
-        };
-    """
-
-    __slots__ = ('hostname',)
-    _fields = __slots__
-    hostname: str
-
-    def __init__(self, hostname: str) -> None:
-        self.hostname = hostname
-
-
 class remote_domain_get_scheduler_type_args(_XdrStruct):
     """XDR definition::
 
@@ -885,53 +837,6 @@ class remote_network_set_autostart_args(_XdrStruct):
 
 
 # ------------------------------------------------------------------- codecs
-
-def _d_remote_connect_supports_feature_args(b: bytes, o: int, n: int) -> tuple[remote_connect_supports_feature_args, int]:
-    v = _new(remote_connect_supports_feature_args)
-    v.feature, = _U_i(b, o)
-    o += 4
-    return v, o
-
-
-def _e_remote_connect_supports_feature_args(v: remote_connect_supports_feature_args, w: bytearray) -> None:
-    w += _P_i(v.feature)
-
-
-def _d_remote_connect_supports_feature_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_supports_feature_ret, int]:
-    v = _new(remote_connect_supports_feature_ret)
-    v.supported, = _U_i(b, o)
-    o += 4
-    return v, o
-
-
-def _e_remote_connect_supports_feature_ret(v: remote_connect_supports_feature_ret, w: bytearray) -> None:
-    w += _P_i(v.supported)
-
-
-def _d_remote_connect_get_hostname_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_get_hostname_ret, int]:
-    big = n - o > 4194304
-    v = _new(remote_connect_get_hostname_ret)
-    n1, = _U_I(b, o)
-    o += 4
-    e2 = o + n1
-    if e2 > n or big and n1 > 4194304: raise _Bad
-    v.hostname = b[o:e2].decode()
-    if n1 & 3:
-        o = e2 + 4 - (n1 & 3)
-        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
-    else:
-        o = e2
-    return v, o
-
-
-def _e_remote_connect_get_hostname_ret(v: remote_connect_get_hostname_ret, w: bytearray) -> None:
-    s1 = v.hostname.encode('utf-8', 'surrogateescape')
-    n2 = len(s1)
-    if n2 > 4194304: raise _Bad
-    w += _P_I(n2)
-    w += s1
-    if n2 & 3: w += _ZPAD[-n2 & 3]
-
 
 def _d_remote_domain_get_scheduler_type_args(b: bytes, o: int, n: int) -> tuple[remote_domain_get_scheduler_type_args, int]:
     big = n - o > 4194304
@@ -2451,9 +2356,6 @@ def _e_remote_network_set_autostart_args(v: remote_network_set_autostart_args, w
     w += _P_16si(x4, v.autostart)
 
 
-_c_remote_connect_supports_feature_args = _Codec('remote_connect_supports_feature_args', _e_remote_connect_supports_feature_args, _d_remote_connect_supports_feature_args)
-_c_remote_connect_supports_feature_ret = _Codec('remote_connect_supports_feature_ret', _e_remote_connect_supports_feature_ret, _d_remote_connect_supports_feature_ret)
-_c_remote_connect_get_hostname_ret = _Codec('remote_connect_get_hostname_ret', _e_remote_connect_get_hostname_ret, _d_remote_connect_get_hostname_ret)
 _c_remote_domain_get_scheduler_type_args = _Codec('remote_domain_get_scheduler_type_args', _e_remote_domain_get_scheduler_type_args, _d_remote_domain_get_scheduler_type_args)
 _c_remote_domain_get_scheduler_type_ret = _Codec('remote_domain_get_scheduler_type_ret', _e_remote_domain_get_scheduler_type_ret, _d_remote_domain_get_scheduler_type_ret)
 _c_remote_domain_get_scheduler_parameters_args = _Codec('remote_domain_get_scheduler_parameters_args', _e_remote_domain_get_scheduler_parameters_args, _d_remote_domain_get_scheduler_parameters_args)

@@ -29,8 +29,6 @@ from .._xdr import XdrStruct as _XdrStruct
 from .._xdr import XdrUnion as _XdrUnion
 from .._xdr import dec_chars as _dec_chars
 from .._xdr import enc_chars as _enc_chars
-from .remote import _EM_remote_auth_type
-from .remote import remote_auth_type
 from .remote import remote_nonnull_domain
 from .remote import remote_nonnull_storage_pool
 from .remote import remote_nonnull_storage_vol
@@ -175,22 +173,6 @@ class remote_domain_interface_stats_ret(_XdrStruct):
         self.tx_drop = tx_drop
 
 
-class remote_auth_list_ret(_XdrStruct):
-    """XDR definition::
-
-        struct remote_auth_list_ret {
-            remote_auth_type types<REMOTE_AUTH_TYPE_LIST_MAX>;
-        };
-    """
-
-    __slots__ = ('types',)
-    _fields = __slots__
-    types: list[remote_auth_type]
-
-    def __init__(self, types: list[remote_auth_type]) -> None:
-        self.types = types
-
-
 class remote_auth_sasl_init_ret(_XdrStruct):
     """XDR definition::
 
@@ -290,22 +272,6 @@ class remote_auth_sasl_step_ret(_XdrStruct):
         self.complete = complete
         self.nil = nil
         self.data = data
-
-
-class remote_auth_polkit_ret(_XdrStruct):
-    """XDR definition::
-
-        struct remote_auth_polkit_ret {
-            int complete;
-        };
-    """
-
-    __slots__ = ('complete',)
-    _fields = __slots__
-    complete: int
-
-    def __init__(self, complete: int) -> None:
-        self.complete = complete
 
 
 class remote_connect_num_of_storage_pools_ret(_XdrStruct):
@@ -1118,31 +1084,6 @@ def _e_remote_domain_interface_stats_ret(v: remote_domain_interface_stats_ret, w
     w += _P_qqqqqqqq(v.rx_bytes, v.rx_packets, v.rx_errs, v.rx_drop, v.tx_bytes, v.tx_packets, v.tx_errs, v.tx_drop)
 
 
-def _d_remote_auth_list_ret(b: bytes, o: int, n: int) -> tuple[remote_auth_list_ret, int]:
-    v = _new(remote_auth_list_ret)
-    n1, = _U_I(b, o)
-    o += 4
-    if n1 > 20 or n1 * 4 > n - o: raise _Bad
-    x3: list[Any] = []
-    v.types = x3
-    L_U_i = _U_i
-    for _ in range(n1):
-        r4, = L_U_i(b, o)
-        o += 4
-        it2 = _EM_remote_auth_type[r4] if r4 in _EM_remote_auth_type else remote_auth_type(r4)
-        x3.append(it2)
-    return v, o
-
-
-def _e_remote_auth_list_ret(v: remote_auth_list_ret, w: bytearray) -> None:
-    x1 = v.types
-    n2 = len(x1)
-    if n2 > 20: raise _Bad
-    w += _P_I(n2)
-    for it3 in x1:
-        w += _P_i(it3)
-
-
 def _d_remote_auth_sasl_init_ret(b: bytes, o: int, n: int) -> tuple[remote_auth_sasl_init_ret, int]:
     big = n - o > 4194304
     v = _new(remote_auth_sasl_init_ret)
@@ -1255,17 +1196,6 @@ def _e_remote_auth_sasl_step_ret(v: remote_auth_sasl_step_ret, w: bytearray) -> 
     if n2 > 65536: raise _Bad
     w += _P_iiI(v.complete, v.nil, n2)
     w += _enc_chars(s1)
-
-
-def _d_remote_auth_polkit_ret(b: bytes, o: int, n: int) -> tuple[remote_auth_polkit_ret, int]:
-    v = _new(remote_auth_polkit_ret)
-    v.complete, = _U_i(b, o)
-    o += 4
-    return v, o
-
-
-def _e_remote_auth_polkit_ret(v: remote_auth_polkit_ret, w: bytearray) -> None:
-    w += _P_i(v.complete)
 
 
 def _d_remote_connect_num_of_storage_pools_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_num_of_storage_pools_ret, int]:
@@ -2568,13 +2498,11 @@ _c_remote_domain_block_stats_args = _Codec('remote_domain_block_stats_args', _e_
 _c_remote_domain_block_stats_ret = _Codec('remote_domain_block_stats_ret', _e_remote_domain_block_stats_ret, _d_remote_domain_block_stats_ret)
 _c_remote_domain_interface_stats_args = _Codec('remote_domain_interface_stats_args', _e_remote_domain_interface_stats_args, _d_remote_domain_interface_stats_args)
 _c_remote_domain_interface_stats_ret = _Codec('remote_domain_interface_stats_ret', _e_remote_domain_interface_stats_ret, _d_remote_domain_interface_stats_ret)
-_c_remote_auth_list_ret = _Codec('remote_auth_list_ret', _e_remote_auth_list_ret, _d_remote_auth_list_ret)
 _c_remote_auth_sasl_init_ret = _Codec('remote_auth_sasl_init_ret', _e_remote_auth_sasl_init_ret, _d_remote_auth_sasl_init_ret)
 _c_remote_auth_sasl_start_args = _Codec('remote_auth_sasl_start_args', _e_remote_auth_sasl_start_args, _d_remote_auth_sasl_start_args)
 _c_remote_auth_sasl_start_ret = _Codec('remote_auth_sasl_start_ret', _e_remote_auth_sasl_start_ret, _d_remote_auth_sasl_start_ret)
 _c_remote_auth_sasl_step_args = _Codec('remote_auth_sasl_step_args', _e_remote_auth_sasl_step_args, _d_remote_auth_sasl_step_args)
 _c_remote_auth_sasl_step_ret = _Codec('remote_auth_sasl_step_ret', _e_remote_auth_sasl_step_ret, _d_remote_auth_sasl_step_ret)
-_c_remote_auth_polkit_ret = _Codec('remote_auth_polkit_ret', _e_remote_auth_polkit_ret, _d_remote_auth_polkit_ret)
 _c_remote_connect_num_of_storage_pools_ret = _Codec('remote_connect_num_of_storage_pools_ret', _e_remote_connect_num_of_storage_pools_ret, _d_remote_connect_num_of_storage_pools_ret)
 _c_remote_connect_list_storage_pools_args = _Codec('remote_connect_list_storage_pools_args', _e_remote_connect_list_storage_pools_args, _d_remote_connect_list_storage_pools_args)
 _c_remote_connect_list_storage_pools_ret = _Codec('remote_connect_list_storage_pools_ret', _e_remote_connect_list_storage_pools_ret, _d_remote_connect_list_storage_pools_ret)

@@ -48,7 +48,6 @@ _S_Qi = _Struct('>Qi')
 _S_i = _Struct('>i')
 _S_iI = _Struct('>iI')
 _S_iQQ = _Struct('>iQQ')
-_S_ii = _Struct('>ii')
 _P_16sI = _S_16sI.pack
 _P_16si = _S_16si.pack
 _P_16siI = _S_16siI.pack
@@ -61,87 +60,17 @@ _P_Qi = _S_Qi.pack
 _P_i = _S_i.pack
 _P_iI = _S_iI.pack
 _P_iQQ = _S_iQQ.pack
-_P_ii = _S_ii.pack
 _U_16sI = _S_16sI.unpack_from
 _U_16si = _S_16si.unpack_from
 _U_16siI = _S_16siI.unpack_from
 _U_16siQII = _S_16siQII.unpack_from
 _U_I = _S_I.unpack_from
-_U_Q = _S_Q.unpack_from
 _U_QI = _S_QI.unpack_from
 _U_QII = _S_QII.unpack_from
 _U_Qi = _S_Qi.unpack_from
 _U_i = _S_i.unpack_from
 _U_iI = _S_iI.unpack_from
 _U_iQQ = _S_iQQ.unpack_from
-_U_ii = _S_ii.unpack_from
-
-
-class remote_connect_get_uri_ret(_XdrStruct):
-    """XDR definition::
-
-        struct remote_connect_get_uri_ret {
-            remote_nonnull_string uri;
-        };
-    """
-
-    __slots__ = ('uri',)
-    _fields = __slots__
-    uri: str
-
-    def __init__(self, uri: str) -> None:
-        self.uri = uri
-
-
-class remote_node_get_cells_free_memory_args(_XdrStruct):
-    """XDR definition::
-
-        struct remote_node_get_cells_free_memory_args {
-            int startCell;
-            int maxcells;
-        };
-    """
-
-    __slots__ = ('startCell', 'maxcells')
-    _fields = __slots__
-    startCell: int
-    maxcells: int
-
-    def __init__(self, startCell: int, maxcells: int) -> None:
-        self.startCell = startCell
-        self.maxcells = maxcells
-
-
-class remote_node_get_cells_free_memory_ret(_XdrStruct):
-    """XDR definition::
-
-        struct remote_node_get_cells_free_memory_ret {
-            unsigned hyper cells<REMOTE_NODE_MAX_CELLS>; /* insert@1 */
-        };
-    """
-
-    __slots__ = ('cells',)
-    _fields = __slots__
-    cells: list[int]
-
-    def __init__(self, cells: list[int]) -> None:
-        self.cells = cells
-
-
-class remote_node_get_free_memory_ret(_XdrStruct):
-    """XDR definition::
-
-        struct remote_node_get_free_memory_ret {
-            unsigned hyper freeMem;
-        };
-    """
-
-    __slots__ = ('freeMem',)
-    _fields = __slots__
-    freeMem: int
-
-    def __init__(self, freeMem: int) -> None:
-        self.freeMem = freeMem
 
 
 class remote_domain_block_peek_args(_XdrStruct):
@@ -334,25 +263,6 @@ class remote_domain_get_security_label_args(_XdrStruct):
 
     def __init__(self, dom: remote_nonnull_domain) -> None:
         self.dom = dom
-
-
-class remote_node_get_security_model_ret(_XdrStruct):
-    """XDR definition::
-
-        struct remote_node_get_security_model_ret {
-            char model<REMOTE_SECURITY_MODEL_MAX>;
-            char doi<REMOTE_SECURITY_DOI_MAX>;
-        };
-    """
-
-    __slots__ = ('model', 'doi')
-    _fields = __slots__
-    model: bytes
-    doi: bytes
-
-    def __init__(self, model: bytes, doi: bytes) -> None:
-        self.model = model
-        self.doi = doi
 
 
 class remote_connect_num_of_interfaces_ret(_XdrStruct):
@@ -985,71 +895,6 @@ class remote_connect_domain_event_deregister_ret(_XdrStruct):
 
 # ------------------------------------------------------------------- codecs
 
-def _d_remote_connect_get_uri_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_get_uri_ret, int]:
-    big = n - o > 4194304
-    v = _new(remote_connect_get_uri_ret)
-    n1, = _U_I(b, o)
-    o += 4
-    e2 = o + n1
-    if e2 > n or big and n1 > 4194304: raise _Bad
-    v.uri = b[o:e2].decode()
-    if n1 & 3:
-        o = e2 + 4 - (n1 & 3)
-        if b[e2:o] != _ZPAD[o - e2]: raise _Bad
-    else:
-        o = e2
-    return v, o
-
-
-def _e_remote_connect_get_uri_ret(v: remote_connect_get_uri_ret, w: bytearray) -> None:
-    s1 = v.uri.encode('utf-8', 'surrogateescape')
-    n2 = len(s1)
-    if n2 > 4194304: raise _Bad
-    w += _P_I(n2)
-    w += s1
-    if n2 & 3: w += _ZPAD[-n2 & 3]
-
-
-def _d_remote_node_get_cells_free_memory_args(b: bytes, o: int, n: int) -> tuple[remote_node_get_cells_free_memory_args, int]:
-    v = _new(remote_node_get_cells_free_memory_args)
-    v.startCell, v.maxcells = _U_ii(b, o)
-    o += 8
-    return v, o
-
-
-def _e_remote_node_get_cells_free_memory_args(v: remote_node_get_cells_free_memory_args, w: bytearray) -> None:
-    w += _P_ii(v.startCell, v.maxcells)
-
-
-def _d_remote_node_get_cells_free_memory_ret(b: bytes, o: int, n: int) -> tuple[remote_node_get_cells_free_memory_ret, int]:
-    v = _new(remote_node_get_cells_free_memory_ret)
-    n1, = _U_I(b, o)
-    o += 4
-    if n1 > 1024 or n1 * 8 > n - o: raise _Bad
-    v.cells = list(_unpack_from('>%dQ' % n1, b, o))
-    o += 8 * n1
-    return v, o
-
-
-def _e_remote_node_get_cells_free_memory_ret(v: remote_node_get_cells_free_memory_ret, w: bytearray) -> None:
-    x1 = v.cells
-    n2 = len(x1)
-    if n2 > 1024: raise _Bad
-    w += _P_I(n2)
-    w += _pack('>%dQ' % len(x1), *x1)
-
-
-def _d_remote_node_get_free_memory_ret(b: bytes, o: int, n: int) -> tuple[remote_node_get_free_memory_ret, int]:
-    v = _new(remote_node_get_free_memory_ret)
-    v.freeMem, = _U_Q(b, o)
-    o += 8
-    return v, o
-
-
-def _e_remote_node_get_free_memory_ret(v: remote_node_get_free_memory_ret, w: bytearray) -> None:
-    w += _P_Q(v.freeMem)
-
-
 def _d_remote_domain_block_peek_args(b: bytes, o: int, n: int) -> tuple[remote_domain_block_peek_args, int]:
     big = n - o > 4194304
     v = _new(remote_domain_block_peek_args)
@@ -1441,34 +1286,6 @@ def _e_remote_domain_get_security_label_args(v: remote_domain_get_security_label
     x4 = x1.uuid
     if len(x4) != 16: raise _Bad
     w += _P_16si(x4, x1.id)
-
-
-def _d_remote_node_get_security_model_ret(b: bytes, o: int, n: int) -> tuple[remote_node_get_security_model_ret, int]:
-    v = _new(remote_node_get_security_model_ret)
-    n1, = _U_I(b, o)
-    o += 4
-    if n1 > 257 or n1 * 4 > n - o: raise _Bad
-    v.model = _dec_chars(_unpack_from('>%di' % n1, b, o))
-    o += 4 * n1
-    n2, = _U_I(b, o)
-    o += 4
-    if n2 > 257 or n2 * 4 > n - o: raise _Bad
-    v.doi = _dec_chars(_unpack_from('>%di' % n2, b, o))
-    o += 4 * n2
-    return v, o
-
-
-def _e_remote_node_get_security_model_ret(v: remote_node_get_security_model_ret, w: bytearray) -> None:
-    s1 = v.model
-    n2 = len(s1)
-    if n2 > 257: raise _Bad
-    w += _P_I(n2)
-    w += _enc_chars(s1)
-    s3 = v.doi
-    n4 = len(s3)
-    if n4 > 257: raise _Bad
-    w += _P_I(n4)
-    w += _enc_chars(s3)
 
 
 def _d_remote_connect_num_of_interfaces_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_num_of_interfaces_ret, int]:
@@ -2688,10 +2505,6 @@ def _e_remote_connect_domain_event_deregister_ret(v: remote_connect_domain_event
     w += _P_i(v.cb_registered)
 
 
-_c_remote_connect_get_uri_ret = _Codec('remote_connect_get_uri_ret', _e_remote_connect_get_uri_ret, _d_remote_connect_get_uri_ret)
-_c_remote_node_get_cells_free_memory_args = _Codec('remote_node_get_cells_free_memory_args', _e_remote_node_get_cells_free_memory_args, _d_remote_node_get_cells_free_memory_args)
-_c_remote_node_get_cells_free_memory_ret = _Codec('remote_node_get_cells_free_memory_ret', _e_remote_node_get_cells_free_memory_ret, _d_remote_node_get_cells_free_memory_ret)
-_c_remote_node_get_free_memory_ret = _Codec('remote_node_get_free_memory_ret', _e_remote_node_get_free_memory_ret, _d_remote_node_get_free_memory_ret)
 _c_remote_domain_block_peek_args = _Codec('remote_domain_block_peek_args', _e_remote_domain_block_peek_args, _d_remote_domain_block_peek_args)
 _c_remote_domain_block_peek_ret = _Codec('remote_domain_block_peek_ret', _e_remote_domain_block_peek_ret, _d_remote_domain_block_peek_ret)
 _c_remote_domain_memory_peek_args = _Codec('remote_domain_memory_peek_args', _e_remote_domain_memory_peek_args, _d_remote_domain_memory_peek_args)
@@ -2701,7 +2514,6 @@ _c_remote_domain_migrate_prepare2_ret = _Codec('remote_domain_migrate_prepare2_r
 _c_remote_domain_migrate_finish2_args = _Codec('remote_domain_migrate_finish2_args', _e_remote_domain_migrate_finish2_args, _d_remote_domain_migrate_finish2_args)
 _c_remote_domain_migrate_finish2_ret = _Codec('remote_domain_migrate_finish2_ret', _e_remote_domain_migrate_finish2_ret, _d_remote_domain_migrate_finish2_ret)
 _c_remote_domain_get_security_label_args = _Codec('remote_domain_get_security_label_args', _e_remote_domain_get_security_label_args, _d_remote_domain_get_security_label_args)
-_c_remote_node_get_security_model_ret = _Codec('remote_node_get_security_model_ret', _e_remote_node_get_security_model_ret, _d_remote_node_get_security_model_ret)
 _c_remote_connect_num_of_interfaces_ret = _Codec('remote_connect_num_of_interfaces_ret', _e_remote_connect_num_of_interfaces_ret, _d_remote_connect_num_of_interfaces_ret)
 _c_remote_connect_list_interfaces_args = _Codec('remote_connect_list_interfaces_args', _e_remote_connect_list_interfaces_args, _d_remote_connect_list_interfaces_args)
 _c_remote_connect_list_interfaces_ret = _Codec('remote_connect_list_interfaces_ret', _e_remote_connect_list_interfaces_ret, _d_remote_connect_list_interfaces_ret)

@@ -62,27 +62,10 @@ _U_16si = _S_16si.unpack_from
 _U_16siI = _S_16siI.unpack_from
 _U_16siII = _S_16siII.unpack_from
 _U_I = _S_I.unpack_from
-_U_Q = _S_Q.unpack_from
 _U_QI = _S_QI.unpack_from
 _U_i = _S_i.unpack_from
 _U_iI = _S_iI.unpack_from
 _U_iQ = _S_iQ.unpack_from
-
-
-class remote_connect_get_lib_version_ret(_XdrStruct):
-    """XDR definition::
-
-        struct remote_connect_get_lib_version_ret {
-            unsigned hyper lib_ver;
-        };
-    """
-
-    __slots__ = ('lib_ver',)
-    _fields = __slots__
-    lib_ver: int
-
-    def __init__(self, lib_ver: int) -> None:
-        self.lib_ver = lib_ver
 
 
 class remote_domain_memory_stats_args(_XdrStruct):
@@ -737,22 +720,6 @@ class remote_domain_migrate_prepare_tunnel_args(_XdrStruct):
         self.dom_xml = dom_xml
 
 
-class remote_connect_is_secure_ret(_XdrStruct):
-    """XDR definition::
-
-        struct remote_connect_is_secure_ret {
-            int secure;
-        };
-    """
-
-    __slots__ = ('secure',)
-    _fields = __slots__
-    secure: int
-
-    def __init__(self, secure: int) -> None:
-        self.secure = secure
-
-
 class remote_domain_is_active_args(_XdrStruct):
     """XDR definition::
 
@@ -1013,17 +980,6 @@ class remote_connect_compare_cpu_ret(_XdrStruct):
 
 
 # ------------------------------------------------------------------- codecs
-
-def _d_remote_connect_get_lib_version_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_get_lib_version_ret, int]:
-    v = _new(remote_connect_get_lib_version_ret)
-    v.lib_ver, = _U_Q(b, o)
-    o += 8
-    return v, o
-
-
-def _e_remote_connect_get_lib_version_ret(v: remote_connect_get_lib_version_ret, w: bytearray) -> None:
-    w += _P_Q(v.lib_ver)
-
 
 def _d_remote_domain_memory_stats_args(b: bytes, o: int, n: int) -> tuple[remote_domain_memory_stats_args, int]:
     big = n - o > 4194304
@@ -2180,17 +2136,6 @@ def _e_remote_domain_migrate_prepare_tunnel_args(v: remote_domain_migrate_prepar
     if n5 & 3: w += _ZPAD[-n5 & 3]
 
 
-def _d_remote_connect_is_secure_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_is_secure_ret, int]:
-    v = _new(remote_connect_is_secure_ret)
-    v.secure, = _U_i(b, o)
-    o += 4
-    return v, o
-
-
-def _e_remote_connect_is_secure_ret(v: remote_connect_is_secure_ret, w: bytearray) -> None:
-    w += _P_i(v.secure)
-
-
 def _d_remote_domain_is_active_args(b: bytes, o: int, n: int) -> tuple[remote_domain_is_active_args, int]:
     big = n - o > 4194304
     v = _new(remote_domain_is_active_args)
@@ -2549,7 +2494,6 @@ def _e_remote_connect_compare_cpu_ret(v: remote_connect_compare_cpu_ret, w: byte
     w += _P_i(v.result)
 
 
-_c_remote_connect_get_lib_version_ret = _Codec('remote_connect_get_lib_version_ret', _e_remote_connect_get_lib_version_ret, _d_remote_connect_get_lib_version_ret)
 _c_remote_domain_memory_stats_args = _Codec('remote_domain_memory_stats_args', _e_remote_domain_memory_stats_args, _d_remote_domain_memory_stats_args)
 _c_remote_domain_memory_stat = _Codec('remote_domain_memory_stat', _e_remote_domain_memory_stat, _d_remote_domain_memory_stat)
 _c_remote_domain_memory_stats_ret = _Codec('remote_domain_memory_stats_ret', _e_remote_domain_memory_stats_ret, _d_remote_domain_memory_stats_ret)
@@ -2587,7 +2531,6 @@ _c_remote_secret_undefine_args = _Codec('remote_secret_undefine_args', _e_remote
 _c_remote_secret_lookup_by_usage_args = _Codec('remote_secret_lookup_by_usage_args', _e_remote_secret_lookup_by_usage_args, _d_remote_secret_lookup_by_usage_args)
 _c_remote_secret_lookup_by_usage_ret = _Codec('remote_secret_lookup_by_usage_ret', _e_remote_secret_lookup_by_usage_ret, _d_remote_secret_lookup_by_usage_ret)
 _c_remote_domain_migrate_prepare_tunnel_args = _Codec('remote_domain_migrate_prepare_tunnel_args', _e_remote_domain_migrate_prepare_tunnel_args, _d_remote_domain_migrate_prepare_tunnel_args)
-_c_remote_connect_is_secure_ret = _Codec('remote_connect_is_secure_ret', _e_remote_connect_is_secure_ret, _d_remote_connect_is_secure_ret)
 _c_remote_domain_is_active_args = _Codec('remote_domain_is_active_args', _e_remote_domain_is_active_args, _d_remote_domain_is_active_args)
 _c_remote_domain_is_active_ret = _Codec('remote_domain_is_active_ret', _e_remote_domain_is_active_ret, _d_remote_domain_is_active_ret)
 _c_remote_domain_is_persistent_args = _Codec('remote_domain_is_persistent_args', _e_remote_domain_is_persistent_args, _d_remote_domain_is_persistent_args)

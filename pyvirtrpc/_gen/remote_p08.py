@@ -759,44 +759,6 @@ class remote_domain_get_disk_errors_ret(_XdrStruct):
         self.nerrors = nerrors
 
 
-class remote_connect_list_all_domains_args(_XdrStruct):
-    """XDR definition::
-
-        struct remote_connect_list_all_domains_args {
-            int need_results;
-            unsigned int flags;
-        };
-    """
-
-    __slots__ = ('need_results', 'flags')
-    _fields = __slots__
-    need_results: int
-    flags: int
-
-    def __init__(self, need_results: int, flags: int) -> None:
-        self.need_results = need_results
-        self.flags = flags
-
-
-class remote_connect_list_all_domains_ret(_XdrStruct):
-    """XDR definition::
-
-        struct remote_connect_list_all_domains_ret { /* insert@1 */
-            remote_nonnull_domain domains<REMOTE_DOMAIN_LIST_MAX>;
-            unsigned int ret;
-        };
-    """
-
-    __slots__ = ('domains', 'ret')
-    _fields = __slots__
-    domains: list[remote_nonnull_domain]
-    ret: int
-
-    def __init__(self, domains: list[remote_nonnull_domain], ret: int) -> None:
-        self.domains = domains
-        self.ret = ret
-
-
 class remote_connect_list_all_storage_pools_args(_XdrStruct):
     """XDR definition::
 
@@ -2660,68 +2622,6 @@ def _e_remote_domain_get_disk_errors_ret(v: remote_domain_get_disk_errors_ret, w
     w += _P_i(v.nerrors)
 
 
-def _d_remote_connect_list_all_domains_args(b: bytes, o: int, n: int) -> tuple[remote_connect_list_all_domains_args, int]:
-    v = _new(remote_connect_list_all_domains_args)
-    v.need_results, v.flags = _U_iI(b, o)
-    o += 8
-    return v, o
-
-
-def _e_remote_connect_list_all_domains_args(v: remote_connect_list_all_domains_args, w: bytearray) -> None:
-    w += _P_iI(v.need_results, v.flags)
-
-
-def _d_remote_connect_list_all_domains_ret(b: bytes, o: int, n: int) -> tuple[remote_connect_list_all_domains_ret, int]:
-    big = n - o > 4194304
-    v = _new(remote_connect_list_all_domains_ret)
-    n1, = _U_I(b, o)
-    o += 4
-    if n1 > 16384 or n1 * 24 > n - o: raise _Bad
-    x3: list[Any] = []
-    v.domains = x3
-    L_U_16si = _U_16si
-    L_U_I = _U_I
-    L_ZPAD = _ZPAD
-    L_new = _new
-    L_remote_nonnull_domain = remote_nonnull_domain
-    for _ in range(n1):
-        it2 = L_new(L_remote_nonnull_domain)
-        n4, = L_U_I(b, o)
-        o += 4
-        e5 = o + n4
-        if e5 > n or big and n4 > 4194304: raise _Bad
-        it2.name = b[o:e5].decode()
-        if n4 & 3:
-            o = e5 + 4 - (n4 & 3)
-            if b[e5:o] != L_ZPAD[o - e5]: raise _Bad
-        else:
-            o = e5
-        it2.uuid, it2.id = L_U_16si(b, o)
-        o += 20
-        x3.append(it2)
-    v.ret, = _U_I(b, o)
-    o += 4
-    return v, o
-
-
-def _e_remote_connect_list_all_domains_ret(v: remote_connect_list_all_domains_ret, w: bytearray) -> None:
-    x1 = v.domains
-    n2 = len(x1)
-    if n2 > 16384: raise _Bad
-    w += _P_I(n2)
-    for it3 in x1:
-        s4 = it3.name.encode('utf-8', 'surrogateescape')
-        n5 = len(s4)
-        if n5 > 4194304: raise _Bad
-        w += _P_I(n5)
-        w += s4
-        if n5 & 3: w += _ZPAD[-n5 & 3]
-        x6 = it3.uuid
-        if len(x6) != 16: raise _Bad
-        w += _P_16si(x6, it3.id)
-    w += _P_I(v.ret)
-
-
 def _d_remote_connect_list_all_storage_pools_args(b: bytes, o: int, n: int) -> tuple[remote_connect_list_all_storage_pools_args, int]:
     v = _new(remote_connect_list_all_storage_pools_args)
     v.need_results, v.flags = _U_iI(b, o)
@@ -3236,8 +3136,6 @@ _c_remote_domain_snapshot_has_metadata_ret = _Codec('remote_domain_snapshot_has_
 _c_remote_domain_shutdown_flags_args = _Codec('remote_domain_shutdown_flags_args', _e_remote_domain_shutdown_flags_args, _d_remote_domain_shutdown_flags_args)
 _c_remote_domain_get_disk_errors_args = _Codec('remote_domain_get_disk_errors_args', _e_remote_domain_get_disk_errors_args, _d_remote_domain_get_disk_errors_args)
 _c_remote_domain_get_disk_errors_ret = _Codec('remote_domain_get_disk_errors_ret', _e_remote_domain_get_disk_errors_ret, _d_remote_domain_get_disk_errors_ret)
-_c_remote_connect_list_all_domains_args = _Codec('remote_connect_list_all_domains_args', _e_remote_connect_list_all_domains_args, _d_remote_connect_list_all_domains_args)
-_c_remote_connect_list_all_domains_ret = _Codec('remote_connect_list_all_domains_ret', _e_remote_connect_list_all_domains_ret, _d_remote_connect_list_all_domains_ret)
 _c_remote_connect_list_all_storage_pools_args = _Codec('remote_connect_list_all_storage_pools_args', _e_remote_connect_list_all_storage_pools_args, _d_remote_connect_list_all_storage_pools_args)
 _c_remote_connect_list_all_storage_pools_ret = _Codec('remote_connect_list_all_storage_pools_ret', _e_remote_connect_list_all_storage_pools_ret, _d_remote_connect_list_all_storage_pools_ret)
 _c_remote_storage_pool_list_all_volumes_args = _Codec('remote_storage_pool_list_all_volumes_args', _e_remote_storage_pool_list_all_volumes_args, _d_remote_storage_pool_list_all_volumes_args)

@@ -29,7 +29,6 @@ from __future__ import annotations
 from .. import _xdr
 from .._gen import constants as C
 from .._gen import keepalive as _ka
-from .._gen import virnet as _virnet
 from ..errors import DecodeError, from_remote, libvirtError, make_error
 from ..packet import (
     CALL,
@@ -64,7 +63,6 @@ PING_PACKET = HEAD.pack(MIN_PACKET, KEEPALIVE_PROGRAM, KEEPALIVE_VERSION, PING, 
 #: How many abandoned serials are remembered so that their late replies are dropped.
 ABANDONED_MAX = 4096
 
-_ERROR_CODEC = _virnet._c_virNetMessageError
 
 
 class Call:
@@ -92,7 +90,9 @@ class Call:
 
 def remote_error(m: Message, *, stream: bool = False) -> libvirtError:
     """The libvirtError a ``remote_error`` payload stands for."""
-    e = _xdr.decode(_ERROR_CODEC, m.data, m.offset)
+    from .._gen import virnet  # only needed when a call fails: not at start-up
+
+    e = _xdr.decode(virnet._c_virNetMessageError, m.data, m.offset)
     return from_remote(e.code, e.domain, e.message, e.level, e.str1, e.str2, e.str3, e.int1, e.int2, stream=stream)
 
 

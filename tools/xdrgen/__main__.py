@@ -21,7 +21,7 @@ from typing import Union
 
 from .cheaders import read_header
 from .emit import emit_constants, emit_program
-from .model import Const, GenError, Spec
+from .model import Const, GenError, Loc, Spec
 from .resolve import Universe
 from .xparser import parse
 
@@ -57,6 +57,22 @@ PROGRAMS: list[tuple[str, str, tuple[str, str, str] | None]] = [
 ]
 
 
+HOT_FILE = Path(__file__).resolve().parent / "hot_procedures.txt"
+
+
+def hot_procedures(root: Path = ROOT) -> list[tuple[str, str]]:
+    """(program prefix, procedure name) pairs from hot_procedures.txt."""
+    out = []
+    for lineno, line in enumerate(HOT_FILE.read_text().splitlines(), 1):
+        text = line.split("#", 1)[0].split()
+        if not text:
+            continue
+        if len(text) != 2:
+            raise GenError(Loc(str(HOT_FILE), lineno, 1), "expected: <program-prefix> <PROCEDURE_NAME>")
+        out.append((text[0], text[1]))
+    return out
+
+
 def generate(root: Path = ROOT, protocol_dir: str = "protocol") -> dict[str, str]:
     """Return {relative output path: text} for every generated file."""
     files: dict[str, str] = {}
@@ -78,7 +94,8 @@ def generate(root: Path = ROOT, protocol_dir: str = "protocol") -> dict[str, str
     universe = Universe(specs)
     modules = []
     for (fname, module, program), (_, spec) in zip(PROGRAMS, specs):
-        for name, text in emit_program(universe, module, spec, f"{protocol_dir}/{fname}", program).items():
+        hot = frozenset(name for prefix, name in hot_procedures(root) if program and prefix == program[2])
+        for name, text in emit_program(universe, module, spec, f"{protocol_dir}/{fname}", program, hot).items():
             files[str(OUT / f"{name}.py")] = text
         modules.append((module, program))
     files[str(OUT / "__init__.py")] = _package_init(modules, specs, known)

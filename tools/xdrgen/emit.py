@@ -635,14 +635,15 @@ def proc_types(u: Universe, spec: Spec, prefix: str) -> dict[int, list[str]]:
     return out
 
 
-def partition(u: Universe, spec: Spec, module: str, prefix: str) -> dict[str, str]:
+def partition(u: Universe, spec: Spec, module: str, prefix: str, hot: frozenset[str] = frozenset()) -> dict[str, str]:
     """Assign each named type of ``spec`` to ``module`` or to one of its shards.
 
     A type goes to shard ``<module>_pNN`` when every procedure that reaches
     it lies in that shard's number range; everything else (types shared
     between shards, enums, and types no procedure reaches, with all they
     reference) stays in the core module, which therefore never imports a
-    shard.
+    shard.  The types of the procedures named in ``hot`` (names without the
+    ``<PREFIX>_PROC_`` prefix) stay in the core too.
     """
     names = [d.name for d in spec.types]
     if len(names) <= SHARD_THRESHOLD:
@@ -668,6 +669,11 @@ def partition(u: Universe, spec: Spec, module: str, prefix: str) -> dict[str, st
     for n in names:
         if len(reach[n]) != 1 or isinstance(u.defs[n], Enum):
             closure(n, core)
+    for pname in sorted(hot):
+        for suffix in ("args", "ret", "msg"):
+            tname = f"{prefix}_{pname.lower()}_{suffix}"
+            if tname in u.defs:
+                closure(tname, core)
     out = {}
     for n in names:
         if n in core:
@@ -840,6 +846,7 @@ def emit_program(
     spec: Spec,
     rel_path: str,
     program: tuple[str, str, str] | None,
+    hot: frozenset[str] = frozenset(),
 ) -> dict[str, str]:
     """Return {module name: source} for one ``.x`` file (core, shards, schema).
 
@@ -849,7 +856,7 @@ def emit_program(
     """
     u = universe
     fname = rel_path.rsplit("/", 1)[-1]
-    where = partition(u, spec, module, program[2]) if program else {d.name: module for d in spec.types}
+    where = partition(u, spec, module, program[2], hot) if program else {d.name: module for d in spec.types}
     for name, mod in where.items():
         u.module_of[name] = mod
     shards = sorted({m for m in where.values() if m != module})

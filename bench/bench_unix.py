@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -111,24 +110,18 @@ def cold(module: str, uri: str, runs: int) -> tuple[float, float, float]:
     env.pop("PYTHONDONTWRITEBYTECODE", None)  # a user's Python caches bytecode
     for c in (code, imp):  # warm the page cache and the .pyc files
         subprocess.run([sys.executable, "-c", c], env=env, check=True, capture_output=True)
-    times, imps, rss = [], [], []
+    times, imps = [], []
     for _ in range(runs):
         t = time.perf_counter()
         subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True)
         times.append(time.perf_counter() - t)
-        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        rss.append(before)
         t = time.perf_counter()
         subprocess.run([sys.executable, "-c", imp], env=env, check=True, capture_output=True)
         imps.append(time.perf_counter() - t)
-    # ru_maxrss of children is the max over all children so far: measure separately
-    out = subprocess.run(
-        [sys.executable, "-c", code + "; import resource; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"],
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
+    # peak RSS of that process: VmHWM (ru_maxrss would include the forked
+    # parent's own peak, carried across exec)
+    hwm = "; print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])"
+    out = subprocess.run([sys.executable, "-c", code + hwm], env=env, check=True, capture_output=True, text=True)
     return statistics.median(times), statistics.median(imps), int(out.stdout.split()[-1]) / 1024
 
 

@@ -28,9 +28,9 @@ Contract:
 
 from __future__ import annotations
 
+import _socket  # not socket.py: that imports enum and selectors (~6 ms of start-up)
 import errno as _errno
 import select
-import socket
 from _thread import allocate_lock
 from time import monotonic
 
@@ -127,19 +127,19 @@ def _shutdown(channel: Any) -> None:
     shut = getattr(channel, "shutdown", None)
     if shut is not None:  # a socket, or a channel that knows what its shutdown means
         try:
-            shut(socket.SHUT_RDWR)
+            shut(_socket.SHUT_RDWR)
         except (OSError, ValueError):
             pass
         return
     try:
         fd = channel.fileno()
-        s = socket.socket(fileno=fd) if fd >= 0 else None
+        s = _socket.socket(fileno=fd) if fd >= 0 else None
     except (OSError, ValueError, AttributeError):
         return  # not a socket (or already closed): nothing blocks on it
     if s is None:
         return
     try:
-        s.shutdown(socket.SHUT_RDWR)
+        s.shutdown(_socket.SHUT_RDWR)
     except OSError:
         pass
     finally:
@@ -332,10 +332,10 @@ class Connection:
                     else:
                         remaining = deadline - monotonic()
                         if remaining <= 0 or not poller.poll(remaining * 1000.0):
-                            raise socket.timeout()
+                            raise _socket.timeout()
                 try:
                     data = recv(RECV_SIZE)
-                except socket.timeout:
+                except _socket.timeout:
                     raise
                 except libvirtError as exc:  # SASL layer rejected a packet
                     self._die(exc, CLOSE_ERROR)
@@ -373,7 +373,7 @@ class Connection:
                     self._deliver(events)
                 if call.done:
                     break
-        except socket.timeout:
+        except _socket.timeout:
             with lock:
                 if not call.done:
                     rpc.abandon(call)

@@ -16,7 +16,7 @@ _new = object.__new__  # decoders fill __slots__ directly instead of calling __i
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: it costs milliseconds at start-up
-    from typing import Any, Optional, Union
+    from typing import Any, ClassVar, Optional, Union
 
 from .._xdr import FLAG0 as _FLAG0
 from .._xdr import FLAG1 as _FLAG1
@@ -37,12 +37,12 @@ _P_i = _S_i.pack
 _U_i = _S_i.unpack_from
 
 # ---------------------------------------------------------------- constants
-KEEPALIVE_PROGRAM: int = 1801807216
-KEEPALIVE_PROTOCOL_VERSION: int = 1
+KEEPALIVE_PROGRAM = 1801807216
+KEEPALIVE_PROTOCOL_VERSION = 1
 
 # keepalive_procedure: procedure numbers (see PROCEDURES)
-KEEPALIVE_PROC_PING: int = 1
-KEEPALIVE_PROC_PONG: int = 2
+KEEPALIVE_PROC_PING = 1
+KEEPALIVE_PROC_PONG = 2
 
 
 # ------------------------------------------------------------------- codecs

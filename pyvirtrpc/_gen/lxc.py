@@ -16,7 +16,7 @@ _new = object.__new__  # decoders fill __slots__ directly instead of calling __i
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: it costs milliseconds at start-up
-    from typing import Any, Optional, Union
+    from typing import Any, ClassVar, Optional, Union
 
 from .._xdr import FLAG0 as _FLAG0
 from .._xdr import FLAG1 as _FLAG1
@@ -44,11 +44,11 @@ _U_I = _S_I.unpack_from
 _U_i = _S_i.unpack_from
 
 # ---------------------------------------------------------------- constants
-LXC_PROGRAM: int = 425984
-LXC_PROTOCOL_VERSION: int = 1
+LXC_PROGRAM = 425984
+LXC_PROTOCOL_VERSION = 1
 
 # lxc_procedure: procedure numbers (see PROCEDURES)
-LXC_PROC_DOMAIN_OPEN_NAMESPACE: int = 1
+LXC_PROC_DOMAIN_OPEN_NAMESPACE = 1
 
 
 class lxc_domain_open_namespace_args(_XdrStruct):

@@ -16,7 +16,7 @@ _new = object.__new__  # decoders fill __slots__ directly instead of calling __i
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: it costs milliseconds at start-up
-    from typing import Any, Optional, Union
+    from typing import Any, ClassVar, Optional, Union
 
 from .._xdr import FLAG0 as _FLAG0
 from .._xdr import FLAG1 as _FLAG1
@@ -57,17 +57,17 @@ _U_iI = _S_iI.unpack_from
 _U_qII = _S_qII.unpack_from
 
 # ---------------------------------------------------------------- constants
-QEMU_PROGRAM: int = 536903815
-QEMU_PROTOCOL_VERSION: int = 1
+QEMU_PROGRAM = 536903815
+QEMU_PROTOCOL_VERSION = 1
 
 # qemu_procedure: procedure numbers (see PROCEDURES)
-QEMU_PROC_DOMAIN_MONITOR_COMMAND: int = 1
-QEMU_PROC_DOMAIN_ATTACH: int = 2
-QEMU_PROC_DOMAIN_AGENT_COMMAND: int = 3
-QEMU_PROC_CONNECT_DOMAIN_MONITOR_EVENT_REGISTER: int = 4
-QEMU_PROC_CONNECT_DOMAIN_MONITOR_EVENT_DEREGISTER: int = 5
-QEMU_PROC_DOMAIN_MONITOR_EVENT: int = 6
-QEMU_PROC_DOMAIN_MONITOR_COMMAND_WITH_FILES: int = 7
+QEMU_PROC_DOMAIN_MONITOR_COMMAND = 1
+QEMU_PROC_DOMAIN_ATTACH = 2
+QEMU_PROC_DOMAIN_AGENT_COMMAND = 3
+QEMU_PROC_CONNECT_DOMAIN_MONITOR_EVENT_REGISTER = 4
+QEMU_PROC_CONNECT_DOMAIN_MONITOR_EVENT_DEREGISTER = 5
+QEMU_PROC_DOMAIN_MONITOR_EVENT = 6
+QEMU_PROC_DOMAIN_MONITOR_COMMAND_WITH_FILES = 7
 
 
 class qemu_domain_monitor_command_args(_XdrStruct):

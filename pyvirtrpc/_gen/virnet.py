@@ -16,7 +16,7 @@ _new = object.__new__  # decoders fill __slots__ directly instead of calling __i
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: it costs milliseconds at start-up
-    from typing import Any, Optional, Union
+    from typing import Any, ClassVar, Optional, Union
 
 from .._xdr import FLAG0 as _FLAG0
 from .._xdr import FLAG1 as _FLAG1
@@ -58,18 +58,18 @@ _U_iiI = _S_iiI.unpack_from
 _U_qI = _S_qI.unpack_from
 
 # ---------------------------------------------------------------- constants
-VIR_NET_MESSAGE_INITIAL: int = 65536
-VIR_NET_MESSAGE_LEGACY_PAYLOAD_MAX: int = 262120
-VIR_NET_MESSAGE_MAX: int = 33554432
-VIR_NET_MESSAGE_HEADER_MAX: int = 24
-VIR_NET_MESSAGE_PAYLOAD_MAX: int = 33554408
-VIR_NET_MESSAGE_LEN_MAX: int = 4
-VIR_NET_MESSAGE_STRING_MAX: int = 4194304
-VIR_NET_MESSAGE_NUM_FDS_MAX: int = 32
-VIR_NET_MESSAGE_HEADER_XDR_LEN: int = 4
+VIR_NET_MESSAGE_INITIAL = 65536
+VIR_NET_MESSAGE_LEGACY_PAYLOAD_MAX = 262120
+VIR_NET_MESSAGE_MAX = 33554432
+VIR_NET_MESSAGE_HEADER_MAX = 24
+VIR_NET_MESSAGE_PAYLOAD_MAX = 33554408
+VIR_NET_MESSAGE_LEN_MAX = 4
+VIR_NET_MESSAGE_STRING_MAX = 4194304
+VIR_NET_MESSAGE_NUM_FDS_MAX = 32
+VIR_NET_MESSAGE_HEADER_XDR_LEN = 4
 
 
-class virNetMessageType(_OpenEnum):
+class virNetMessageType(_OpenEnum, members={'VIR_NET_CALL': 0, 'VIR_NET_REPLY': 1, 'VIR_NET_MESSAGE': 2, 'VIR_NET_STREAM': 3, 'VIR_NET_CALL_WITH_FDS': 4, 'VIR_NET_REPLY_WITH_FDS': 5, 'VIR_NET_STREAM_HOLE': 6}):
     """XDR definition::
 
         enum virNetMessageType {
@@ -90,16 +90,16 @@ class virNetMessageType(_OpenEnum):
         };
     """
 
-    VIR_NET_CALL = 0
-    VIR_NET_REPLY = 1
-    VIR_NET_MESSAGE = 2
-    VIR_NET_STREAM = 3
-    VIR_NET_CALL_WITH_FDS = 4
-    VIR_NET_REPLY_WITH_FDS = 5
-    VIR_NET_STREAM_HOLE = 6
+    VIR_NET_CALL: ClassVar[virNetMessageType]
+    VIR_NET_REPLY: ClassVar[virNetMessageType]
+    VIR_NET_MESSAGE: ClassVar[virNetMessageType]
+    VIR_NET_STREAM: ClassVar[virNetMessageType]
+    VIR_NET_CALL_WITH_FDS: ClassVar[virNetMessageType]
+    VIR_NET_REPLY_WITH_FDS: ClassVar[virNetMessageType]
+    VIR_NET_STREAM_HOLE: ClassVar[virNetMessageType]
 
 
-_EM_virNetMessageType: dict[int, virNetMessageType] = dict(virNetMessageType._value2member_map_)  # type: ignore[arg-type,unused-ignore]
+_EM_virNetMessageType: dict[int, virNetMessageType] = dict(virNetMessageType._value2member_map_)
 VIR_NET_CALL: virNetMessageType = virNetMessageType.VIR_NET_CALL
 VIR_NET_REPLY: virNetMessageType = virNetMessageType.VIR_NET_REPLY
 VIR_NET_MESSAGE: virNetMessageType = virNetMessageType.VIR_NET_MESSAGE
@@ -109,7 +109,7 @@ VIR_NET_REPLY_WITH_FDS: virNetMessageType = virNetMessageType.VIR_NET_REPLY_WITH
 VIR_NET_STREAM_HOLE: virNetMessageType = virNetMessageType.VIR_NET_STREAM_HOLE
 
 
-class virNetMessageStatus(_OpenEnum):
+class virNetMessageStatus(_OpenEnum, members={'VIR_NET_OK': 0, 'VIR_NET_ERROR': 1, 'VIR_NET_CONTINUE': 2}):
     """XDR definition::
 
         enum virNetMessageStatus {
@@ -129,12 +129,12 @@ class virNetMessageStatus(_OpenEnum):
         };
     """
 
-    VIR_NET_OK = 0
-    VIR_NET_ERROR = 1
-    VIR_NET_CONTINUE = 2
+    VIR_NET_OK: ClassVar[virNetMessageStatus]
+    VIR_NET_ERROR: ClassVar[virNetMessageStatus]
+    VIR_NET_CONTINUE: ClassVar[virNetMessageStatus]
 
 
-_EM_virNetMessageStatus: dict[int, virNetMessageStatus] = dict(virNetMessageStatus._value2member_map_)  # type: ignore[arg-type,unused-ignore]
+_EM_virNetMessageStatus: dict[int, virNetMessageStatus] = dict(virNetMessageStatus._value2member_map_)
 VIR_NET_OK: virNetMessageStatus = virNetMessageStatus.VIR_NET_OK
 VIR_NET_ERROR: virNetMessageStatus = virNetMessageStatus.VIR_NET_ERROR
 VIR_NET_CONTINUE: virNetMessageStatus = virNetMessageStatus.VIR_NET_CONTINUE

@@ -10,7 +10,9 @@ out of scope; the URI layer reports that case).
 
 from __future__ import annotations
 
-import socket
+# _socket, not socket.py: the socket module imports enum and selectors, about
+# 6 ms of start-up that a process opening a unix connection never needs.
+import _socket
 
 from .._gen import constants as C
 from ..errors import make_error, system_error
@@ -19,12 +21,15 @@ from ..errors import make_error, system_error
 UNIX_PATH_MAX = 108
 
 
-class UnixChannel(socket.socket):
+class UnixChannel(_socket.socket):
     """A connected unix stream socket that knows it is a libvirt channel."""
 
     is_secure = True
     is_encrypted = False
     transport = "unix"
+
+    def __repr__(self) -> str:
+        return f"<UnixChannel fd={self.fileno()}>"
 
     def __del__(self) -> None:
         # A connection dropped without close() (or collected in a reference
@@ -39,13 +44,13 @@ class UnixChannel(socket.socket):
 def connect(path: str, timeout: float | None = None) -> UnixChannel:
     if len(path.encode()) >= UNIX_PATH_MAX:
         raise make_error(C.VIR_ERR_INTERNAL_ERROR, C.VIR_FROM_RPC, f"Path {path} too long for unix socket")
-    sock = UnixChannel(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = UnixChannel(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     try:
         sock.settimeout(timeout)
         sock.connect(path)
         sock.settimeout(None)
     except OSError as exc:
         sock.close()
-        errno = exc.errno or (110 if isinstance(exc, TimeoutError) else 5)
+        errno = exc.errno or (110 if isinstance(exc, _socket.timeout) else 5)
         raise system_error(C.VIR_FROM_RPC, errno, f"Failed to connect socket to '{path}'") from None
     return sock

@@ -803,7 +803,7 @@ def _header(em: Emitter, rel_path: str, sha: str, doc: str, extra_imports: list[
         "",
         "TYPE_CHECKING = False",
         "if TYPE_CHECKING:  # typing is not imported at run time: it costs milliseconds at start-up",
-        "    from typing import Any, Optional, Union",
+        "    from typing import Any, ClassVar, Optional, Union",
         "",
     ]
     for n, alias in (
@@ -881,26 +881,26 @@ def emit_program(
     if spec.consts:
         out("# ---------------------------------------------------------------- constants")
         for c in spec.consts:
-            out(f"{c.name}: int = {c.value!r}")
+            out(f"{c.name} = {c.value!r}")
         out("")
     for d in spec.types:
         if isinstance(d, Enum):
             if em.is_proc_enum(d):
                 out(f"# {d.name}: procedure numbers (see PROCEDURES)")
                 for m in d.members:
-                    out(f"{m.name}: int = {m.value}")
+                    out(f"{m.name} = {m.value}")
                 out("")
                 continue
             out("")
-            out(f"class {d.name}(_OpenEnum):")
+            members = ", ".join(f"{m.name!r}: {m.value}" for m in d.members)
+            out(f"class {d.name}(_OpenEnum, members={{{members}}}):")
             out(_docstring(d.source, "    ").rstrip("\n"))
             out("")
             for m in d.members:
-                out(f"    {m.name} = {m.value}")
+                out(f"    {m.name}: ClassVar[{d.name}]")
             out("")
             out("")
-            table = f"_EM_{d.name}: dict[int, {d.name}] = dict({d.name}._value2member_map_)"
-            out(f"{table}  # type: ignore[arg-type,unused-ignore]")
+            out(f"_EM_{d.name}: dict[int, {d.name}] = dict({d.name}._value2member_map_)")
             for m in d.members:
                 out(f"{m.name}: {d.name} = {d.name}.{m.name}")
             out("")
@@ -1108,6 +1108,7 @@ def emit_constants(consts: list[Const], sources: list[tuple[str, str]], doc: str
         "",
     ]
     for c in consts:
-        kind = "int" if isinstance(c.value, int) else "str"
-        lines.append(f"{c.name}: {kind} = {c.value!r}")
+        # no annotations: the literal tells type checkers the type, and 1,200
+        # annotated assignments cost start-up time (each fills __annotations__)
+        lines.append(f"{c.name} = {c.value!r}")
     return "\n".join(lines) + "\n"

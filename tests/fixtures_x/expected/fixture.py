@@ -16,7 +16,7 @@ _new = object.__new__  # decoders fill __slots__ directly instead of calling __i
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is not imported at run time: it costs milliseconds at start-up
-    from typing import Any, Optional, Union
+    from typing import Any, ClassVar, Optional, Union
 
 from .._xdr import FLAG0 as _FLAG0
 from .._xdr import FLAG1 as _FLAG1
@@ -60,14 +60,14 @@ _U_ii = _S_ii.unpack_from
 _U_q = _S_q.unpack_from
 
 # ---------------------------------------------------------------- constants
-FX_STRING_MAX: int = 64
-FX_LIST_MAX: int = 16
-FX_SMALL: int = 3
-FX_PROGRAM: int = 536875572
-FX_PROTOCOL_VERSION: int = 1
+FX_STRING_MAX = 64
+FX_LIST_MAX = 16
+FX_SMALL = 3
+FX_PROGRAM = 536875572
+FX_PROTOCOL_VERSION = 1
 
 
-class fx_color(_OpenEnum):
+class fx_color(_OpenEnum, members={'FX_RED': 0, 'FX_GREEN': 1, 'FX_BLUE': 5}):
     """XDR definition::
 
         enum fx_color {
@@ -77,20 +77,20 @@ class fx_color(_OpenEnum):
         };
     """
 
-    FX_RED = 0
-    FX_GREEN = 1
-    FX_BLUE = 5
+    FX_RED: ClassVar[fx_color]
+    FX_GREEN: ClassVar[fx_color]
+    FX_BLUE: ClassVar[fx_color]
 
 
-_EM_fx_color: dict[int, fx_color] = dict(fx_color._value2member_map_)  # type: ignore[arg-type,unused-ignore]
+_EM_fx_color: dict[int, fx_color] = dict(fx_color._value2member_map_)
 FX_RED: fx_color = fx_color.FX_RED
 FX_GREEN: fx_color = fx_color.FX_GREEN
 FX_BLUE: fx_color = fx_color.FX_BLUE
 
 # fx_procedure: procedure numbers (see PROCEDURES)
-FX_PROC_PING: int = 1
-FX_PROC_EVENT: int = 2
-FX_PROC_NOTHING: int = 3
+FX_PROC_PING = 1
+FX_PROC_EVENT = 2
+FX_PROC_NOTHING = 3
 
 if TYPE_CHECKING:
     fx_nonnull_string = str  # typedef

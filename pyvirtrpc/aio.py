@@ -37,7 +37,7 @@ from . import uri as _uri
 from ._api_events import AsyncEventsMixin
 from ._gen import constants as C
 from ._gen import remote as R
-from .client import CLOSE_CLIENT, CLOSE_EOF, CLOSE_ERROR, PROGRAMS, REMOTE
+from .client import CLOSE_CLIENT, CLOSE_EOF, CLOSE_ERROR, PROGRAMS, REMOTE, _log_step
 from .core import handshake as hs
 from .core.rpc import RPC, Call
 from .errors import from_fields, libvirtError, make_error, system_error
@@ -220,6 +220,9 @@ class AsyncConnection:
                         if isinstance(item, BaseException) and not isinstance(item, libvirtError):
                             raise item
                     step = gen.send(list(outcomes))
+                elif isinstance(step, hs.Log):
+                    _log_step(step)
+                    step = gen.send(None)
                 elif isinstance(step, hs.InstallLayer):
                     self.layer = step.layer
                     ssf = int(getattr(step.layer, "ssf", 0))

@@ -157,6 +157,13 @@ def _hung_up(channel: Any) -> bool:
     return any(ev & select.POLLHUP for _fd, ev in ready)
 
 
+def _log_step(step: hs.Log) -> None:
+    """Log what a handshake step asked to log (the core cannot import logging)."""
+    log = _log.logger(step.category)
+    if log is not None and log.isEnabledFor(step.level):
+        log.log(step.level, step.message, *step.args)
+
+
 def _copy(error: libvirtError) -> libvirtError:
     """A fresh exception with the same fields (one instance per raising thread)."""
     return from_fields(error.err) if error.err is not None else libvirtError(str(error))
@@ -565,6 +572,9 @@ class Connection:
                         except libvirtError as exc:
                             results.append(exc)
                     step = gen.send(results)
+                elif isinstance(step, hs.Log):
+                    _log_step(step)
+                    step = gen.send(None)
                 elif isinstance(step, hs.InstallLayer):
                     self.install_layer(step.layer)
                     step = gen.send(None)

@@ -44,12 +44,11 @@ error.
 
 from __future__ import annotations
 
-from .. import _log
 from .._gen import constants as C
 from .._gen import remote as R
 from ..sasl import Credentials, SaslClient
 from ..sasl._common import remote_auth_error
-from .handshake import Call, InstallLayer
+from .handshake import Call, InstallLayer, Log
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -198,19 +197,16 @@ def sasl_steps(
     ``props`` replaces libvirt's security properties (tests use it to make
     the client pick 3des or rc4-56 against a real daemon).
     """
-    log = _log.logger("remote") if _log.debug_enabled("remote") else None
     creds = make_credentials(plan, auth)
     secure = bool(getattr(channel, "is_secure", False))
     external = int(getattr(channel, "tls_key_bits", 0) or 0)
     client = SaslClient(
         creds, host=plan.host or "localhost", secure=secure, external_ssf=external, forced=mech, props=props
     )
-    if log is not None:
-        log.debug("Client initialize SASL authentication (secure=%d, external SSF %d)", secure, external)
+    yield Log(10, "remote", "Client initialize SASL authentication (secure=%d, external SSF %d)", secure, external)
     init = yield Call(R.REMOTE_PROC_AUTH_SASL_INIT)
     name, data = client.start(init.mechlist)
-    if log is not None:
-        log.debug("Server start negotiation with mech %s. Data %d bytes", name, len(data) if data else 0)
+    yield Log(10, "remote", "Server start negotiation with mech %s. Data %d bytes", name, len(data) if data else 0)
     reply = yield Call(
         R.REMOTE_PROC_AUTH_SASL_START,
         R.remote_auth_sasl_start_args(name, 1 if data is None else 0, data or b""),
@@ -224,19 +220,10 @@ def sasl_steps(
             R.remote_auth_sasl_step_args(1 if out is None else 0, out or b""),
         )
     if client.warning:
-        _warn(client.warning)
+        yield Log(30, "remote", "%s", client.warning)
     ssf = client.ssf
-    if log is not None:
-        log.debug("SASL authentication complete: mech %s, SSF %d", name, ssf)
+    yield Log(10, "remote", "SASL authentication complete: mech %s, SSF %d", name, ssf)
     layer = client.security_layer()
     if layer is not None:
         yield InstallLayer(layer)
     return SaslResult(ssf, name)
-
-
-def _warn(message: str) -> None:
-    # the core does not import logging itself: the warning is seen when
-    # logging is in use (a LIBVIRT_* variable set, or the application logs)
-    log = _log.logger("remote")
-    if log is not None:
-        log.warning("%s", message)

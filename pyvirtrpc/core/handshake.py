@@ -9,7 +9,8 @@ driver must perform and receives their results:
   ``send()`` back the list of their results (a libvirtError in place of a
   failed call's value);
 * ``InstallLayer(layer)``: put a negotiated SASL security layer under the
-  framing before the next packet (nothing is sent back).
+  framing before the next packet (nothing is sent back);
+* ``Log(level, category, message, *args)``: log through the driver.
 
 It follows the C client's ``doRemoteOpen``/``remoteAuthenticate`` step for
 step: AUTH_LIST (an old daemon's NO_SUPPORT means no auth), the forced or
@@ -87,6 +88,22 @@ class Batch(Step):
 
     def __repr__(self) -> str:
         return f"<Batch {self.calls!r}>"
+
+
+class Log(Step):
+    """Have the driver log a message (the core itself never imports logging).
+
+    ``level`` is a :mod:`logging` level number (10 debug, 30 warning); the
+    driver sends nothing back.  Messages never contain secrets.
+    """
+
+    __slots__ = ("level", "category", "message", "args")
+
+    def __init__(self, level: int, category: str, message: str, *args: Any) -> None:
+        self.level = level
+        self.category = category
+        self.message = message
+        self.args = args
 
 
 class InstallLayer(Step):

@@ -19,10 +19,9 @@ Each figure is the best of ``--rounds`` rounds (default 3); ``x`` is
 pyvirtrpc's rate over the C binding's (the targets: calls >= 1.0, open+close
 >= 1.0).
 
-pyvirtrpc's DIGEST-MD5 layer needs ``cryptography`` >= 43 (its
-``hazmat.decrepit`` ciphers); Debian 12's python3-cryptography is 38.  Put a
-newer one first on PYTHONPATH (any abi3 wheel works with /usr/bin/python3),
-e.g. ``PYTHONPATH=/path/to/site-packages-with-cryptography:.``.
+pyvirtrpc's DIGEST-MD5 layer takes RC4 from ``cryptography``: from
+``hazmat.decrepit`` (>= 43), or from the old location in older releases such
+as Debian 12's python3-cryptography 38, which /usr/bin/python3 sees.
 """
 
 from __future__ import annotations
@@ -44,14 +43,6 @@ try:
     import libvirt  # type: ignore[import-not-found]
 except ImportError:  # pragma: no cover - the bench needs the C binding
     sys.exit("python3-libvirt is not importable: run this with /usr/bin/python3 (apt-get install python3-libvirt)")
-
-try:
-    from cryptography.hazmat.decrepit.ciphers import algorithms as _decrepit  # noqa: F401
-except ImportError:
-    sys.exit(
-        "pyvirtrpc's SASL layer needs cryptography >= 43 (hazmat.decrepit); put one first on PYTHONPATH "
-        "(see this file's docstring)"
-    )
 
 libvirt.registerErrorHandler(lambda *a: None, None)
 

@@ -489,6 +489,15 @@ class SecurityLayer:
         if self._error is not None:
             raise self._error
         buf = self._buf
+        if not buf and len(raw) >= 4:
+            # fast path: exactly one whole SASL packet (a typical reply)
+            n = _U32.unpack_from(raw, 0)[0]
+            if n + 4 == len(raw) and 0 < n <= self.max_incoming:
+                try:
+                    return self._unseal(raw[4:])
+                except SaslFailure as f:
+                    self._error = decode_error(f.detail)
+                    raise self._error from None
         buf += raw
         out = bytearray()
         pos = 0

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Optional
+    from typing import Any, Callable, Optional
 
     from . import Channel
 
@@ -45,7 +45,7 @@ RECV_SIZE = 65536
 class SaslChannel:
     """See the module docstring."""
 
-    __slots__ = ("inner", "layer", "is_secure", "is_encrypted", "ssf", "_send", "_recv", "_encode", "_feed")
+    __slots__ = ("inner", "layer", "is_secure", "is_encrypted", "ssf", "pending", "_send", "_recv", "_encode", "_feed")
 
     def __init__(self, inner: Channel, layer: Any) -> None:
         self.inner = inner
@@ -58,6 +58,11 @@ class SaslChannel:
         self._recv = inner.recv
         self._encode = layer.encode
         self._feed = layer.feed
+        #: plaintext waiting without a socket read: only an inner TLS channel
+        #: may hold records (decoded data never waits here: ``recv`` returns
+        #: every complete SASL packet); None when the inner channel has no
+        #: buffer, so that readers skip the check
+        self.pending: Optional[Callable[[], Any]] = getattr(inner, "pending", None)
 
     def __repr__(self) -> str:
         return f"<SaslChannel ssf={self.ssf} over {self.inner!r}>"
@@ -81,15 +86,6 @@ class SaslChannel:
             plain: bytes = feed(raw)
             if plain:
                 return plain
-
-    def pending(self) -> bool:
-        """Plaintext waiting without a socket read: the inner channel's answer.
-
-        Decoded data never waits here (``recv`` returns every complete SASL
-        packet); only an inner TLS channel may hold records.
-        """
-        inner_pending = getattr(self.inner, "pending", None)
-        return bool(inner_pending()) if inner_pending is not None else False
 
     def settimeout(self, t: Optional[float]) -> None:
         self.inner.settimeout(t)

@@ -177,13 +177,15 @@ class Connection:
         self.rpc = RPC(PROGRAMS)
         self.timeout = timeout
         self._lock = allocate_lock()
+        #: held by the thread writing to the channel; packets of other threads
+        #: wait in _send_queue for it (see _send)
         self._send_lock = allocate_lock()
+        self._send_queue: list[bytes] = []
         self._reading = False
         self._dead: Optional[libvirtError] = None
         self._close_reason: Optional[int] = None
-        #: the reader's poll object and the fd it watches (only the reader uses it)
-        self._poller: Any = None
-        self._poll_fd = -1
+        #: (channel, recv, pending, poll_first, poll object) for the reader (see _channel_facts)
+        self._reader_facts: Any = None
         #: called (without locks held) after events were queued in rpc.events
         self.event_sink: Optional[Callable[[list[tuple[Procedure, Any]]], None]] = None
         #: called once when the connection goes away: (reason, error or None)
@@ -232,8 +234,37 @@ class Connection:
         self, proc: Procedure, args: Any = None, *, program: int = REMOTE, version: int = 1, timeout: Any = _USE_DEFAULT
     ) -> Any:
         """Make one call and return its decoded reply (None for void)."""
-        call = self.start(proc, args, program, version)
-        return self._wait(call, self.timeout if timeout is _USE_DEFAULT else timeout)
+        if timeout is _USE_DEFAULT:
+            timeout = self.timeout
+        lock = self._lock
+        lock.acquire()
+        if self._reading or timeout is not None or self._dead is not None:
+            lock.release()
+            return self._wait(self.start(proc, args, program, version), timeout)
+        # Nobody is reading (a single-threaded caller, the common case): take
+        # the reader role, send, and only then enter the call in the table
+        # (while the daemon works on it: off the critical path).  That is
+        # safe because nobody else can read the reply before we do.
+        rpc = self.rpc
+        try:
+            serial, packet = rpc.encode(program, version, proc, args)
+        except BaseException:
+            lock.release()
+            raise
+        self._reading = True
+        lock.release()
+        try:
+            self._send(packet)
+        except BaseException:
+            with lock:
+                self._release()
+            raise
+        with lock:
+            call = rpc.enter(serial, program, proc, packet)
+        self._read_until(call, None, None)
+        if call.error is not None:
+            raise call.error
+        return call.result
 
     def start(self, proc: Procedure, args: Any = None, program: int = REMOTE, version: int = 1) -> Call:
         """Send a call without waiting; :meth:`finish` waits for its reply."""
@@ -262,9 +293,26 @@ class Connection:
     def _send(self, packet: bytes) -> None:
         if self._log is not None:
             self._trace_out(packet)
+        send_lock = self._send_lock
+        if not send_lock.acquire(False):
+            # Another thread is writing: leave the packet to it rather than
+            # block (combining: one write for the packets of several threads,
+            # and no thread parked on the lock).  The writer looks at the
+            # queue again after it lets go of the lock, and we try the lock
+            # again after queueing, so a packet is never stranded.
+            # list.append and slice deletion are atomic under the GIL.
+            self._send_queue.append(packet)
+            if not send_lock.acquire(False):
+                return
+            packet = b""
         try:
-            with self._send_lock:
-                self.channel.sendall(packet)
+            try:
+                if packet:
+                    self.channel.sendall(packet)
+            finally:
+                send_lock.release()
+            if self._send_queue and send_lock.acquire(False):
+                self._write(b"")
         except libvirtError as exc:  # a SASL layer may fail to encode
             self._die(exc, CLOSE_ERROR)
             raise _copy(exc) from None
@@ -272,6 +320,26 @@ class Connection:
             error = system_error(C.VIR_FROM_RPC, exc.errno or _errno.EIO, "Cannot write data")
             self._die(error, CLOSE_ERROR)
             raise _copy(error) from None
+
+    def _write(self, packet: bytes) -> None:
+        """Write ``packet`` and the queued packets; called holding the send lock, releases it."""
+        queue = self._send_queue
+        send_lock = self._send_lock
+        channel = self.channel
+        while True:
+            try:
+                if packet:
+                    channel.sendall(packet)
+                while queue:
+                    n = len(queue)
+                    packet = queue[0] if n == 1 else b"".join(queue[:n])
+                    del queue[:n]
+                    channel.sendall(packet)
+            finally:
+                send_lock.release()
+            if not queue or not send_lock.acquire(False):
+                return
+            packet = b""
 
     def _wait(self, call: Call, timeout: Optional[float]) -> Any:
         lock = self._lock
@@ -311,39 +379,25 @@ class Connection:
 
     def _read_until(self, call: Call, deadline: Optional[float], timeout: Optional[float]) -> None:
         """Be the reader until ``call`` completes (or times out, or the channel dies)."""
-        channel = self.channel
-        recv = channel.recv
         rpc = self.rpc
         lock = self._lock
-        pending = getattr(channel, "pending", None)
-        # With a deadline, wait in poll() then recv(): a deadline must not be
-        # a socket timeout (that would also apply to other threads'
-        # sendall()).  Without one, poll+recv is faster than a blocking recv
-        # on unix sockets and slower on TCP (measured, per call: unix -3 us,
-        # tcp and tls +3 us): the channel says which (``poll_first``).
-        poll_first = bool(getattr(channel, "poll_first", False))
-        try:
-            fd = channel.fileno()
-        except (OSError, ValueError):
-            fd = -1
-        if fd < 0:
-            poller = None  # closed already: recv() reports it
-        elif fd == self._poll_fd:
-            poller = self._poller
-        else:
-            poller = self._poller = select.poll()
-            poller.register(fd, select.POLLIN)
-            self._poll_fd = fd
+        channel = self.channel
+        facts = self._reader_facts
+        if facts is None or facts[0] is not channel:
+            facts = self._reader_facts = self._channel_facts(channel)
+        _channel, recv, pending, poll_first, poller = facts
+        reading = True  # we hold the reader role (given up in the finally clause, or before returning)
         try:
             while True:
-                if poller is not None and not (pending is not None and pending()):
-                    if deadline is None:
-                        if poll_first:
-                            poller.poll()
-                    else:
-                        remaining = deadline - monotonic()
-                        if remaining <= 0 or not poller.poll(remaining * 1000.0):
-                            raise _socket.timeout()
+                if poller is None:
+                    pass  # closed already: recv() reports it
+                elif deadline is None:
+                    if poll_first and not (pending is not None and pending()):
+                        poller.poll()
+                elif not (pending is not None and pending()):
+                    remaining = deadline - monotonic()
+                    if remaining <= 0 or not poller.poll(remaining * 1000.0):
+                        raise _socket.timeout()
                 try:
                     data = recv(RECV_SIZE)
                 except _socket.timeout:
@@ -375,6 +429,14 @@ class Connection:
                     events = rpc.events
                     if events:
                         rpc.events = []
+                    elif call.done and not outgoing:
+                        # done, nothing else to do: give up the role in this
+                        # same locked region (the per-call path)
+                        reading = False
+                        self._reading = False
+                        if rpc.calls or self._parked:
+                            self._hand_over()
+                        return
                 if protocol_error is not None:
                     self._die(protocol_error, CLOSE_ERROR)
                     break
@@ -391,8 +453,39 @@ class Connection:
                     call.error = self._timeout_error(call, timeout)
                     call.done = True
         finally:
-            with lock:
-                self._release()
+            if reading:
+                with lock:
+                    self._reading = False
+                    if rpc.calls or self._parked:
+                        self._hand_over()
+
+    @staticmethod
+    def _channel_facts(channel: Any) -> tuple[Any, Any, Any, bool, Any]:
+        """What the reader needs of a channel, looked up once per channel (not per call).
+
+        ``pending``: a TLS/SASL channel may hold decoded bytes a poll() of the
+        socket does not show.  With a deadline the reader waits in poll()
+        then recv(): a deadline must not be a socket timeout (that would
+        also apply to other threads' sendall()).  Without one, poll+recv is
+        faster than a blocking recv on unix sockets and slower on TCP
+        (measured, per call: unix -3 us, tcp and tls +3 us): the channel
+        says which (``poll_first``).
+        """
+        try:
+            fd = channel.fileno()
+        except (OSError, ValueError):
+            fd = -1
+        poller = None  # closed already: recv() reports it
+        if fd >= 0:
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+        return (
+            channel,
+            channel.recv,
+            getattr(channel, "pending", None),
+            bool(getattr(channel, "poll_first", False)),
+            poller,
+        )
 
     def _promote(self) -> bool:
         """Wake one waiting caller so that it takes over reading (lock held)."""
@@ -406,6 +499,10 @@ class Connection:
     def _release(self) -> None:
         """Give up the reader role (lock held): to a waiting caller, else back to the event loop."""
         self._reading = False
+        self._hand_over()
+
+    def _hand_over(self) -> None:
+        """After the reader role was given up (lock held): wake a waiting caller, else unpark the loop."""
         if not self._promote() and self._parked:
             self._parked = False
             park = self.park
@@ -490,11 +587,9 @@ class Connection:
         if self._dead is not None or not self._send_lock.acquire(False):
             return False
         try:
-            self.channel.sendall(packet)
+            self._write(packet)
         except (OSError, libvirtError):
-            return False  # the reader will see the failure
-        finally:
-            self._send_lock.release()
+            return False  # the channel is broken: the reader will see the failure
         return True
 
     # --------------------------------------------------------------- death

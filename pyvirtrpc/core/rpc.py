@@ -112,12 +112,32 @@ class RPC:
         self.events: list[tuple[Procedure, Any]] = []
         #: streams: (program, procedure, serial) -> object with .receive(Message)
         self.streams: dict[tuple[int, int, int], Any] = {}
-        #: set by the keepalive layer: called with every received packet
-        self.on_packet: Optional[Callable[[], None]] = None
+        self._on_packet: Optional[Callable[[], None]] = None
+        self._trace: Optional[Callable[[Message], None]] = None
+        #: a hook is set: every packet takes the general path
+        self._hooked = False
         self.pings_received = 0
         self.pongs_received = 0
-        #: set by a driver that logs packets: called with every received Message
-        self.trace: Optional[Callable[[Message], None]] = None
+
+    @property
+    def on_packet(self) -> Optional[Callable[[], None]]:
+        """Set by the keepalive layer: called with every received packet."""
+        return self._on_packet
+
+    @on_packet.setter
+    def on_packet(self, hook: Optional[Callable[[], None]]) -> None:
+        self._on_packet = hook
+        self._hooked = hook is not None or self._trace is not None
+
+    @property
+    def trace(self) -> Optional[Callable[[Message], None]]:
+        """Set by a driver that logs packets: called with every received Message."""
+        return self._trace
+
+    @trace.setter
+    def trace(self, hook: Optional[Callable[[Message], None]]) -> None:
+        self._trace = hook
+        self._hooked = hook is not None or self._on_packet is not None
 
     # ------------------------------------------------------------- sending
     def request(self, program: int, version: int, proc: Procedure, args: Any = None) -> Call:
@@ -126,14 +146,21 @@ class RPC:
         Encoding happens before a serial is taken, so a value that cannot be
         encoded (EncodeError) leaves no trace.
         """
+        serial, packet = self.encode(program, version, proc, args)
+        return self.enter(serial, program, proc, packet)
+
+    def encode(self, program: int, version: int, proc: Procedure, args: Any = None) -> tuple[int, bytes]:
+        """The first half of :meth:`request`: the serial and packet, the call not yet entered.
+
+        For a driver that sends before it enters the call (off the critical
+        path), which is only right when nothing can read the reply before
+        :meth:`enter`: the driver holds the reader role.
+        """
         codec = proc.args
         if codec is None and args is None:  # the common void-argument call, without a buffer
             serial = self.serial
             self.serial = (serial + 1) & 0xFFFFFFFF
-            packet = HEAD.pack(MIN_PACKET, program, version, proc.number, CALL, serial, OK)
-            call = Call(serial, program, proc.number, proc.ret, packet, proc.name)
-            self.calls[serial] = call
-            return call
+            return serial, HEAD.pack(MIN_PACKET, program, version, proc.number, CALL, serial, OK)
         w = bytearray(MIN_PACKET)
         if codec is not None:
             _xdr.encode_into(codec, args, w)
@@ -147,7 +174,11 @@ class RPC:
         serial = self.serial
         self.serial = (serial + 1) & 0xFFFFFFFF
         HEAD.pack_into(w, 0, n, program, version, proc.number, CALL, serial, OK)
-        call = Call(serial, program, proc.number, proc.ret, bytes(w), proc.name)
+        return serial, bytes(w)
+
+    def enter(self, serial: int, program: int, proc: Procedure, packet: bytes) -> Call:
+        """The second half of :meth:`request`: the call, entered in the table."""
+        call = Call(serial, program, proc.number, proc.ret, packet, proc.name)
         self.calls[serial] = call
         return call
 
@@ -173,32 +204,46 @@ class RPC:
     # ----------------------------------------------------------- receiving
     def receive(self, data: bytes) -> list[Call]:
         """Feed bytes from the peer; return the calls they completed."""
-        # Fast path: one whole, successful REPLY to a waiting call, and nothing
-        # buffered: no Message object, no deframer copy.  Anything else (events,
-        # errors, partial packets, hooks installed) takes the general path.
-        n = len(data)
-        if (
-            n >= MIN_PACKET
-            and type(data) is bytes
-            and self.on_packet is None
-            and self.trace is None
-            and not self.deframer.buffered
-        ):
-            length, prog, _vers, proc, mtype, serial, status = HEAD.unpack_from(data, 0)
-            if length == n and mtype == REPLY and status == OK:
-                call = self.calls.get(serial)
-                codec = call.codec if call is not None else None
-                if call is not None and codec is not None and call.program == prog and call.procedure == proc:
-                    try:
-                        value, o = codec.dec(data, MIN_PACKET, n)
-                    except _xdr.DECODE_FAILURES:
-                        o = -1
-                    if o == n:
-                        del self.calls[serial]
-                        call.result = value
-                        call.done = True
-                        return [call]
+        # Fast path: whole, successful REPLYs to waiting calls, and nothing
+        # buffered (the deframer's buffer is empty whenever it holds nothing
+        # back): no Message objects, no deframer copy.  Several replies may
+        # come in one read (calls of several threads, or pipelined).  The
+        # first packet that is anything else (an event, an error, a partial
+        # packet) and everything after it take the general path; so does all
+        # of it when hooks are installed.  This is the per-call path: it is
+        # kept to few lookups (measured: each costs several times its
+        # in-cache time after the process slept in poll()).
         done: list[Call] = []
+        if not self._hooked and not self.deframer._buf and type(data) is bytes:
+            n = len(data)
+            calls = self.calls
+            pos = 0
+            while n - pos >= MIN_PACKET:
+                length, prog, _vers, proc, mtype, serial, status = HEAD.unpack_from(data, pos)
+                end = pos + length
+                if mtype != REPLY or status != OK or end > n or length < MIN_PACKET:
+                    break
+                call = calls.get(serial)
+                if call is None or call.procedure != proc or call.program != prog:
+                    break
+                codec = call.codec
+                if codec is None:
+                    break
+                try:
+                    value, o = codec.dec(data, pos + MIN_PACKET, end)
+                except _xdr.DECODE_FAILURES:
+                    break
+                if o != end:
+                    break
+                del calls[serial]
+                call.result = value
+                call.done = True
+                done.append(call)
+                pos = end
+            if pos:
+                if pos == n:
+                    return done
+                data = data[pos:]
         for m in self.deframer.messages(data):
             call = self.handle(m)
             if call is not None:
@@ -206,10 +251,10 @@ class RPC:
         return done
 
     def handle(self, m: Message) -> Optional[Call]:
-        if self.on_packet is not None:
-            self.on_packet()
-        if self.trace is not None:
-            self.trace(m)
+        if self._on_packet is not None:
+            self._on_packet()
+        if self._trace is not None:
+            self._trace(m)
         mtype = m.type
         if mtype == REPLY or mtype == REPLY_WITH_FDS:
             call = self.calls.pop(m.serial, None)

@@ -94,6 +94,9 @@ MAX_CA_CERTS = 16
 #: bytes asked from the socket per read (below glibc's 128 KiB mmap threshold: a larger
 #: buffer costs an mmap/munmap pair per read, ~30 us under gVisor)
 RECV_SIZE = 65536
+#: plaintext asked from OpenSSL per read: one record's worth (TLS records carry
+#: at most 16 KiB), so that a small reply does not cost a 64 KiB allocation
+RECORD_SIZE = 16384
 
 
 def _rpc_error(code: int, detail: str) -> libvirtError:
@@ -1003,7 +1006,7 @@ class TlsChannel:
         parts = self._parts
         while True:
             try:
-                data = obj.read(RECV_SIZE)
+                data = obj.read(RECORD_SIZE)
             except ssl.SSLWantReadError:
                 break
             except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
@@ -1036,18 +1039,38 @@ class TlsChannel:
 
     def recv(self, n: int) -> bytes:
         lock = self._lock
-        while True:
+        # Only the reader (one thread at a time) adds to or takes from
+        # _parts and sets _eof/_error, so it may look without the lock.
+        if self._parts or self._eof or self._error is not None:
             with lock:
                 data = self._take()
             if data is not None:
                 return data
-            raw = self.sock.recv(RECV_SIZE)
+        recv = self.sock.recv
+        inbio = self._in
+        while True:
+            raw = recv(RECV_SIZE)
             with lock:
                 if raw:
-                    self._in.write(raw)
+                    inbio.write(raw)
+                    # the common case, one whole record and nothing else to
+                    # do: its plaintext, without the general bookkeeping
+                    if not self._parts:
+                        try:
+                            data = self._obj.read(RECORD_SIZE)
+                        except ssl.SSLError:
+                            pass  # _drain() meets it again and reports it
+                        else:
+                            if data and not inbio.pending and not self._out.pending and not self._obj.pending():
+                                return data
+                            if data:
+                                self._parts.append(data)
                 else:
-                    self._in.write_eof()
+                    inbio.write_eof()
                 self._drain()
+                data = self._take()
+            if data is not None:
+                return data
 
     # ------------------------------------------------------------- asyncio
     async def asyncio_adopt(self, loop: asyncio.AbstractEventLoop, protocol_factory: Callable[[], Any]) -> None:

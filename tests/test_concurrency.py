@@ -1,0 +1,289 @@
+"""Many calls in flight on one sync connection: combined writes, batched replies, the reader role.
+
+The sync client lets several threads share a connection (client.py): a
+thread that finds another one writing leaves its packet in a queue for the
+writer (one write for several packets), and the reader completes every
+reply a read brought, several per read when they come together.  Against
+the real daemon (threads, mixed procedures, every result checked) and, for
+what a daemon cannot be made to do on demand (all replies in one write,
+a reply behind an event or an error in the same read), the fake one.  The
+core's batch path is also checked without I/O.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+import pyvirtrpc as libvirt
+from pyvirtrpc import _xdr
+from pyvirtrpc._gen import constants as K
+from pyvirtrpc._gen import remote as R
+from pyvirtrpc._gen import virnet as V
+from pyvirtrpc.client import Connection
+from pyvirtrpc.core.rpc import RPC
+from pyvirtrpc.packet import ERROR, MESSAGE, OK, REPLY, encode_packet
+from tests.fakedaemon import NO_REPLY, Call, FakeDaemon, Peer
+from tests.harness.lab import Lab
+
+libvirt.registerErrorHandler(lambda ctx, err: None, None)
+
+HOSTNAME = R.PROC_BY_NAME["REMOTE_PROC_CONNECT_GET_HOSTNAME"]
+GET_TYPE = R.PROC_BY_NAME["REMOTE_PROC_CONNECT_GET_TYPE"]
+
+
+def unix_uri(lab: Lab) -> str:
+    return f"test+unix:///default?socket={lab.info['sockets']['rw']}"
+
+
+def reply_packet(serial: int, proc: Any, value: Any) -> bytes:
+    return encode_packet(R.PROGRAM, 1, proc.number, REPLY, serial, OK, _xdr.encode(proc.ret, value))
+
+
+@pytest.fixture
+def fake(tmp_path: Path) -> Iterator[FakeDaemon]:
+    with FakeDaemon(tmp_path) as f:
+        yield f
+
+
+# ------------------------------------------------------------ real daemon
+@pytest.mark.parametrize("threads", [2, 16, 48])
+def test_threads_share_one_connection(lab: Lab, threads: int) -> None:
+    """Every thread gets its own, right answers (no packet stranded, none crossed)."""
+    conn = libvirt.open(unix_uri(lab))
+    expected = {
+        "getHostname": conn.getHostname(),
+        "getType": conn.getType(),
+        "getCapabilities": conn.getCapabilities(),
+        "getInfo": conn.getInfo(),
+        "listAllDomains": [d.name() for d in conn.listAllDomains()],
+    }
+    errors: list[BaseException] = []
+    counts = [0] * threads
+    start = threading.Barrier(threads)
+
+    def work(i: int) -> None:
+        try:
+            start.wait()
+            for k in range(60):
+                name = list(expected)[(i + k) % len(expected)]
+                got = getattr(conn, name)()
+                if name == "listAllDomains":
+                    got = [d.name() for d in got]
+                assert got == expected[name], (name, got)
+                counts[i] += 1
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    ts = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(120)
+    alive = [t for t in ts if t.is_alive()]
+    try:
+        assert not alive, f"{len(alive)} threads still waiting: a packet was stranded or a reply lost"
+        assert not errors, errors[:3]
+        assert counts == [60] * threads
+        assert conn.getHostname() == expected["getHostname"]  # still in step afterwards
+    finally:
+        conn.close()
+
+
+# ------------------------------------------------------------ fake daemon
+def test_replies_in_one_write_complete_every_waiting_thread(fake: FakeDaemon) -> None:
+    """Eight calls are held, then all replies arrive in one write, in reverse order."""
+    held: list[Call] = []
+
+    def hold(peer: Peer, call: Call) -> Any:
+        held.append(call)
+        return NO_REPLY
+
+    fake.handlers["CONNECT_GET_HOSTNAME"] = hold
+    conn = libvirt.open(fake.uri)
+    peer = fake.peer()
+    results: dict[int, str] = {}
+
+    def work(i: int) -> None:
+        results[i] = conn.getHostname()
+
+    ts = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    try:
+        for t in ts:
+            t.start()
+        peer.wait_for(lambda: len(held) == 8)
+        peer.send_raw(
+            b"".join(
+                reply_packet(c.serial, HOSTNAME, R.remote_connect_get_hostname_ret(f"h{c.serial}"))
+                for c in reversed(held)
+            )
+        )
+        for t in ts:
+            t.join(10)
+        assert not any(t.is_alive() for t in ts)
+        assert sorted(results.values()) == sorted(f"h{c.serial}" for c in held)
+        assert conn.isAlive() == 1
+    finally:
+        fake.handlers.pop("CONNECT_GET_HOSTNAME")
+        conn.close()
+
+
+def test_reply_after_an_event_and_an_error_in_the_same_read(fake: FakeDaemon) -> None:
+    """reply, event, error reply, reply in one write: each goes where it belongs."""
+    held: list[Call] = []
+
+    def hold(peer: Peer, call: Call) -> Any:
+        held.append(call)
+        return NO_REPLY
+
+    fake.handlers["CONNECT_GET_HOSTNAME"] = hold
+    conn = libvirt.open(fake.uri)
+    peer = fake.peer()
+    results: dict[int, Any] = {}
+
+    def work(i: int) -> None:
+        try:
+            results[i] = conn.getHostname()
+        except libvirt.libvirtError as exc:
+            results[i] = exc
+
+    ts = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+    try:
+        for t in ts:
+            t.start()
+        peer.wait_for(lambda: len(held) == 3)
+        ping = encode_packet(0x6B656570, 1, 1, MESSAGE, 0, OK, b"")
+        err = V.virNetMessageError(
+            K.VIR_ERR_NO_DOMAIN, K.VIR_FROM_TEST, "no such thing", K.VIR_ERR_ERROR, None, "x", None, None, -1, -1, None
+        )
+        error_packet = encode_packet(
+            R.PROGRAM, 1, HOSTNAME.number, REPLY, held[1].serial, ERROR, _xdr.encode(V._c_virNetMessageError, err)
+        )
+        peer.send_raw(
+            reply_packet(held[0].serial, HOSTNAME, R.remote_connect_get_hostname_ret("first"))
+            + ping
+            + error_packet
+            + reply_packet(held[2].serial, HOSTNAME, R.remote_connect_get_hostname_ret("third"))
+        )
+        for t in ts:
+            t.join(10)
+        assert not any(t.is_alive() for t in ts)
+        values = sorted(str(v) if isinstance(v, str) else f"error {v.get_error_code()}" for v in results.values())
+        assert values == ["error 42", "first", "third"]
+        peer.wait_for(lambda: peer.pongs == 1)  # the PING in the middle was answered
+        assert conn.isAlive() == 1
+    finally:
+        fake.handlers.pop("CONNECT_GET_HOSTNAME")
+        conn.close()
+
+
+# --------------------------------------------------- the write side, alone
+class _SlowChannel:
+    """A channel whose first write blocks until released: the writer is busy while others send."""
+
+    poll_first = False
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.release = threading.Event()
+        self.entered = threading.Event()
+
+    def sendall(self, data: bytes) -> None:
+        if not self.writes and not self.entered.is_set():
+            self.entered.set()
+            assert self.release.wait(10)
+        self.writes.append(bytes(data))
+
+    def fileno(self) -> int:
+        return -1
+
+    def close(self) -> None:
+        pass
+
+
+def test_packets_of_other_threads_are_combined_into_one_write() -> None:
+    channel = _SlowChannel()
+    conn = Connection(channel)  # type: ignore[arg-type]
+    first = threading.Thread(target=conn.send_packet, args=(b"A" * 28,))
+    first.start()
+    assert channel.entered.wait(10)
+    # the writer is busy: these return at once, their packets queued
+    for p in (b"B" * 28, b"C" * 28, b"D" * 28):
+        conn.send_packet(p)
+    assert channel.writes == []
+    channel.release.set()
+    first.join(10)
+    assert channel.writes == [b"A" * 28, b"B" * 28 + b"C" * 28 + b"D" * 28]
+    conn.send_packet(b"E" * 28)  # and the next one is written at once
+    assert channel.writes[-1] == b"E" * 28
+
+
+def test_a_failed_combined_write_fails_the_connection() -> None:
+    """The write that carries other threads' packets fails: their calls fail with it."""
+
+    class Broken(_SlowChannel):
+        def sendall(self, data: bytes) -> None:
+            super().sendall(data)
+            if len(self.writes) == 2:
+                raise BrokenPipeError(32, "Broken pipe")
+
+    channel = Broken()
+    conn = Connection(channel)  # type: ignore[arg-type]
+    raised: list[BaseException] = []
+
+    def first() -> None:
+        try:
+            conn.send_packet(b"X" * 28)
+        except libvirt.libvirtError as exc:
+            raised.append(exc)
+
+    t = threading.Thread(target=first)
+    t.start()
+    assert channel.entered.wait(10)
+    call = conn.start(HOSTNAME)  # queued behind the busy writer: returns at once
+    channel.release.set()
+    t.join(10)
+    assert channel.writes == [b"X" * 28, call.packet]
+    assert not conn.alive
+    assert raised and "Cannot write data" in str(raised[0])
+    with pytest.raises(libvirt.libvirtError) as ei:
+        conn.finish(call, timeout=5)
+    assert ei.value.get_error_code() == libvirt.VIR_ERR_SYSTEM_ERROR
+    assert "Cannot write data" in str(ei.value)
+
+
+# ------------------------------------------------------------- the core
+def test_core_completes_every_reply_of_one_read_and_keeps_order() -> None:
+    rpc = RPC({R.PROGRAM: R.PROCEDURES})
+    calls = [rpc.request(R.PROGRAM, 1, HOSTNAME) for _ in range(4)]
+    typ = rpc.request(R.PROGRAM, 1, GET_TYPE)
+    data = b"".join(
+        reply_packet(c.serial, HOSTNAME, R.remote_connect_get_hostname_ret(f"h{c.serial}")) for c in calls[:3]
+    )
+    # a PING between, then a reply split across two reads
+    data += encode_packet(0x6B656570, 1, 1, MESSAGE, 0, OK, b"")
+    tail = reply_packet(calls[3].serial, HOSTNAME, R.remote_connect_get_hostname_ret("last"))
+    tail += reply_packet(typ.serial, GET_TYPE, R.remote_connect_get_type_ret("TEST"))
+    done = rpc.receive(data + tail[:10])
+    assert [c.serial for c in done] == [c.serial for c in calls[:3]]
+    assert [c.result.hostname for c in done] == [f"h{c.serial}" for c in calls[:3]]
+    assert rpc.outgoing and rpc.pings_received == 1
+    done = rpc.receive(tail[10:])
+    assert [c.serial for c in done] == [calls[3].serial, typ.serial]
+    assert calls[3].result.hostname == "last" and typ.result.type == "TEST"
+    assert rpc.calls == {} and not rpc.deframer.buffered
+
+
+def test_core_batch_stops_at_a_reply_nobody_waits_for() -> None:
+    rpc = RPC({R.PROGRAM: R.PROCEDURES})
+    call = rpc.request(R.PROGRAM, 1, HOSTNAME)
+    data = reply_packet(call.serial, HOSTNAME, R.remote_connect_get_hostname_ret("ok"))
+    data += reply_packet(call.serial + 99, HOSTNAME, R.remote_connect_get_hostname_ret("stray"))
+    with pytest.raises(libvirt.libvirtError) as ei:
+        rpc.receive(data)
+    assert ei.value.get_error_code() == libvirt.VIR_ERR_RPC
+    assert "no call with that serial" in str(ei.value)
+    assert call.done and call.result.hostname == "ok"  # the good reply before it was not lost

@@ -118,13 +118,9 @@ class _Shared:
         if finalizing:
             # From a finalizer: no RPC (it could run inside a call on this
             # very thread); the daemon takes EOF as a close.
-            self.client.abort(hs_close_reason(), _closed())
+            self.client.abort(C.VIR_CONNECT_CLOSE_REASON_CLIENT, _closed())
         else:
             self.client.close()
-
-
-def hs_close_reason() -> int:
-    return C.VIR_CONNECT_CLOSE_REASON_CLIENT
 
 
 def _closed() -> libvirtError:

@@ -18,7 +18,7 @@ from ._api import _Shared, virConnect
 from ._gen import constants as C
 from .client import Connection
 from .core import handshake as hs
-from .errors import libvirtError, make_error
+from .errors import make_error
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -105,13 +105,7 @@ def open_uri(name: Optional[str], flags: int, auth: Any, *, timeout: Optional[fl
         params.speculate = endpoint(plan) in _no_auth
         result = client.run_steps(hs.open_connection(params))
         remember_auth(plan, result)
-    except libvirtError:
-        client.abort(
-            C.VIR_CONNECT_CLOSE_REASON_CLIENT,
-            make_error(C.VIR_ERR_INTERNAL_ERROR, C.VIR_FROM_RPC, "client socket is closed"),
-        )
-        raise
-    except BaseException:
+    except BaseException:  # a failed open (libvirtError), or KeyboardInterrupt in the handshake
         client.abort(
             C.VIR_CONNECT_CLOSE_REASON_CLIENT,
             make_error(C.VIR_ERR_INTERNAL_ERROR, C.VIR_FROM_RPC, "client socket is closed"),

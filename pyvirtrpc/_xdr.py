@@ -286,7 +286,7 @@ def enc_chars(data: bytes) -> bytes:
     return _pack(f">{n}i", *_unpack(f"{n}b", data))
 
 
-DECODE_FAILURES = _DECODE_FAILURES = (Bad, StructError, IndexError, UnicodeDecodeError, ValueError, OverflowError)
+DECODE_FAILURES = (Bad, StructError, IndexError, UnicodeDecodeError, ValueError, OverflowError)
 _ENCODE_FAILURES = (Bad, StructError, TypeError, AttributeError, ValueError, OverflowError, IndexError, KeyError)
 
 
@@ -306,7 +306,7 @@ def decode(codec: Codec, data: bytes, offset: int = 0, end: int | None = None) -
         raise ValueError(f"decode: offset {offset} and end {end} do not lie inside {len(data)} bytes")
     try:
         value, o = codec.dec(data, offset, end)
-    except _DECODE_FAILURES:
+    except DECODE_FAILURES:
         o = -1
     if o == end:
         return value

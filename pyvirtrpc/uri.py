@@ -32,7 +32,7 @@ Contract:
   transports need: socket paths chosen as ``remote_sockets.c`` does, the
   ssh/ext command line as ``virNetSocketNewConnectSSH`` /
   ``virNetClientSSHHelperCommand`` build it, the flags for CONNECT_OPEN.
-* :func:`check_autostart` (alias ``check_local_socket``) is for the unix
+* :func:`check_autostart` is for the unix
   transport at connect time: a session socket that libvirt would autostart
   a daemon for, but which does not exist, is a clear ``SYSTEM_ERROR``
   (ENOENT) saying pyvirtrpc does not autostart daemons.
@@ -99,7 +99,6 @@ __all__ = [
     "parse",
     "plan",
     "check_autostart",
-    "check_local_socket",
     "format_params",
     "CONSUMED_PARAMS",
     "TRANSPORTS",
@@ -1442,6 +1441,3 @@ def check_autostart(p: Plan) -> None:
         (C.VIR_ERR_SYSTEM_ERROR, C.VIR_FROM_RPC, detail, C.VIR_ERR_ERROR, "%s", detail, None, _errno.ENOENT, -1)
     )
 
-
-#: The name pyvirtrpc._open looks for; same function.
-check_local_socket = check_autostart

@@ -224,11 +224,6 @@ def authenticate(params: OpenParams, result: OpenResult, listed: Any = _UNSET) -
     raise _remote_error(C.VIR_ERR_AUTH_FAILED, f"unsupported authentication type {chosen}")
 
 
-def _supports(feature: int) -> Generator[Step, Any, bool]:
-    ret = yield Call(R.REMOTE_PROC_CONNECT_SUPPORTS_FEATURE, R.remote_connect_supports_feature_args(feature))
-    return bool(ret.supported)
-
-
 def _needs_no_auth(listed: Any) -> bool:
     if isinstance(listed, libvirtError):
         return listed.get_error_code() == C.VIR_ERR_NO_SUPPORT

@@ -1053,18 +1053,6 @@ class TlsChannel:
             with lock:
                 if raw:
                     inbio.write(raw)
-                    # the common case, one whole record and nothing else to
-                    # do: its plaintext, without the general bookkeeping
-                    if not self._parts:
-                        try:
-                            data = self._obj.read(RECORD_SIZE)
-                        except ssl.SSLError:
-                            pass  # _drain() meets it again and reports it
-                        else:
-                            if data and not inbio.pending and not self._out.pending and not self._obj.pending():
-                                return data
-                            if data:
-                                self._parts.append(data)
                 else:
                     inbio.write_eof()
                 self._drain()

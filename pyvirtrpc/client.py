@@ -433,9 +433,7 @@ class Connection:
                         # done, nothing else to do: give up the role in this
                         # same locked region (the per-call path)
                         reading = False
-                        self._reading = False
-                        if rpc.calls or self._parked:
-                            self._hand_over()
+                        self._release()
                         return
                 if protocol_error is not None:
                     self._die(protocol_error, CLOSE_ERROR)
@@ -455,9 +453,7 @@ class Connection:
         finally:
             if reading:
                 with lock:
-                    self._reading = False
-                    if rpc.calls or self._parked:
-                        self._hand_over()
+                    self._release()
 
     @staticmethod
     def _channel_facts(channel: Any) -> tuple[Any, Any, Any, bool, Any]:
@@ -499,7 +495,8 @@ class Connection:
     def _release(self) -> None:
         """Give up the reader role (lock held): to a waiting caller, else back to the event loop."""
         self._reading = False
-        self._hand_over()
+        if self.rpc.calls or self._parked:
+            self._hand_over()
 
     def _hand_over(self) -> None:
         """After the reader role was given up (lock held): wake a waiting caller, else unpark the loop."""

@@ -13,6 +13,7 @@ core's batch path is also checked without I/O.
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -121,6 +122,49 @@ def test_replies_in_one_write_complete_every_waiting_thread(fake: FakeDaemon) ->
                 for c in reversed(held)
             )
         )
+        for t in ts:
+            t.join(10)
+        assert not any(t.is_alive() for t in ts)
+        assert sorted(results.values()) == sorted(f"h{c.serial}" for c in held)
+        assert conn.isAlive() == 1
+    finally:
+        fake.handlers.pop("CONNECT_GET_HOSTNAME")
+        conn.close()
+
+
+def test_reader_role_passes_from_thread_to_thread_as_replies_come_one_by_one(fake: FakeDaemon) -> None:
+    """Replies in serial order, one write each, the next only after the previous caller returned.
+
+    The first caller reads; the others entered their calls while it was
+    reading and sleep.  Each reply completes the call of the thread that
+    holds the reader role, so the role must pass on every time, or the
+    remaining callers would wait for ever.
+    """
+    held: list[Call] = []
+
+    def hold(peer: Peer, call: Call) -> Any:
+        held.append(call)
+        return NO_REPLY
+
+    fake.handlers["CONNECT_GET_HOSTNAME"] = hold
+    conn = libvirt.open(fake.uri)
+    peer = fake.peer()
+    results: dict[int, str] = {}
+
+    def work(i: int) -> None:
+        results[i] = conn.getHostname()
+
+    ts = [threading.Thread(target=work, args=(i,)) for i in range(5)]
+    try:
+        for t in ts:
+            t.start()
+        peer.wait_for(lambda: len(held) == 5)
+        for n, c in enumerate(sorted(held, key=lambda c: c.serial), 1):
+            peer.send_raw(reply_packet(c.serial, HOSTNAME, R.remote_connect_get_hostname_ret(f"h{c.serial}")))
+            deadline = time.monotonic() + 10
+            while len(results) < n and time.monotonic() < deadline:
+                time.sleep(0.005)
+            assert len(results) == n, f"reply {n} did not complete its call"
         for t in ts:
             t.join(10)
         assert not any(t.is_alive() for t in ts)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -95,8 +95,15 @@ def test_threads_share_one_connection(lab: Lab, threads: int) -> None:
 
 
 # ------------------------------------------------------------ fake daemon
-def test_replies_in_one_write_complete_every_waiting_thread(fake: FakeDaemon) -> None:
-    """Eight calls are held, then all replies arrive in one write, in reverse order."""
+def hostname_reply(c: Call) -> bytes:
+    return reply_packet(c.serial, HOSTNAME, R.remote_connect_get_hostname_ret(f"h{c.serial}"))
+
+
+def run_held_hostname_calls(
+    fake: FakeDaemon, n: int, deliver: Callable[[Peer, list[Call], dict[int, str]], None]
+) -> None:
+    """``n`` threads call getHostname on one connection; the fake holds every call
+    until ``deliver(peer, held, results)`` answers them; each thread must get its own answer."""
     held: list[Call] = []
 
     def hold(peer: Peer, call: Call) -> Any:
@@ -111,17 +118,12 @@ def test_replies_in_one_write_complete_every_waiting_thread(fake: FakeDaemon) ->
     def work(i: int) -> None:
         results[i] = conn.getHostname()
 
-    ts = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    ts = [threading.Thread(target=work, args=(i,)) for i in range(n)]
     try:
         for t in ts:
             t.start()
-        peer.wait_for(lambda: len(held) == 8)
-        peer.send_raw(
-            b"".join(
-                reply_packet(c.serial, HOSTNAME, R.remote_connect_get_hostname_ret(f"h{c.serial}"))
-                for c in reversed(held)
-            )
-        )
+        peer.wait_for(lambda: len(held) == n)
+        deliver(peer, held, results)
         for t in ts:
             t.join(10)
         assert not any(t.is_alive() for t in ts)
@@ -130,6 +132,15 @@ def test_replies_in_one_write_complete_every_waiting_thread(fake: FakeDaemon) ->
     finally:
         fake.handlers.pop("CONNECT_GET_HOSTNAME")
         conn.close()
+
+
+def test_replies_in_one_write_complete_every_waiting_thread(fake: FakeDaemon) -> None:
+    """Eight calls are held, then all replies arrive in one write, in reverse order."""
+
+    def deliver(peer: Peer, held: list[Call], results: dict[int, str]) -> None:
+        peer.send_raw(b"".join(hostname_reply(c) for c in reversed(held)))
+
+    run_held_hostname_calls(fake, 8, deliver)
 
 
 def test_reader_role_passes_from_thread_to_thread_as_replies_come_one_by_one(fake: FakeDaemon) -> None:
@@ -140,39 +151,16 @@ def test_reader_role_passes_from_thread_to_thread_as_replies_come_one_by_one(fak
     holds the reader role, so the role must pass on every time, or the
     remaining callers would wait for ever.
     """
-    held: list[Call] = []
 
-    def hold(peer: Peer, call: Call) -> Any:
-        held.append(call)
-        return NO_REPLY
-
-    fake.handlers["CONNECT_GET_HOSTNAME"] = hold
-    conn = libvirt.open(fake.uri)
-    peer = fake.peer()
-    results: dict[int, str] = {}
-
-    def work(i: int) -> None:
-        results[i] = conn.getHostname()
-
-    ts = [threading.Thread(target=work, args=(i,)) for i in range(5)]
-    try:
-        for t in ts:
-            t.start()
-        peer.wait_for(lambda: len(held) == 5)
+    def deliver(peer: Peer, held: list[Call], results: dict[int, str]) -> None:
         for n, c in enumerate(sorted(held, key=lambda c: c.serial), 1):
-            peer.send_raw(reply_packet(c.serial, HOSTNAME, R.remote_connect_get_hostname_ret(f"h{c.serial}")))
+            peer.send_raw(hostname_reply(c))
             deadline = time.monotonic() + 10
             while len(results) < n and time.monotonic() < deadline:
                 time.sleep(0.005)
             assert len(results) == n, f"reply {n} did not complete its call"
-        for t in ts:
-            t.join(10)
-        assert not any(t.is_alive() for t in ts)
-        assert sorted(results.values()) == sorted(f"h{c.serial}" for c in held)
-        assert conn.isAlive() == 1
-    finally:
-        fake.handlers.pop("CONNECT_GET_HOSTNAME")
-        conn.close()
+
+    run_held_hostname_calls(fake, 5, deliver)
 
 
 def test_reply_after_an_event_and_an_error_in_the_same_read(fake: FakeDaemon) -> None:

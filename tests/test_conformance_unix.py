@@ -300,3 +300,29 @@ def test_context_manager_and_domain_references(lab: Any, peer: Any) -> None:
     with libvirt.open(uri) as c2:
         assert c2.getHostname() == "vm"
     assert c2._o is None
+
+
+def test_listing_leaves_the_cyclic_collector_as_it_found_it(lab: Any) -> None:
+    """listAllDomains pauses gc while it builds the domains; on, off, and after a failure it is restored."""
+    import gc
+
+    conn = libvirt.open(lab.info["uris"]["unix"])
+    was = gc.isenabled()
+    try:
+        gc.enable()
+        assert [d.name() for d in conn.listAllDomains()] == ["test"]
+        assert gc.isenabled()
+        gc.disable()
+        assert [d.name() for d in conn.listAllDomains()] == ["test"]
+        assert not gc.isenabled()
+        gc.enable()
+        conn.close()
+        with pytest.raises(libvirt.libvirtError) as info:
+            conn.listAllDomains()
+        assert info.value.get_error_code() == libvirt.VIR_ERR_INVALID_CONN
+        assert gc.isenabled()
+    finally:
+        if was:
+            gc.enable()
+        else:
+            gc.disable()

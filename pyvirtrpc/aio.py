@@ -127,21 +127,13 @@ class AsyncConnection:
         except libvirtError as exc:
             self._die(exc, CLOSE_ERROR)
             return
-        if completed:
-            for c in completed:
-                fut = c.waiter
-                if fut is not None and not fut.done():
-                    if c.error is not None:
-                        fut.set_exception(c.error)
-                    else:
-                        fut.set_result(c.result)
-            if self._wbuf is None and self.rpc.calls:
-                # The woken callers run in the next turn of the loop and most
-                # make their next call there: arm the flush now, behind them
-                # in the ready queue, so that their packets leave in that same
-                # turn (one write) rather than one turn later.
-                self._wbuf = []
-                self.loop.call_soon(self._flush)
+        for c in completed:
+            fut = c.waiter
+            if fut is not None and not fut.done():
+                if c.error is not None:
+                    fut.set_exception(c.error)
+                else:
+                    fut.set_result(c.result)
         if rpc.outgoing:
             out, rpc.outgoing = rpc.outgoing, []
             for packet in out:

@@ -238,22 +238,6 @@ class Connection:
             timeout = self.timeout
         lock = self._lock
         lock.acquire()
-        if self._reading and timeout is None and self._dead is None:
-            # Another thread reads: enter the call and its waiter in one
-            # locked region, send, and sleep until the reader completes the
-            # call or hands us the reader role (_hand_over wakes a waiter).
-            # One trip through the lock instead of three: with many threads
-            # the lock is contended and each trip may cost a switch.
-            try:
-                call = self.rpc.request(program, version, proc, args)
-            except BaseException:
-                lock.release()
-                raise
-            waiter = call.waiter = _Waiter()
-            lock.release()
-            self._send(call.packet)
-            waiter.wait(None)
-            return self._wait(call, None)
         if self._reading or timeout is not None or self._dead is not None:
             lock.release()
             return self._wait(self.start(proc, args, program, version), timeout)

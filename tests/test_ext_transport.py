@@ -30,11 +30,11 @@ from pyvirtrpc import uri as U
 from pyvirtrpc._gen import constants as C
 from pyvirtrpc.transport import command as cmd
 from pyvirtrpc.transport.command import CommandChannel
+from tests.childproc import TIMEOUT, c_open_error, fields, gone, our_open_error, peer_fields, script, settle
 
 libvirt.registerErrorHandler(lambda ctx, err: None, None)
 
 ROOT = Path(__file__).resolve().parent.parent
-TIMEOUT = 30.0
 
 PEER_CALLS = r"""
 c = libvirt.open(args["uri"])
@@ -82,36 +82,6 @@ def our_calls(uri: str) -> dict[str, Any]:
     out["close"] = c.close()
     assert ch.returncode is not None and gone(pid)
     return out
-
-
-def fields(exc: BaseException) -> dict[str, Any]:
-    err = getattr(exc, "err", None)
-    assert err is not None, exc
-    return {"code": err[0], "domain": err[1], "message": err[2], "int1": err[7]}
-
-
-def peer_fields(exc: Any) -> dict[str, Any]:
-    i = exc.info
-    return {"code": i["code"], "domain": i["domain"], "message": i["message"], "int1": i["int1"]}
-
-
-def gone(pid: int) -> bool:
-    return not os.path.exists(f"/proc/{pid}")
-
-
-def settle(pred: Any, timeout: float = 2.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.01)
-    return bool(pred())
-
-
-def script(path: Path, body: str) -> str:
-    path.write_text("#!/bin/sh\n" + body)
-    path.chmod(0o755)
-    return str(path)
 
 
 def relay(tmp_path: Path, lab: Any, tool: str = "nc", name: str = "relay") -> str:
@@ -222,33 +192,6 @@ def test_command_exiting_immediately(peer: Any, tmp_path: Path, body: str) -> No
     assert (t["code"], t["domain"]) == (C.VIR_ERR_SYSTEM_ERROR, C.VIR_FROM_RPC)
     if t["message"].startswith("Cannot recv data"):
         assert t["message"] == f"Cannot recv data: {said}: Connection reset by peer"
-
-
-def c_open_error(peer: Any, uri: str, **kw: Any) -> dict[str, Any]:
-    """The C binding's open error, past its spawn race.
-
-    When the child dies before the C client's first write, libvirt reports
-    "Cannot write data: Broken pipe" instead of the child's words (its usual
-    "Cannot recv data: <stderr>: Connection reset by peer"); retry then.
-    """
-    for _ in range(10):
-        with pytest.raises(Exception) as theirs:
-            peer("libvirt.open(args['uri'])", uri=uri, **kw)
-        t = peer_fields(theirs.value)
-        if t["message"] != "Cannot write data: Broken pipe":
-            return t
-    pytest.fail(f"the C binding lost its race 10 times in a row: {t}")
-
-
-def our_open_error(uri: str) -> dict[str, Any]:
-    """Our open error, past the same race (ours then says "Cannot write data: <stderr>: Broken pipe")."""
-    for _ in range(10):
-        with pytest.raises(libvirt.libvirtError) as ours:
-            libvirt.open(uri, timeout=TIMEOUT)
-        f = fields(ours.value)
-        if not f["message"].startswith("Cannot write data"):
-            return f
-    pytest.fail(f"lost the spawn race 10 times in a row: {f}")
 
 
 def _exec_cases(tmp_path: Path) -> dict[str, str]:

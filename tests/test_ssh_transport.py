@@ -14,7 +14,6 @@ timeouts, and a killed ssh must fail a pending call at once.
 from __future__ import annotations
 
 import asyncio
-import errno
 import gc
 import json
 import os
@@ -34,53 +33,23 @@ from pyvirtrpc import aio
 from pyvirtrpc import uri as U
 from pyvirtrpc._gen import constants as C
 from pyvirtrpc.transport.command import CommandChannel
+from tests.childproc import (
+    TIMEOUT,
+    c_open_error,
+    fields,
+    gone,
+    our_async_open_error,
+    our_open_error,
+    settle,
+)
+from tests.childproc import script as write_script
 
 libvirt.registerErrorHandler(lambda ctx, err: None, None)
 
 ROOT = Path(__file__).resolve().parent.parent
-TIMEOUT = 30.0
 
 
 # ------------------------------------------------------------------ helpers
-def fields(exc: BaseException) -> dict[str, Any]:
-    """The parts of a libvirtError that must match the C client's."""
-    err = getattr(exc, "err", None)
-    assert err is not None, exc
-    return {"code": err[0], "domain": err[1], "message": err[2], "int1": err[7]}
-
-
-def peer_fields(exc: Any) -> dict[str, Any]:
-    i = exc.info
-    return {"code": i["code"], "domain": i["domain"], "message": i["message"], "int1": i["int1"]}
-
-
-def c_open_error(peer: Any, uri: str, **kw: Any) -> dict[str, Any]:
-    """The C binding's open error, past its spawn race.
-
-    When the child dies before the C client's first write, libvirt reports
-    "Cannot write data: Broken pipe" instead of the child's words (its usual
-    "Cannot recv data: <stderr>: Connection reset by peer"); retry then.
-    """
-    for _ in range(10):
-        with pytest.raises(Exception) as theirs:
-            peer("libvirt.open(args['uri'])", uri=uri, **kw)
-        t = peer_fields(theirs.value)
-        if t["message"] != "Cannot write data: Broken pipe":
-            return t
-    pytest.fail(f"the C binding lost its race 10 times in a row: {t}")
-
-
-def our_open_error(uri: str) -> dict[str, Any]:
-    """Our open error, past the same race (ours then says "Cannot write data: <stderr>: Broken pipe")."""
-    for _ in range(10):
-        with pytest.raises(libvirt.libvirtError) as ours:
-            libvirt.open(uri, timeout=TIMEOUT)
-        f = fields(ours.value)
-        if not f["message"].startswith("Cannot write data"):
-            return f
-    pytest.fail(f"lost the spawn race 10 times in a row: {f}")
-
-
 def channel_of(conn: Any) -> CommandChannel:
     ch = conn._o.client.channel
     assert isinstance(ch, CommandChannel), ch
@@ -102,21 +71,10 @@ def close_conn(conn: Any) -> None:
         assert exc.get_error_message().startswith("End of file while reading data"), exc
 
 
-def gone(pid: int) -> bool:
-    """Reaped: no /proc entry at all (a zombie still has one)."""
-    return not os.path.exists(f"/proc/{pid}")
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def write_script(path: Path, body: str) -> str:
-    path.write_text("#!/bin/sh\n" + body)
-    path.chmod(0o755)
-    return str(path)
 
 
 def ssh_wrapper(path: Path, sshd: Any, known_hosts: str, *extra: str) -> str:
@@ -389,15 +347,6 @@ def _threads() -> int:
     return threading.active_count()
 
 
-def _settle(pred: Any, timeout: float = 2.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.01)
-    return bool(pred())
-
-
 @pytest.mark.parametrize("proxy", ["native", "netcat"])
 def test_close_reaps_child_and_frees_descriptors(lab: Any, sshd: Any, proxy: str) -> None:
     uri = sshd.uri(proxy=proxy, lab=lab if proxy == "netcat" else None, no_tty="1")
@@ -413,7 +362,7 @@ def test_close_reaps_child_and_frees_descriptors(lab: Any, sshd: Any, proxy: str
         close_conn(c)
     for pid in pids:
         assert gone(pid), f"child {pid} not reaped"
-    assert _settle(lambda: _fd_count() == fds and _threads() == threads), (fds, _fd_count(), threads, _threads())
+    assert settle(lambda: _fd_count() == fds and _threads() == threads), (fds, _fd_count(), threads, _threads())
 
 
 def test_dropped_connection_reaps_child(lab: Any, sshd: Any) -> None:
@@ -422,7 +371,7 @@ def test_dropped_connection_reaps_child(lab: Any, sshd: Any) -> None:
     assert pid is not None and not gone(pid)
     del c
     gc.collect()
-    assert _settle(lambda: gone(pid)), "a connection dropped without close() must still reap its child"
+    assert settle(lambda: gone(pid)), "a connection dropped without close() must still reap its child"
 
 
 #: run by a wrapper shell: write the shell's (our child's) descriptors and their targets to argv[1]
@@ -647,38 +596,18 @@ def test_asyncio_client_over_ssh(lab: Any, sshd: Any) -> None:
 
     for result, pid in asyncio.run(main()):
         assert result == ("vm", ["test"], C.VIR_DOMAIN_RUNNING, 1, 0, ["vm"] * 20)
-        assert _settle(lambda pid=pid: gone(pid)), "the asyncio transport's close must reap the child"
+        assert settle(lambda pid=pid: gone(pid)), "the asyncio transport's close must reap the child"
 
 
 def test_asyncio_errors_match_sync(sshd: Any, tmp_path: Path) -> None:
     port = free_port()
     wrap = ssh_wrapper(tmp_path / "ssh", sshd, str(sshd.known_hosts))
     uri = f"test+ssh://root@127.0.0.1:{port}/default?command={wrap}&keyfile={sshd.identity}&no_tty=1"
-    with pytest.raises(libvirt.libvirtError) as sync_err:
-        libvirt.open(uri, timeout=TIMEOUT)
-
-    async def main() -> None:
-        await asyncio.wait_for(aio.open(uri, timeout=TIMEOUT), TIMEOUT)
-
-    with pytest.raises(libvirt.libvirtError) as async_err:
-        asyncio.run(main())
-    # ssh exits at once.  Whether the first packet is still unread in the
-    # socket when it goes (the read then fails: ECONNRESET, "Cannot recv
-    # data") or the write comes after (EPIPE, "Cannot write data") is a race
-    # in either front end, as in the C client; the rest must match.
-    a, s = fields(async_err.value), fields(sync_err.value)
-    failures = {
-        errno.ECONNRESET: "Cannot recv data: ",
-        errno.EPIPE: "Cannot write data: ",
-    }
-    for f in (a, s):
-        assert f["int1"] in failures, f
-        prefix = failures[f["int1"]]
-        assert f["message"].startswith(prefix), f
-        f["message"] = f["message"][len(prefix) :].rsplit(": ", 1)[0]
-        del f["int1"]
-    assert a == s
-    assert a["message"] == f"ssh: connect to host 127.0.0.1 port {port}: Connection refused"
+    ours = our_open_error(uri)
+    assert our_async_open_error(uri) == ours
+    assert ours["message"] == (
+        f"Cannot recv data: ssh: connect to host 127.0.0.1 port {port}: Connection refused: Connection reset by peer"
+    )
 
 
 def test_asyncio_killed_child_fails_pending_call(lab: Any, sshd: Any) -> None:

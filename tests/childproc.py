@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -79,16 +78,6 @@ def our_async_open_error(uri: str) -> dict[str, Any]:
 def gone(pid: int) -> bool:
     """Reaped: no /proc entry at all (a zombie still has one)."""
     return not os.path.exists(f"/proc/{pid}")
-
-
-def settle(pred: Any, timeout: float = 2.0) -> bool:
-    """Wait up to ``timeout`` seconds for ``pred()`` to hold; its last value."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.01)
-    return bool(pred())
 
 
 def script(path: Path, body: str) -> str:

@@ -15,6 +15,9 @@ Fixtures (see tests/harness/README.md):
   /usr/bin/python3 with python3-libvirt (see tests/harness/peer.py).
 * ``node_xml`` (session): ``node_xml(domains=10, **write_node_xml options) -> NodeXML``
   (cached: the same arguments give the same file); ``.uri(lab)``.
+* ``fake`` (function): the in-process fake daemon (tests/fakedaemon.py), for
+  what a real one cannot be made to do.
+* ``loop`` (function): pyvirtrpc's default event loop, running in a thread.
 
 Policy: when libvirtd, sshd, the C binding... are missing, a test needing them
 is skipped with the reason, except under ``CI`` (set and not 0/false), where
@@ -40,6 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from tests.fakedaemon import FakeDaemon, default_loop_thread  # noqa: E402
 from tests.harness.lab import HarnessError, Lab, MissingTool, NodeXML, write_node_xml  # noqa: E402
 from tests.harness.peer import Peer  # noqa: E402
 from tests.harness.pytest_ci import (  # noqa: E402,F401  (hooks are found by name)
@@ -192,3 +196,15 @@ def node_xml(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., NodeXML]
 
 
 __all__ = ["in_ci", "unavailable"]
+
+
+@pytest.fixture
+def fake(tmp_path: Path) -> Iterator[FakeDaemon]:
+    with FakeDaemon(tmp_path) as f:
+        yield f
+
+
+@pytest.fixture
+def loop() -> Iterator[Any]:
+    with default_loop_thread() as lp:
+        yield lp

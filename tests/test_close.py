@@ -15,14 +15,14 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
 import pyvirtrpc as libvirt
 from pyvirtrpc._gen import remote as R
 from tests.fakedaemon import NO_REPLY, FakeDaemon, default_loop_thread
+from tests.polling import wait_until
 
 libvirt.registerErrorHandler(lambda ctx, err: None, None)
 
@@ -39,27 +39,6 @@ KILL_REASONS = {
     ("tls", True): libvirt.VIR_CONNECT_CLOSE_REASON_EOF,
     ("tls", False): libvirt.VIR_CONNECT_CLOSE_REASON_ERROR,
 }
-
-
-@pytest.fixture
-def loop() -> Iterator[Any]:
-    with default_loop_thread() as lp:
-        yield lp
-
-
-@pytest.fixture
-def fake(tmp_path: Path) -> Iterator[FakeDaemon]:
-    with FakeDaemon(tmp_path) as f:
-        yield f
-
-
-def wait_for(pred: Any, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.005)
-    return bool(pred())
 
 
 # ---------------------------------------------------------------------------
@@ -307,7 +286,7 @@ def test_callbacks_hold_a_reference_on_the_connection(loop: Any, fake: FakeDaemo
     with pytest.raises(libvirt.libvirtError, match="invalid connection pointer"):
         conn.getHostname()
     peer.die()  # the connection ends: the callback fires once, then the last reference goes
-    assert wait_for(lambda: len(seen) == 1)
+    assert wait_until(lambda: len(seen) == 1)
     assert seen[0] == (conn, libvirt.VIR_CONNECT_CLOSE_REASON_EOF)
     assert "CONNECT_CLOSE" not in [c.name for c in peer.calls]
 
@@ -349,10 +328,10 @@ def test_relayed_connection_closed_event(loop: Any, fake: FakeDaemon) -> None:
         seen: list[tuple[Any, ...]] = []
         conn.registerCloseCallback(lambda c, r, o: seen.append((c is conn, r, o)), "x")
         peer.send_event("CONNECT_EVENT_CONNECTION_CLOSED", R.remote_connect_event_connection_closed_msg(2))
-        assert wait_for(lambda: seen == [(True, 2, "x")])
+        assert wait_until(lambda: seen == [(True, 2, "x")])
         assert conn.isAlive() == 1  # our own socket is fine
         peer.die()
-        assert wait_for(lambda: conn.isAlive() == 0)
+        assert wait_until(lambda: conn.isAlive() == 0)
         time.sleep(0.1)
         assert seen == [(True, 2, "x")]  # fired once; a second registration needs an unregister
         with pytest.raises(libvirt.libvirtError, match="A close callback is already registered"):
@@ -483,7 +462,7 @@ def test_loop_notices_death_between_calls(loop: Any, fake: FakeDaemon) -> None:
     seen: list[tuple[int, str]] = []
     conn.registerCloseCallback(lambda c, r, o: seen.append((r, threading.current_thread().name)), None)
     fake.peer().die()
-    assert wait_for(lambda: seen, 5)
+    assert wait_until(lambda: seen, 5)
     assert seen == [(libvirt.VIR_CONNECT_CLOSE_REASON_EOF, "test-event-loop")]
     assert conn.isAlive() == 0
     # the watch and timers of a dead connection are gone from the loop

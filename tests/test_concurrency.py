@@ -13,9 +13,7 @@ core's batch path is also checked without I/O.
 from __future__ import annotations
 
 import threading
-import time
-from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pytest
 
@@ -29,6 +27,7 @@ from pyvirtrpc.core.rpc import RPC
 from pyvirtrpc.packet import ERROR, MESSAGE, OK, REPLY, encode_packet
 from tests.fakedaemon import NO_REPLY, Call, FakeDaemon, Peer
 from tests.harness.lab import Lab
+from tests.polling import wait_until
 
 libvirt.registerErrorHandler(lambda ctx, err: None, None)
 
@@ -42,12 +41,6 @@ def unix_uri(lab: Lab) -> str:
 
 def reply_packet(serial: int, proc: Any, value: Any) -> bytes:
     return encode_packet(R.PROGRAM, 1, proc.number, REPLY, serial, OK, _xdr.encode(proc.ret, value))
-
-
-@pytest.fixture
-def fake(tmp_path: Path) -> Iterator[FakeDaemon]:
-    with FakeDaemon(tmp_path) as f:
-        yield f
 
 
 # ------------------------------------------------------------ real daemon
@@ -155,10 +148,7 @@ def test_reader_role_passes_from_thread_to_thread_as_replies_come_one_by_one(fak
     def deliver(peer: Peer, held: list[Call], results: dict[int, str]) -> None:
         for n, c in enumerate(sorted(held, key=lambda c: c.serial), 1):
             peer.send_raw(hostname_reply(c))
-            deadline = time.monotonic() + 10
-            while len(results) < n and time.monotonic() < deadline:
-                time.sleep(0.005)
-            assert len(results) == n, f"reply {n} did not complete its call"
+            assert wait_until(lambda n=n: len(results) == n), f"reply {n} did not complete its call"
 
     run_held_hostname_calls(fake, 5, deliver)
 

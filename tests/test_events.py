@@ -14,7 +14,7 @@ import re
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pytest
 
@@ -22,7 +22,8 @@ import pyvirtrpc as libvirt
 from pyvirtrpc import libvirt_qemu
 from pyvirtrpc._gen import qemu as Q
 from pyvirtrpc._gen import remote as R
-from tests.fakedaemon import NO_REPLY, FakeDaemon, default_loop_thread, domain
+from tests.fakedaemon import NO_REPLY, FakeDaemon, domain
+from tests.polling import wait_until
 
 libvirt.registerErrorHandler(lambda ctx, err: None, None)
 
@@ -31,27 +32,6 @@ DOMXML = (
     "<domain type='test'><name>{name}</name><uuid>{uuid}</uuid><memory>65536</memory><vcpu>1</vcpu>"
     "<os><type arch='i686'>hvm</type></os></domain>"
 )
-
-
-@pytest.fixture
-def loop() -> Iterator[Any]:
-    with default_loop_thread() as lp:
-        yield lp
-
-
-@pytest.fixture
-def fake(tmp_path: Path) -> Iterator[FakeDaemon]:
-    with FakeDaemon(tmp_path) as f:
-        yield f
-
-
-def wait_for(pred: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.01)
-    return bool(pred())
 
 
 # ---------------------------------------------------------------------------
@@ -174,7 +154,7 @@ def test_lifecycle_events_from_the_real_daemon(loop: Any, lab: Any) -> None:
         dom.destroy()
         dom.undefine()
         del dom
-        assert wait_for(lambda: len(seen) == 6)
+        assert wait_until(lambda: len(seen) == 6)
         E = libvirt
         assert seen == [
             (True, "evlife", UUID, E.VIR_DOMAIN_EVENT_DEFINED, E.VIR_DOMAIN_EVENT_DEFINED_ADDED, {"k": 1}),
@@ -217,7 +197,7 @@ def test_per_domain_filter_is_sent_and_honoured(loop: Any, lab: Any) -> None:
         other.defineXML(DOMXML.format(name="evother", uuid="8b7a3f7e-1a2b-4c3d-9e8f-0123456789ab")).undefine()
         watched.create()
         watched.destroy()
-        assert wait_for(lambda: len(seen_all) == 4)
+        assert wait_until(lambda: len(seen_all) == 4)
         time.sleep(0.2)
         assert seen_one == ["evwatched", "evwatched"]
         assert seen_all == ["evother", "evother", "evwatched", "evwatched"]
@@ -348,7 +328,7 @@ def test_events_arrive_while_a_call_waits(loop: Any, fake: FakeDaemon) -> None:
                 "DOMAIN_EVENT_CALLBACK_LIFECYCLE",
                 R.remote_domain_event_callback_lifecycle_msg(rid, R.remote_domain_event_lifecycle_msg(domain(), ev, 0)),
             )
-        assert wait_for(lambda: len(seen) == 5, 5)
+        assert wait_until(lambda: len(seen) == 5, 5)
         assert th.is_alive()  # the call is still waiting: the events came first
         peer.reply(call, R.remote_connect_get_hostname_ret("answered"))
         th.join(5)
@@ -379,7 +359,7 @@ def test_events_arrive_while_calls_run_real_daemon(loop: Any, lab: Any) -> None:
         for i in range(10):
             d = other.defineXML(DOMXML.format(name=f"evbusy{i}", uuid=UUID[:-2] + f"{i:02d}"))
             d.undefine()
-        assert wait_for(lambda: len(seen) == 20)
+        assert wait_until(lambda: len(seen) == 20)
         stop.set()
         for w in workers:
             w.join(10)
@@ -444,7 +424,7 @@ def test_callback_exception_is_printed_and_others_still_run(loop: Any, fake: Fak
             "DOMAIN_EVENT_CALLBACK_CONTROL_ERROR",
             R.remote_domain_event_callback_control_error_msg(r7, R.remote_domain_event_control_error_msg(domain())),
         )
-        assert wait_for(lambda: seen == [7])
+        assert wait_until(lambda: seen == [7])
         assert "RuntimeError: callback failed" in capfd.readouterr().err
         assert conn.getHostname() == "fakehost"
     finally:
@@ -599,7 +579,7 @@ def test_every_domain_event_converts_as_libvirt_python(loop: Any, fake: FakeDaem
             conn.domainEventRegisterAny(None, event_id, rec(event_id), f"op{event_id}")
         for event_id, name, make, _args in DOMAIN_CASES:
             peer.send_event(name, make(peer.registration("CONNECT_DOMAIN_EVENT_CALLBACK_REGISTER_ANY", event_id)))
-        assert wait_for(lambda: len(seen) == 28)
+        assert wait_until(lambda: len(seen) == 28)
         for event_id, name, _make, args in DOMAIN_CASES:
             got = seen[event_id]
             assert got[0] is conn, name
@@ -642,7 +622,7 @@ def test_daemon_without_event_callbacks_uses_the_legacy_procedures(loop: Any, tm
             assert registered == [eid for eid, *_ in LEGACY_CASES]
             for _eid, name, msg, _args in LEGACY_CASES:
                 peer.send_event(name, msg)
-            assert wait_for(lambda: len(seen) == len(LEGACY_CASES))
+            assert wait_until(lambda: len(seen) == len(LEGACY_CASES))
             assert seen == [args for *_x, args in LEGACY_CASES]
             assert filtered == []  # not for "other": filtered here, by UUID
             conn.domainEventDeregisterAny(fid)
@@ -695,7 +675,7 @@ def test_network_pool_nodedev_secret_events_convert(loop: Any, fake: FakeDaemon)
             assert cid >= 0
         for _method, _eid, name, make, _obj, _args in OTHER_CASES:
             peer.send_event(name, make(regs[name]))
-        assert wait_for(lambda: len(seen) == len(OTHER_CASES))
+        assert wait_until(lambda: len(seen) == len(OTHER_CASES))
         for _method, _eid, name, _make, obj, args in OTHER_CASES:
             got = seen[name]
             assert got[0] is conn
@@ -744,7 +724,7 @@ def test_qemu_monitor_events(loop: Any, fake: FakeDaemon) -> None:
             Q.qemu_domain_monitor_event_msg(rb, DOM, "BLOCK_JOB_READY", 5, 6, None),
             program=Q.PROGRAM,
         )
-        assert wait_for(lambda: len(seen) == 2)
+        assert wait_until(lambda: len(seen) == 2)
         assert seen[0][0] is conn and seen[0][1].name() == "fakedom"
         assert seen[0][2:] == ("SHUTDOWN", 1700000000, 123456, '{"guest":true}', "qa")
         assert seen[1][2:] == ("BLOCK_JOB_READY", 5, 6, None, "qb")
@@ -793,13 +773,13 @@ def test_legacy_domain_event_register(loop: Any, lab: Any) -> None:
         conn.domainEventRegister(cb_b, "B")
         assert conn.domainEventCallbacks == {cb_a: "A", cb_b: "B"}
         other.defineXML(DOMXML.format(name="evlegacy", uuid=UUID)).undefine()
-        assert wait_for(lambda: len(a) == 2 and len(b) == 2)
+        assert wait_until(lambda: len(a) == 2 and len(b) == 2)
         assert a == [(True, "evlegacy", 0, "A"), (True, "evlegacy", 1, "A")]
         conn.domainEventDeregister(cb_a)
         with pytest.raises(KeyError):
             conn.domainEventDeregister(cb_a)
         other.defineXML(DOMXML.format(name="evlegacy", uuid=UUID)).undefine()
-        assert wait_for(lambda: len(b) == 4)
+        assert wait_until(lambda: len(b) == 4)
         assert len(a) == 2
         conn.domainEventDeregister(cb_b)
         assert not hasattr(conn, "domainEventCallbacks")

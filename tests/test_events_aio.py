@@ -12,7 +12,7 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -28,12 +28,6 @@ DOMXML = (
     "<domain type='test'><name>{name}</name><uuid>{uuid}</uuid><memory>65536</memory><vcpu>1</vcpu>"
     "<os><type arch='i686'>hvm</type></os></domain>"
 )
-
-
-@pytest.fixture
-def fake(tmp_path: Path) -> Iterator[FakeDaemon]:
-    with FakeDaemon(tmp_path) as f:
-        yield f
 
 
 async def until(pred: Any, timeout: float = 10.0) -> bool:

@@ -30,7 +30,8 @@ from pyvirtrpc import uri as U
 from pyvirtrpc._gen import constants as C
 from pyvirtrpc.transport import command as cmd
 from pyvirtrpc.transport.command import CommandChannel
-from tests.childproc import TIMEOUT, c_open_error, fields, gone, our_open_error, peer_fields, script, settle
+from tests.childproc import TIMEOUT, c_open_error, fields, gone, our_open_error, peer_fields, script
+from tests.polling import wait_until
 
 libvirt.registerErrorHandler(lambda ctx, err: None, None)
 
@@ -290,10 +291,10 @@ def test_chatty_stderr_is_drained_and_bounded(lab: Any, tmp_path: Path) -> None:
     c = libvirt.open(f"test+ext:///default?command={wrap}", timeout=10)
     ch = c._o.client.channel
     assert c.getHostname() == "vm"
-    assert settle(lambda: ch.stderr_text().endswith("last words"))
+    assert wait_until(lambda: ch.stderr_text().endswith("last words"), 2.0)
     assert len(ch.stderr_text().encode()) <= cmd.STDERR_LIMIT
     os.kill(ch.pid, signal.SIGKILL)
-    assert settle(lambda: ch.returncode is not None)
+    assert wait_until(lambda: ch.returncode is not None, 2.0)
     with pytest.raises(libvirt.libvirtError) as err:
         c.getHostname()
     # the child is gone before the call is written: the write fails, with the bounded stderr
@@ -354,8 +355,8 @@ def test_close_and_drop_reap_children(lab: Any, tmp_path: Path) -> None:
     pids.append(c._o.client.channel.pid)
     del c  # dropped without close()
     gc.collect()
-    assert settle(lambda: all(gone(p) for p in pids)), [p for p in pids if not gone(p)]
-    assert settle(lambda: len(os.listdir("/proc/self/fd")) == fds)
+    assert wait_until(lambda: all(gone(p) for p in pids), 2.0), [p for p in pids if not gone(p)]
+    assert wait_until(lambda: len(os.listdir("/proc/self/fd")) == fds, 2.0)
 
 
 def test_close_kills_a_child_that_ignores_sigterm(lab: Any, tmp_path: Path) -> None:
@@ -383,7 +384,7 @@ def test_asyncio_over_ext(lab: Any, tmp_path: Path) -> None:
 
     (res, channel) = asyncio.run(main())
     assert res == ("vm", 0, ["test"])
-    assert settle(lambda: channel.returncode is not None and gone(channel.pid))
+    assert wait_until(lambda: channel.returncode is not None and gone(channel.pid), 2.0)
 
 
 def test_asyncio_reports_child_stderr_like_sync(tmp_path: Path) -> None:

@@ -14,13 +14,14 @@ import ast
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
 import pyvirtrpc as libvirt
 from pyvirtrpc.core import keepalive as ka
-from tests.fakedaemon import NO_REPLY, FakeDaemon, default_loop_thread
+from tests.fakedaemon import NO_REPLY, FakeDaemon
+from tests.polling import wait_until
 
 libvirt.registerErrorHandler(lambda ctx, err: None, None)
 
@@ -117,27 +118,6 @@ def test_dead_error_is_libvirts() -> None:
 
 
 # --------------------------------------------------------------- fake daemon
-@pytest.fixture
-def loop() -> Iterator[Any]:
-    with default_loop_thread() as lp:
-        yield lp
-
-
-@pytest.fixture
-def fake(tmp_path: Path) -> Iterator[FakeDaemon]:
-    with FakeDaemon(tmp_path) as f:
-        yield f
-
-
-def _wait(pred: Any, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.01)
-    return bool(pred())
-
-
 def test_open_with_a_loop_probes_keepalive(loop: Any, fake: FakeDaemon) -> None:
     conn = libvirt.open(fake.uri)
     try:
@@ -157,7 +137,7 @@ def test_pings_after_silence_and_stays_up_while_answered(loop: Any, fake: FakeDa
         peer = fake.peer()
         assert conn.setKeepAlive(1, 2) == 0
         assert conn.setKeepAlive(1, 2) == 0  # already running: no change, as libvirt
-        assert _wait(lambda: peer.pings >= 3, 6)
+        assert wait_until(lambda: peer.pings >= 3, 6)
         assert conn.isAlive() == 1
         assert conn.getHostname() == "fakehost"
         # stopping it: no more PINGs
@@ -193,7 +173,7 @@ def test_frozen_server_closes_with_keepalive_and_fails_calls(loop: Any, fake: Fa
     th.start()
     th.join(10)
     assert not th.is_alive()
-    assert _wait(lambda: reasons, 5)
+    assert wait_until(lambda: reasons, 5)
     reason, t_close = reasons[0]
     exc, t_fail = failure[0]
     assert reason == libvirt.VIR_CONNECT_CLOSE_REASON_KEEPALIVE
@@ -250,10 +230,10 @@ def test_ping_storm_is_answered_and_does_not_desync(loop: Any, fake: FakeDaemon)
         peer = fake.peer()
         peer.ping(5000)
         # answered by the loop thread (no call in progress)
-        assert _wait(lambda: peer.pongs == 5000, 20)
+        assert wait_until(lambda: peer.pongs == 5000, 20)
         peer.ping(2000)
         assert conn.getHostname() == "fakehost"  # and by a caller that reads
-        assert _wait(lambda: peer.pongs == 7000, 20)
+        assert wait_until(lambda: peer.pongs == 7000, 20)
         assert conn.isAlive() == 1
     finally:
         conn.close()
@@ -269,7 +249,7 @@ def test_server_pings_are_answered_without_a_loop(fake: FakeDaemon) -> None:
         time.sleep(0.3)
         assert peer.pongs == 0
         assert conn.getHostname() == "fakehost"
-        assert _wait(lambda: peer.pongs == 300, 5)
+        assert wait_until(lambda: peer.pongs == 300, 5)
     finally:
         conn.close()
 

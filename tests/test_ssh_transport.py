@@ -40,9 +40,9 @@ from tests.childproc import (
     gone,
     our_async_open_error,
     our_open_error,
-    settle,
 )
 from tests.childproc import script as write_script
+from tests.polling import wait_until
 
 libvirt.registerErrorHandler(lambda ctx, err: None, None)
 
@@ -362,7 +362,12 @@ def test_close_reaps_child_and_frees_descriptors(lab: Any, sshd: Any, proxy: str
         close_conn(c)
     for pid in pids:
         assert gone(pid), f"child {pid} not reaped"
-    assert settle(lambda: _fd_count() == fds and _threads() == threads), (fds, _fd_count(), threads, _threads())
+    assert wait_until(lambda: _fd_count() == fds and _threads() == threads, 2.0), (
+        fds,
+        _fd_count(),
+        threads,
+        _threads(),
+    )
 
 
 def test_dropped_connection_reaps_child(lab: Any, sshd: Any) -> None:
@@ -371,7 +376,7 @@ def test_dropped_connection_reaps_child(lab: Any, sshd: Any) -> None:
     assert pid is not None and not gone(pid)
     del c
     gc.collect()
-    assert settle(lambda: gone(pid)), "a connection dropped without close() must still reap its child"
+    assert wait_until(lambda: gone(pid), 2.0), "a connection dropped without close() must still reap its child"
 
 
 #: run by a wrapper shell: write the shell's (our child's) descriptors and their targets to argv[1]
@@ -596,7 +601,7 @@ def test_asyncio_client_over_ssh(lab: Any, sshd: Any) -> None:
 
     for result, pid in asyncio.run(main()):
         assert result == ("vm", ["test"], C.VIR_DOMAIN_RUNNING, 1, 0, ["vm"] * 20)
-        assert settle(lambda pid=pid: gone(pid)), "the asyncio transport's close must reap the child"
+        assert wait_until(lambda pid=pid: gone(pid), 2.0), "the asyncio transport's close must reap the child"
 
 
 def test_asyncio_errors_match_sync(sshd: Any, tmp_path: Path) -> None:

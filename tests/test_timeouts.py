@@ -14,8 +14,7 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -25,12 +24,6 @@ from pyvirtrpc._gen import remote as R
 from tests.fakedaemon import NO_REPLY, Call, FakeDaemon, Peer, default_loop_thread
 
 libvirt.registerErrorHandler(lambda ctx, err: None, None)
-
-
-@pytest.fixture
-def fake(tmp_path: Path) -> Iterator[FakeDaemon]:
-    with FakeDaemon(tmp_path) as f:
-        yield f
 
 
 def hold_hostname(fake: FakeDaemon, held: list[Call]) -> None:

@@ -1,42 +1,9 @@
 """atheris harness: decoding of every procedure's args/ret/msg (the input picks the procedure).
 
 Run: `python fuzz/fuzz_decode.py fuzz/corpus/decode fuzz/seeds/decode` (see fuzz/README.md).
-Only :class:`pyvirtrpc.errors.DecodeError` may escape the decoders; anything
-else is reported by libFuzzer as a crash (see fuzz/xdrfuzz.py).
 """
 
-from __future__ import annotations
-
-import os
-import sys
-from pathlib import Path
-
-import atheris
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-# Instrumenting the ~1.5 MB of generated code takes ~10 s of start-up: worth it
-# for a long campaign, not for the test suite's short run (XDRFUZZ_LIGHT=1),
-# which instruments the runtime, framing and the small protocol modules only.
-LIGHT = os.environ.get("XDRFUZZ_LIGHT") == "1"
-with atheris.instrument_imports(include=["pyvirtrpc", "xdrfuzz"], exclude=["pyvirtrpc._gen.remote"] if LIGHT else []):
-    import xdrfuzz
-
-    if not LIGHT:
-        xdrfuzz.preload()  # the lazily imported shards too
-if LIGHT:
-    xdrfuzz.preload()
-
-
-def test_one_input(data: bytes) -> None:
-    xdrfuzz.decode_value(data)
-
-
-def main() -> None:
-    atheris.Setup(sys.argv, test_one_input)
-    atheris.Fuzz()
-
+from atheris_main import run
 
 if __name__ == "__main__":
-    main()
+    run("decode_value")

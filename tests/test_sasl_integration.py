@@ -34,35 +34,12 @@ from pyvirtrpc.transport import tcp
 from pyvirtrpc.transport.sasl import SaslChannel
 from pyvirtrpc.transport.tls import TlsChannel
 from pyvirtrpc.transport.unix import UnixChannel
+from tests.creds import AUTH, PEER_OPEN, make_callback
 from tests.harness.lab import Lab
 from tests.harness.peer import Peer
 
 TIMEOUT = 20.0
-AUTH = [C.VIR_CRED_AUTHNAME, C.VIR_CRED_PASSPHRASE]
 MECHS = ["SCRAM-SHA-256", "SCRAM-SHA-1", "DIGEST-MD5", "PLAIN"]
-
-PEER_OPEN = """
-def cb(creds, opaque):
-    for c in creds:
-        c[4] = args['user'] if c[0] == libvirt.VIR_CRED_AUTHNAME else args['password']
-    return 0
-try:
-    c = libvirt.openAuth(args['uri'], [[libvirt.VIR_CRED_AUTHNAME, libvirt.VIR_CRED_PASSPHRASE], cb, None], 0)
-    result = {'ok': [c.getHostname(), c.isSecure(), c.isEncrypted()]}
-    c.close()
-except libvirt.libvirtError as e:
-    result = {'err': err(e)}
-"""
-
-
-def make_callback(user: str, password: str) -> Callable[[list[list[Any]], Any], int]:
-    def cb(creds: list[list[Any]], opaque: Any) -> int:
-        for c in creds:
-            c[4] = user if c[0] == C.VIR_CRED_AUTHNAME else password
-        return 0
-
-    return cb
-
 
 def ours(uri: str, user: str = "alice", password: str = "wonderland") -> tuple[Any, ...]:
     try:

@@ -22,32 +22,12 @@ from pyvirtrpc.errors import libvirtError
 from pyvirtrpc.transport import tcp
 from pyvirtrpc.transport.sasl import SaslChannel
 from pyvirtrpc.transport.tcp import TcpChannel
+from tests.creds import AUTH, PEER_OPEN, callback
 from tests.harness.lab import Lab
 from tests.harness.peer import Peer
 
 LabFactory = Callable[..., Lab]
 TIMEOUT = 20.0
-AUTH = [C.VIR_CRED_AUTHNAME, C.VIR_CRED_PASSPHRASE]
-
-PEER_OPEN = """
-def cb(creds, opaque):
-    for c in creds:
-        c[4] = args['user'] if c[0] == libvirt.VIR_CRED_AUTHNAME else args['password']
-    return 0
-try:
-    c = libvirt.openAuth(args['uri'], [[libvirt.VIR_CRED_AUTHNAME, libvirt.VIR_CRED_PASSPHRASE], cb, None], 0)
-    result = {'ok': [c.getHostname(), c.isSecure(), c.isEncrypted()]}
-    c.close()
-except libvirt.libvirtError as e:
-    result = {'err': err(e)}
-"""
-
-
-def callback(creds: list[list[Any]], opaque: Any) -> int:
-    for c in creds:
-        c[4] = "alice" if c[0] == C.VIR_CRED_AUTHNAME else "wonderland"
-    return 0
-
 
 def ours(uri: str) -> tuple[Any, ...]:
     try:

@@ -30,6 +30,7 @@ from pyvirtrpc.errors import libvirtError
 from pyvirtrpc.transport import tls
 from pyvirtrpc.transport.tcp import connect_tcp
 from pyvirtrpc.transport.tls import TlsChannel
+from tests.creds import AUTH, callback
 from tests.harness.lab import Lab
 from tests.harness.peer import Peer
 
@@ -462,7 +463,7 @@ def lifecycle_events_over(uri: str, lab: Lab, name: str) -> list[int]:
 
     seen: list[int] = []
     with default_loop_thread():
-        conn = pyvirtrpc.openAuth(uri, [[C.VIR_CRED_AUTHNAME, C.VIR_CRED_PASSPHRASE], _answer, None], 0)
+        conn = pyvirtrpc.openAuth(uri, [AUTH, callback, None], 0)
         other = pyvirtrpc.open(lab.uris["unix"])
         try:
             cid = conn.domainEventRegisterAny(
@@ -482,12 +483,6 @@ def lifecycle_events_over(uri: str, lab: Lab, name: str) -> list[int]:
             conn.close()
             other.close()
     return seen
-
-
-def _answer(creds: list[list[Any]], opaque: Any) -> int:
-    for c in creds:
-        c[4] = "alice" if c[0] == C.VIR_CRED_AUTHNAME else "wonderland"
-    return 0
 
 
 LIFECYCLE = [

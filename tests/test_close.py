@@ -46,11 +46,7 @@ KILL_REASONS = {
 SCENARIO = r"""
 import os, signal, threading, time
 if args["start_loop"]:
-    libvirt.virEventRegisterDefaultImpl()
-    def _run():
-        while True:
-            libvirt.virEventRunDefaultImpl()
-    threading.Thread(target=_run, daemon=True).start()
+    run_event_loop()  # the peer's helper (tests/harness/peer.py); our side runs with start_loop False
 conn = libvirt.open(args["uri"])
 pid = args["pid"]
 closed = []
@@ -356,11 +352,7 @@ def test_relayed_close_side_by_side(fake: FakeDaemon, peer: Any) -> None:
     code = r"""
 import threading, time
 if args["start_loop"]:
-    libvirt.virEventRegisterDefaultImpl()
-    def _run():
-        while True:
-            libvirt.virEventRunDefaultImpl()
-    threading.Thread(target=_run, daemon=True).start()
+    run_event_loop()  # the peer's helper (tests/harness/peer.py); our side runs with start_loop False
 c = libvirt.open(args["uri"])
 seen = []
 c.registerCloseCallback(lambda conn, reason, op: seen.append([reason, op]), "o")

@@ -39,11 +39,7 @@ DOMXML = (
 SCENARIO = r"""
 import subprocess, threading, time
 if args["start_loop"]:
-    libvirt.virEventRegisterDefaultImpl()
-    def _run():
-        while True:
-            libvirt.virEventRunDefaultImpl()
-    threading.Thread(target=_run, daemon=True).start()
+    run_event_loop()  # the peer's helper (tests/harness/peer.py); our side runs with start_loop False
 conn = libvirt.open(args["uri"])
 log = []
 def desc(x):

@@ -9,7 +9,9 @@ keyword arguments, through JSON) and two helpers in scope:
   with a callback answering AUTHNAME/PASSPHRASE (``libvirt.open`` alone
   cannot do SASL without a callback);
 * ``err(e)``: a ``libvirtError`` as a dict (code, domain, message, level,
-  str1..3, int1, int2, text).
+  str1..3, int1, int2, text);
+* ``run_event_loop()``: libvirt's default event loop, registered and run in a
+  daemon thread (events, close callbacks, keepalive need one).
 
 The snippet returns its result either by assigning ``result`` (any JSON
 value) or by printing JSON as its last stdout line.  An uncaught
@@ -52,8 +54,16 @@ def open_auth(uri, user=None, password=None, flags=0):
     kinds = [libvirt.VIR_CRED_AUTHNAME, libvirt.VIR_CRED_PASSPHRASE, libvirt.VIR_CRED_NOECHOPROMPT]
     return libvirt.openAuth(uri, [kinds, cb, None], flags)
 
+def run_event_loop():
+    import threading
+    libvirt.virEventRegisterDefaultImpl()
+    def _run():
+        while True:
+            libvirt.virEventRunDefaultImpl()
+    threading.Thread(target=_run, daemon=True).start()
+
 ns = {"libvirt": libvirt, "json": json, "args": req["args"], "err": err, "open_auth": open_auth,
-      "__name__": "__peer__"}
+      "run_event_loop": run_event_loop, "__name__": "__peer__"}
 try:
     exec(compile(req["code"], "<peer snippet>", "exec"), ns)
     out = {"ok": True, "has_result": "result" in ns, "result": ns.get("result")}

@@ -20,10 +20,9 @@ Contract:
 
 from __future__ import annotations
 
-import gc as _gc
 from _thread import allocate_lock
 
-from . import _lasterror, _ops
+from . import _gcpause, _lasterror, _ops
 from ._api_events import EventsMixin
 from ._gen import constants as C
 from ._gen import remote as R
@@ -341,16 +340,12 @@ class virConnect(EventsMixin):  # noqa: N801 - libvirt-python's name
         return virDomain(self, d)
 
     def listAllDomains(self, flags: int = 0) -> list[virDomain]:
-        _gc_pause()
-        try:
-            ret = self._call(
-                R.REMOTE_PROC_CONNECT_LIST_ALL_DOMAINS,
-                R.remote_connect_list_all_domains_args(1, flags),
-                "virConnectListAllDomains",
-            )
-            return _domains(self, ret.domains)
-        finally:
-            _gc_resume()
+        ret = self._call(
+            R.REMOTE_PROC_CONNECT_LIST_ALL_DOMAINS,
+            R.remote_connect_list_all_domains_args(1, flags),
+            "virConnectListAllDomains",
+        )
+        return _domains(self, ret.domains)
 
     def listDomainsID(self) -> list[int]:
         n = self.numOfDomains()
@@ -454,47 +449,20 @@ class _Hold:
                 pass
 
 
-# A listing builds two objects per domain (the decoded struct and its
-# virDomain), 20,000 for 10,000 domains, none of them in a cycle; the cyclic
-# collector would run ~28 times over them while they are built (measured: 1.6
-# ms of a 10 ms client-side listing).  It is paused for the call and restored
-# after (left off if it was off); concurrent listings share one pause (a count).
-# Cycles other threads make meanwhile are collected after the pause.
-_gc_lock = allocate_lock()
-_gc_pauses = 0
-_gc_was_enabled = False
-
-
-def _gc_pause() -> None:
-    global _gc_pauses, _gc_was_enabled
-    with _gc_lock:
-        if _gc_pauses == 0:
-            _gc_was_enabled = _gc.isenabled()
-            _gc.disable()
-        _gc_pauses += 1
-
-
-def _gc_resume() -> None:
-    global _gc_pauses
-    with _gc_lock:
-        _gc_pauses -= 1
-        if _gc_pauses == 0 and _gc_was_enabled:
-            _gc.enable()
-
-
 def _domains(conn: virConnect, doms: list[Any]) -> list[virDomain]:
-    """virDomain objects for a listing, built in bulk (one _Hold for all)."""
+    """virDomain objects for a listing, built in bulk (one _Hold for all; the collector paused for a long one)."""
     shared = conn._o
     hold = _Hold(shared) if shared is not None and doms else None
     new = object.__new__
     out = []
-    for d in doms:
-        v = new(virDomain)
-        v._conn = conn
-        v._dom = d
-        v._o = shared
-        v._hold = hold
-        out.append(v)
+    with _gcpause.bulk(len(doms)):
+        for d in doms:
+            v = new(virDomain)
+            v._conn = conn
+            v._dom = d
+            v._o = shared
+            v._hold = hold
+            out.append(v)
     return out
 
 

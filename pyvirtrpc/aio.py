@@ -32,7 +32,7 @@ import asyncio
 import errno as _errno
 import socket
 
-from . import _ops
+from . import _gcpause, _ops
 from . import uri as _uri
 from ._api_events import AsyncEventsMixin
 from ._gen import constants as C
@@ -97,6 +97,7 @@ class AsyncConnection:
     def __init__(self, loop: asyncio.AbstractEventLoop, *, timeout: Optional[float] = None) -> None:
         self.loop = loop
         self.rpc = RPC(PROGRAMS)
+        self.rpc.bulk = _gcpause.PAUSED
         self.timeout = timeout
         self._transport: Optional[asyncio.Transport] = None
         self._wbuf: Optional[list[bytes]] = None
@@ -447,7 +448,8 @@ class AsyncConnect(AsyncEventsMixin):
             R.remote_connect_list_all_domains_args(1, flags),
             "virConnectListAllDomains",
         )
-        return [AsyncDomain(self, d) for d in ret.domains]
+        with _gcpause.bulk(len(ret.domains)):
+            return [AsyncDomain(self, d) for d in ret.domains]
 
     async def lookupByName(self, name: str) -> AsyncDomain:
         ret = await self._call(

@@ -34,7 +34,7 @@ import select
 from _thread import allocate_lock
 from time import monotonic
 
-from . import _log
+from . import _gcpause, _log
 from ._gen import constants as C
 from ._gen import remote as _remote
 from .core import handshake as hs
@@ -175,6 +175,7 @@ class Connection:
     def __init__(self, channel: Channel, *, timeout: Optional[float] = None) -> None:
         self.channel = channel
         self.rpc = RPC(PROGRAMS)
+        self.rpc.bulk = _gcpause.PAUSED
         self.timeout = timeout
         self._lock = allocate_lock()
         #: held by the thread writing to the channel; packets of other threads

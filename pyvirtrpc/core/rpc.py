@@ -18,6 +18,8 @@ Contract:
   :class:`~pyvirtrpc.errors.RPCError` or ``DecodeError``; the driver must then
   :meth:`RPC.fail_all` and close, because a byte stream cannot be
   resynchronised.  (Errors with code VIR_ERR_RPC, domain VIR_FROM_RPC.)
+* Data of :data:`BULK_BYTES` or more (a large reply) is decoded inside the
+  driver's :attr:`RPC.bulk` context manager, if it set one.
 * :meth:`RPC.abandon` forgets a call (timeout or cancellation) without
   desynchronising: its late reply is recognised and dropped.
 
@@ -48,6 +50,7 @@ from ..packet import (
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
     from typing import Any, Callable, Optional
 
     from .._xdr import Codec, Procedure
@@ -62,6 +65,9 @@ PING_PACKET = HEAD.pack(MIN_PACKET, KEEPALIVE_PROGRAM, KEEPALIVE_VERSION, PING, 
 
 #: How many abandoned serials are remembered so that their late replies are dropped.
 ABANDONED_MAX = 4096
+#: Bytes at hand (a read and what the deframer holds) from which decoding is
+#: done under :attr:`RPC.bulk`; such data always takes the general path.
+BULK_BYTES = 65536
 
 
 
@@ -118,6 +124,9 @@ class RPC:
         self._hooked = False
         self.pings_received = 0
         self.pongs_received = 0
+        #: set by a driver: a context manager held while :data:`BULK_BYTES` or
+        #: more are decoded at once (the drivers pause the garbage collector)
+        self.bulk: Optional[AbstractContextManager[Any]] = None
 
     @property
     def on_packet(self) -> Optional[Callable[[], None]]:
@@ -210,12 +219,13 @@ class RPC:
         # come in one read (calls of several threads, or pipelined).  The
         # first packet that is anything else (an event, an error, a partial
         # packet) and everything after it take the general path; so does all
-        # of it when hooks are installed.  This is the per-call path: it is
+        # of it when hooks are installed, or when it is BULK_BYTES or more
+        # (decoded under self.bulk).  This is the per-call path: it is
         # kept to few lookups (measured: each costs several times its
         # in-cache time after the process slept in poll()).
         done: list[Call] = []
-        if not self._hooked and not self.deframer._buf and type(data) is bytes:
-            n = len(data)
+        n = len(data)
+        if n < BULK_BYTES and not self._hooked and not self.deframer._buf and type(data) is bytes:
             calls = self.calls
             pos = 0
             while n - pos >= MIN_PACKET:
@@ -244,11 +254,19 @@ class RPC:
                 if pos == n:
                     return done
                 data = data[pos:]
+        bulk = self.bulk
+        if bulk is not None and len(data) + self.deframer.buffered >= BULK_BYTES:
+            with bulk:
+                self._handle_all(data, done)
+        else:
+            self._handle_all(data, done)
+        return done
+
+    def _handle_all(self, data: bytes, done: list[Call]) -> None:
         for m in self.deframer.messages(data):
             call = self.handle(m)
             if call is not None:
                 done.append(call)
-        return done
 
     def handle(self, m: Message) -> Optional[Call]:
         if self._on_packet is not None:

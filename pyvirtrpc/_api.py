@@ -28,7 +28,7 @@ from ._gen import constants as C
 from ._gen import remote as R
 from .client import Connection
 from .core import handshake as hs
-from .errors import libvirtError, make_error
+from .errors import closed_error, libvirtError, make_error
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -118,13 +118,9 @@ class _Shared:
         if finalizing:
             # From a finalizer: no RPC (it could run inside a call on this
             # very thread); the daemon takes EOF as a close.
-            self.client.abort(C.VIR_CONNECT_CLOSE_REASON_CLIENT, _closed())
+            self.client.abort(C.VIR_CONNECT_CLOSE_REASON_CLIENT, closed_error())
         else:
             self.client.close()
-
-
-def _closed() -> libvirtError:
-    return make_error(C.VIR_ERR_INTERNAL_ERROR, C.VIR_FROM_RPC, "client socket is closed")
 
 
 def _proc(name: Union[str, int]) -> Procedure:

@@ -18,7 +18,7 @@ from ._api import _Shared, virConnect
 from ._gen import constants as C
 from .client import Connection
 from .core import handshake as hs
-from .errors import make_error
+from .errors import closed_error, make_error
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -108,7 +108,7 @@ def open_uri(name: Optional[str], flags: int, auth: Any, *, timeout: Optional[fl
     except BaseException:  # a failed open (libvirtError), or KeyboardInterrupt in the handshake
         client.abort(
             C.VIR_CONNECT_CLOSE_REASON_CLIENT,
-            make_error(C.VIR_ERR_INTERNAL_ERROR, C.VIR_FROM_RPC, "client socket is closed"),
+            closed_error(),
         )
         raise
     conn = virConnect(_Shared(client, canonical_uri(plan, result), result, plan))

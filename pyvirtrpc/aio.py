@@ -40,7 +40,7 @@ from ._gen import remote as R
 from .client import CLOSE_CLIENT, CLOSE_EOF, CLOSE_ERROR, PROGRAMS, REMOTE, _log_step
 from .core import handshake as hs
 from .core.rpc import RPC, Call
-from .errors import from_fields, libvirtError, make_error, system_error
+from .errors import closed_error, from_fields, libvirtError, make_error, system_error
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -171,7 +171,7 @@ class AsyncConnection:
 
     def send_packet(self, packet: bytes) -> None:
         if self._dead is not None:
-            raise _closed()
+            raise closed_error()
         self._write(packet)
 
     # ------------------------------------------------------------- calls
@@ -180,7 +180,7 @@ class AsyncConnection:
     ) -> Any:
         """Make one call and return its decoded reply (None for void)."""
         if self._dead is not None:
-            raise _closed()
+            raise closed_error()
         call = self.rpc.request(program, version, proc, args)
         fut = self.loop.create_future()
         call.waiter = fut
@@ -263,11 +263,7 @@ class AsyncConnection:
         except libvirtError:
             pass
         finally:
-            self._die(_closed(), CLOSE_CLIENT)
-
-
-def _closed() -> libvirtError:
-    return make_error(C.VIR_ERR_INTERNAL_ERROR, C.VIR_FROM_RPC, "client socket is closed")
+            self._die(closed_error(), CLOSE_CLIENT)
 
 
 async def _connect(plan: Any, auth: Any, conn: AsyncConnection) -> None:
@@ -315,7 +311,7 @@ async def _open(name: Optional[str], flags: int, auth: Any, timeout: Optional[fl
         result = await conn.run_steps(hs.open_connection(params))
         remember_auth(plan, result)
     except BaseException:
-        conn.abort(CLOSE_CLIENT, _closed())
+        conn.abort(CLOSE_CLIENT, closed_error())
         raise
     from ._open import canonical_uri
 

@@ -39,7 +39,15 @@ from ._gen import constants as C
 from ._gen import remote as _remote
 from .core import handshake as hs
 from .core.rpc import RPC, Call
-from .errors import OperationTimeoutError, TransportError, from_fields, libvirtError, make_error, system_error
+from .errors import (
+    OperationTimeoutError,
+    TransportError,
+    closed_error,
+    from_fields,
+    libvirtError,
+    make_error,
+    system_error,
+)
 from .packet import HEAD, STATUS_NAMES, TYPE_NAMES
 
 TYPE_CHECKING = False
@@ -272,7 +280,7 @@ class Connection:
         lock = self._lock
         with lock:
             if self._dead is not None:
-                raise self._closed_error()
+                raise closed_error()
             call = self.rpc.request(program, version, proc, args)
         self._send(call.packet)
         return call
@@ -281,14 +289,11 @@ class Connection:
         """The decoded reply of a call sent with :meth:`start` (raises its error)."""
         return self._wait(call, self.timeout if timeout is _USE_DEFAULT else timeout)
 
-    def _closed_error(self) -> libvirtError:
-        return make_error(C.VIR_ERR_INTERNAL_ERROR, C.VIR_FROM_RPC, "client socket is closed")
-
     def send_packet(self, packet: bytes) -> None:
         """Send a raw packet (stream data, keepalive) in order with the calls."""
         with self._lock:
             if self._dead is not None:
-                raise self._closed_error()
+                raise closed_error()
         self._send(packet)
 
     def _send(self, packet: bytes) -> None:
@@ -637,7 +642,7 @@ class Connection:
         except libvirtError:
             pass
         finally:
-            self._die(make_error(C.VIR_ERR_INTERNAL_ERROR, C.VIR_FROM_RPC, "client socket is closed"), CLOSE_CLIENT)
+            self._die(closed_error(), CLOSE_CLIENT)
 
     # ----------------------------------------------------------- handshake
     def run_steps(self, gen: Generator[hs.Step, Any, Any]) -> Any:

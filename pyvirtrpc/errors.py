@@ -184,6 +184,11 @@ def make_error(code: int, domain: int, detail: Optional[str] = None) -> libvirtE
     return exc
 
 
+def closed_error() -> libvirtError:
+    """libvirt's error for a connection whose socket is gone (closed, or never opened)."""
+    return make_error(C.VIR_ERR_INTERNAL_ERROR, C.VIR_FROM_RPC, "client socket is closed")
+
+
 def system_error(domain: int, errno: int, detail: Optional[str]) -> TransportError:
     """libvirt's virReportSystemError: ``"<detail>: <strerror>"``, int1 = errno."""
     text = os.strerror(errno)

@@ -92,7 +92,7 @@ SETUP_TIMEOUT = 30.0
 #: libvirt reads at most this many CA certificates from cacert.pem (MAX_CERTS)
 MAX_CA_CERTS = 16
 #: bytes asked from the socket per read (below glibc's 128 KiB mmap threshold: a larger
-#: buffer costs an mmap/munmap pair per read, ~30 us under gVisor)
+#: buffer costs an mmap/munmap pair per read, ~30 us on the 2-core test VM)
 RECV_SIZE = 65536
 #: plaintext asked from OpenSSL per read: one record's worth (TLS records carry
 #: at most 16 KiB), so that a small reply does not cost a 64 KiB allocation

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from _thread import allocate_lock
 
-from . import _gcpause, _lasterror, _ops
+from . import _domref, _gcpause, _lasterror, _ops
 from ._api_events import EventsMixin
 from ._gen import constants as C
 from ._gen import remote as R
@@ -142,14 +142,15 @@ class virConnect(EventsMixin):  # noqa: N801 - libvirt-python's name
         self._handler: Optional[tuple[Callable[[Any, Any], Any], Any]] = None
 
     # ---------------------------------------------------------- plumbing
-    def _call(self, number: int, args: Any, cname: str) -> Any:
-        """Call a REMOTE procedure the libvirt way (reset, report, raise)."""
+    def _call(self, number: int, args: Any, cname: str, proc: Optional[Procedure] = None) -> Any:
+        """Call a REMOTE procedure the libvirt way (reset, report, raise); ``proc``
+        stands in for the table's row (a reply codec of our own)."""
         _tls.err = None
         o = self._o
         try:
             if o is None:
                 raise _invalid("conn", cname)
-            return o.client.call(P[number], args)
+            return o.client.call(P[number] if proc is None else proc, args)
         except libvirtError as exc:
             self._last_error = exc.err
             _report(exc, self._handler)
@@ -340,8 +341,9 @@ class virConnect(EventsMixin):  # noqa: N801 - libvirt-python's name
             R.REMOTE_PROC_CONNECT_LIST_ALL_DOMAINS,
             R.remote_connect_list_all_domains_args(1, flags),
             "virConnectListAllDomains",
+            _domref.LIST_ALL_DOMAINS,  # decodes flat, for _domains
         )
-        return _domains(self, ret.domains)
+        return _domains(self, _domref.flat(ret))
 
     def listDomainsID(self) -> list[int]:
         n = self.numOfDomains()
@@ -445,31 +447,36 @@ class _Hold:
                 pass
 
 
-def _domains(conn: virConnect, doms: list[Any]) -> list[virDomain]:
-    """virDomain objects for a listing, built in bulk (one _Hold for all; the collector paused for a long one)."""
+def _domains(conn: virConnect, flat: list[Any]) -> list[virDomain]:
+    """virDomain objects for a listing's flat [name, uuid, id, ...], built in bulk
+    (one _Hold for all; the collector paused for a long one)."""
     shared = conn._o
-    hold = _Hold(shared) if shared is not None and doms else None
+    hold = _Hold(shared) if shared is not None and flat else None
     new = object.__new__
     out = []
-    with _gcpause.bulk(len(doms)):
-        for d in doms:
+    it = iter(flat)
+    with _gcpause.bulk(len(flat) // 3):
+        for name, uuid, id_ in zip(it, it, it):
             v = new(virDomain)
             v._conn = conn
-            v._dom = d
             v._o = shared
             v._hold = hold
+            v._name = name
+            v._uuid = uuid
+            v._id = id_
+            v._ref = None
             out.append(v)
     return out
 
 
-class virDomain:  # noqa: N801
+class virDomain(_domref.DomainRef):  # noqa: N801
     """A domain (libvirt-python's virDomain)."""
 
-    __slots__ = ("_conn", "_dom", "_o", "_hold", "__weakref__", "__dict__")
+    __slots__ = ("_conn", "_o", "_hold", "__weakref__", "__dict__")
 
     def __init__(self, conn: virConnect, dom: Any) -> None:
         self._conn = conn
-        self._dom = dom  # remote_nonnull_domain: name, uuid, id
+        self._set(dom)  # remote_nonnull_domain: name, uuid, id
         shared = conn._o
         self._o: Optional[_Shared] = shared
         # a domain holds a reference on its connection, as in C
@@ -491,16 +498,16 @@ class virDomain:  # noqa: N801
         return self._conn
 
     def name(self) -> str:
-        return str(self._dom.name)
+        return self._name
 
     def ID(self) -> int:
-        return int(self._dom.id)
+        return self._id
 
     def UUID(self) -> bytes:
-        return bytes(self._dom.uuid)
+        return self._uuid
 
     def UUIDString(self) -> str:
-        return _ops.format_uuid(self._dom.uuid)
+        return _ops.format_uuid(self._uuid)
 
     def info(self) -> list[int]:
         return _ops.domain_info(
@@ -551,7 +558,7 @@ class virDomain:  # noqa: N801
 
     def destroy(self) -> int:
         self._call(R.REMOTE_PROC_DOMAIN_DESTROY, R.remote_domain_destroy_args(self._dom), "virDomainDestroy")
-        self._dom.id = -1  # remoteDomainDestroy: a stopped domain has no id
+        self._stopped()
         return 0
 
     def destroyFlags(self, flags: int = 0) -> int:
@@ -560,7 +567,7 @@ class virDomain:  # noqa: N801
             R.remote_domain_destroy_flags_args(self._dom, flags),
             "virDomainDestroyFlags",
         )
-        self._dom.id = -1
+        self._stopped()
         return 0
 
     def shutdown(self) -> int:
@@ -618,10 +625,10 @@ class virDomain:  # noqa: N801
         )
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, virDomain) and self._dom.uuid == other._dom.uuid and self._conn is other._conn
+        return isinstance(other, virDomain) and self._uuid == other._uuid and self._conn is other._conn
 
     def __hash__(self) -> int:
-        return hash(self._dom.uuid)
+        return hash(self._uuid)
 
     def __repr__(self) -> str:
-        return f"<virDomain {self._dom.name!r} id={self._dom.id}>"
+        return f"<virDomain {self._name!r} id={self._id}>"

@@ -32,7 +32,7 @@ import asyncio
 import errno as _errno
 import socket
 
-from . import _gcpause, _ops
+from . import _domref, _gcpause, _ops
 from . import uri as _uri
 from ._api_events import AsyncEventsMixin
 from ._gen import constants as C
@@ -340,10 +340,10 @@ class AsyncConnect(AsyncEventsMixin):
         self._type: Optional[str] = None
         self._closed = False
 
-    async def _call(self, number: int, args: Any = None, cname: str = "") -> Any:
+    async def _call(self, number: int, args: Any = None, cname: str = "", proc: Optional[Procedure] = None) -> Any:
         if self._closed:
             raise make_error(C.VIR_ERR_INVALID_CONN, C.VIR_FROM_DOMAIN, cname)
-        return await self.connection.call(P[number], args)
+        return await self.connection.call(P[number] if proc is None else proc, args)
 
     async def __aenter__(self) -> AsyncConnect:
         return self
@@ -443,9 +443,22 @@ class AsyncConnect(AsyncEventsMixin):
             R.REMOTE_PROC_CONNECT_LIST_ALL_DOMAINS,
             R.remote_connect_list_all_domains_args(1, flags),
             "virConnectListAllDomains",
+            _domref.LIST_ALL_DOMAINS,  # decodes flat
         )
-        with _gcpause.bulk(len(ret.domains)):
-            return [AsyncDomain(self, d) for d in ret.domains]
+        flat = _domref.flat(ret)
+        new = object.__new__
+        out = []
+        it = iter(flat)
+        with _gcpause.bulk(len(flat) // 3):
+            for name, uuid, id_ in zip(it, it, it):
+                d = new(AsyncDomain)
+                d._conn = self
+                d._name = name
+                d._uuid = uuid
+                d._id = id_
+                d._ref = None
+                out.append(d)
+        return out
 
     async def lookupByName(self, name: str) -> AsyncDomain:
         ret = await self._call(
@@ -471,12 +484,14 @@ class AsyncConnect(AsyncEventsMixin):
         return AsyncDomain(self, ret.dom)
 
 
-class AsyncDomain:
+class AsyncDomain(_domref.DomainRef):
     """A domain: virDomain's operations as coroutines."""
+
+    __slots__ = ("_conn", "__weakref__", "__dict__")
 
     def __init__(self, conn: AsyncConnect, dom: Any) -> None:
         self._conn = conn
-        self._dom = dom
+        self._set(dom)
 
     async def _call(self, number: int, args: Any, cname: str) -> Any:
         return await self._conn.connection.call(P[number], args)
@@ -485,16 +500,16 @@ class AsyncDomain:
         return self._conn
 
     def name(self) -> str:
-        return str(self._dom.name)
+        return self._name
 
     def ID(self) -> int:
-        return int(self._dom.id)
+        return self._id
 
     def UUID(self) -> bytes:
-        return bytes(self._dom.uuid)
+        return self._uuid
 
     def UUIDString(self) -> str:
-        return _ops.format_uuid(self._dom.uuid)
+        return _ops.format_uuid(self._uuid)
 
     async def info(self) -> list[int]:
         return _ops.domain_info(
@@ -536,11 +551,11 @@ class AsyncDomain:
 
     async def destroy(self) -> int:
         await self._call(R.REMOTE_PROC_DOMAIN_DESTROY, R.remote_domain_destroy_args(self._dom), "virDomainDestroy")
-        self._dom.id = -1  # remoteDomainDestroy: a stopped domain has no id
+        self._stopped()
         return 0
 
     def __repr__(self) -> str:
-        return f"<AsyncDomain {self._dom.name!r} id={self._dom.id}>"
+        return f"<AsyncDomain {self._name!r} id={self._id}>"
 
 
 __all__ = ["open", "openReadOnly", "openAuth", "AsyncConnect", "AsyncDomain", "AsyncConnection", "Call"]

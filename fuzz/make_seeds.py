@@ -24,6 +24,7 @@ from xdrfuzz import header_for  # noqa: E402
 
 from pyvirtrpc import packet, wire  # noqa: E402
 from pyvirtrpc._gen import PROGRAMS  # noqa: E402
+from pyvirtrpc._gen import remote as R  # noqa: E402
 from pyvirtrpc._gen import virnet as V  # noqa: E402
 from pyvirtrpc._xdr import encode  # noqa: E402
 
@@ -56,6 +57,11 @@ def main() -> None:
     write("deframer", bytes([0]) + packet.encode_packet(0x20008086, 1, 1, packet.REPLY, 1, packet.ERROR, failed))
     write("decode", header_for("remote", 1, "error") + encode(V._c_virNetMessageError, error))
     write("decode", header_for("remote", 1, "hole") + encode(V._c_virNetStreamHole, V.virNetStreamHole(1 << 40, 0)))
+    listing = R.PROCEDURES[R.REMOTE_PROC_CONNECT_LIST_ALL_DOMAINS].ret
+    listings = ([], ["test"], ["a", "bb", "ccc", "dddd"], ["\u00e9" * 140, "x" * 300], [f"d{i:05d}" for i in range(50)])
+    for names in listings:
+        doms = [R.remote_nonnull_domain(n, bytes(range(i, i + 16)), i - 1) for i, n in enumerate(names)]
+        write("domlist", encode(listing, R.remote_connect_list_all_domains_ret(doms, len(doms))))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,9 @@ added):
   the procedure number (big-endian; a number the program lacks picks one of
   its procedures by position), byte 3 the kind (args, ret, msg, then
   ``virNetMessageError`` and ``virNetStreamHole``); the rest is the payload.
+* :func:`domain_listing`: all of it is a CONNECT_LIST_ALL_DOMAINS reply body,
+  decoded by the hand-written flat decoder (pyvirtrpc/_domref.py), which
+  must also give what the generated decoder gives, or fail where it fails.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any, Optional
 
-from pyvirtrpc import packet, wire
+from pyvirtrpc import _domref, packet, wire
 from pyvirtrpc._gen import virnet
 from pyvirtrpc._xdr import Codec, decode, encode
 from pyvirtrpc.errors import DecodeError
@@ -94,6 +97,21 @@ def deframe(data: bytes) -> None:
         return
 
 
+def domain_listing(data: bytes) -> None:
+    generated = pick(header_for("remote", 273, "ret"))
+    assert generated is not None
+    try:
+        ours = ("ok", _domref.flat(decode(_domref.LIST_ALL_DOMAINS.ret, data)))  # type: ignore[arg-type]
+    except DecodeError as exc:
+        ours = ("error", str(exc))
+    try:
+        theirs = ("ok", _domref.flat(decode(generated, data)))
+    except DecodeError as exc:
+        theirs = ("error", str(exc))
+    if ours != theirs:
+        raise AssertionError(f"flat listing decoder gives {ours!r:.200}, generated {theirs!r:.200}: {data.hex()}")
+
+
 def _message(m: packet.Message) -> None:
     try:
         w = wire.WireMessage(m)
@@ -133,4 +151,4 @@ def preload() -> None:
     _xdrcheck.types()
 
 
-HARNESSES = {"deframer": deframe, "decode": decode_value}
+HARNESSES = {"deframer": deframe, "decode": decode_value, "domlist": domain_listing}

@@ -2,7 +2,7 @@
 
 With atheris importable (Linux, CPython <= 3.11 wheels), each harness runs in
 its own subprocess under libFuzzer for ``FUZZ_SECONDS`` (default 10) from a
-copy of the committed seed corpus, both harnesses at once, with the light
+copy of the committed seed corpus, all harnesses at once, with the light
 instrumentation (``XDRFUZZ_LIGHT=1``: the generated shards are not
 instrumented, which would take ~10 s of start-up each); a crash (anything
 but DecodeError escaping, or a decoded value that does not re-encode to its
@@ -27,7 +27,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 FUZZ = ROOT / "fuzz"
 SECONDS = int(os.environ.get("FUZZ_SECONDS", "10"))
-HARNESSES = ("deframer", "decode")
+HARNESSES = ("deframer", "decode", "domlist")
 
 HAVE_ATHERIS = importlib.util.find_spec("atheris") is not None
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from . import uri as _uri
 from ._api import _Shared, virConnect
+from ._cache import remember
 from ._gen import constants as C
 from .client import Connection
 from .core import handshake as hs
@@ -72,21 +73,25 @@ def canonical_uri(plan: Any, result: hs.OpenResult) -> Optional[str]:
 
 #: endpoints whose daemon asked for no authentication on the last open (a
 #: later open pipelines CONNECT_OPEN behind AUTH_LIST: one round trip less)
-_no_auth: set[tuple[Any, ...]] = set()
+_no_auth: dict[tuple[Any, ...], None] = {}
 
 
-def endpoint(plan: Any) -> tuple[Any, ...]:
+def _endpoint(plan: Any) -> tuple[Any, ...]:
     return (plan.transport, plan.socket_path, plan.host, plan.port, plan.open_flags, tuple(plan.argv or ()))
 
 
+def speculate(plan: Any) -> bool:
+    """Did this endpoint's daemon ask for no authentication on the last open?
+    (``OpenParams.speculate``; both drivers.)"""
+    return _endpoint(plan) in _no_auth
+
+
 def remember_auth(plan: Any, result: hs.OpenResult) -> None:
-    key = endpoint(plan)
+    key = _endpoint(plan)
     if result.auth_type == 0 and not result.speculation_failed:  # REMOTE_AUTH_NONE
-        if len(_no_auth) > 256:
-            _no_auth.clear()
-        _no_auth.add(key)
+        remember(_no_auth, key, None, 257)
     else:
-        _no_auth.discard(key)
+        _no_auth.pop(key, None)
 
 
 def open_uri(name: Optional[str], flags: int, auth: Any, *, timeout: Optional[float] = None) -> virConnect:
@@ -102,7 +107,7 @@ def open_uri(name: Optional[str], flags: int, auth: Any, *, timeout: Optional[fl
             need_uri=plan.get_uri,
             sasl=sasl_steps_factory(plan, auth, channel),
         )
-        params.speculate = endpoint(plan) in _no_auth
+        params.speculate = speculate(plan)
         result = client.run_steps(hs.open_connection(params))
         remember_auth(plan, result)
     except BaseException:  # a failed open (libvirtError), or KeyboardInterrupt in the handshake

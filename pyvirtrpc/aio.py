@@ -305,9 +305,9 @@ async def _open(name: Optional[str], flags: int, auth: Any, timeout: Optional[fl
         params = hs.OpenParams(
             plan.open_name, plan.open_flags, plan.auth, want_keepalive=True, need_uri=plan.get_uri, sasl=sasl
         )
-        from ._open import _no_auth, endpoint, remember_auth
+        from ._open import remember_auth, speculate
 
-        params.speculate = endpoint(plan) in _no_auth
+        params.speculate = speculate(plan)
         result = await conn.run_steps(hs.open_connection(params))
         remember_auth(plan, result)
     except BaseException:

@@ -84,6 +84,7 @@ from __future__ import annotations
 
 import os
 
+from ._cache import remember
 from ._gen import constants as C
 from .errors import from_fields, make_error
 
@@ -600,9 +601,7 @@ def _syntax(text: str) -> _Syntax:
     syn = _syntax_cache.get(text)
     if syn is None:
         syn = _Syntax(text)
-        if len(_syntax_cache) >= 64:
-            _syntax_cache.clear()
-        _syntax_cache[text] = syn
+        remember(_syntax_cache, text, syn, 64)
     return syn
 
 

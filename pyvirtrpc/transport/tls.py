@@ -70,6 +70,7 @@ from _thread import allocate_lock
 from time import monotonic
 
 from .. import _log
+from .._cache import file_sig, remember
 from .._gen import constants as C
 from ..errors import libvirtError, make_error, system_error
 from . import _x509
@@ -290,7 +291,7 @@ def status_reason(status: int) -> str:
 
 #: parsed certificate files, by path and file identity (inode, size, mtime):
 #: an open re-reads nothing that did not change, and sees any file that did
-_PARSED: dict[tuple[str, int, Optional[tuple[int, int, int]]], list[_x509.Cert]] = {}
+_PARSED: dict[tuple[str, int, Optional[tuple[int, int, int, int]]], list[_x509.Cert]] = {}
 #: issuer checks of our own certificate, by both files' identities
 _PAIRS: dict[tuple[Any, ...], int] = {}
 #: loaded OpenSSL contexts, by everything that went into them
@@ -298,29 +299,13 @@ _CONTEXTS: dict[tuple[Any, ...], tuple[ssl.SSLContext, list[_x509.Cert], list[_x
 _CACHE_LIMIT = 32
 
 
-def _file_sig(path: Optional[str]) -> Optional[tuple[int, int, int]]:
-    if path is None:
-        return None
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-def _remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
-    if len(cache) >= _CACHE_LIMIT:
-        cache.clear()
-    cache[key] = value
-
-
 def _load_certs(path: str, limit: int) -> list[_x509.Cert]:
     """The certificates of a PEM file (raises OSError, X509Error)."""
-    key = (path, limit, _file_sig(path))
+    key = (path, limit, file_sig(path))
     certs = _PARSED.get(key)
     if certs is None:
         certs = _x509.load_pem_certs(_read_limited(path), limit)
-        _remember(_PARSED, key, certs)
+        remember(_PARSED, key, certs, _CACHE_LIMIT)
     return certs
 
 
@@ -358,11 +343,11 @@ def sanity_check(cacert: str, cert: Optional[str], now: Optional[float] = None) 
         for w in warnings:
             _warn(w)
     if own is not None and cas:
-        key = (cert, _file_sig(cert), cacert, _file_sig(cacert))
+        key = (cert, file_sig(cert), cacert, file_sig(cacert))
         status = _PAIRS.get(key)
         if status is None:
             status = _x509.issuer_status(own, cas)
-            _remember(_PAIRS, key, status)
+            remember(_PAIRS, key, status, _CACHE_LIMIT)
         if status:
             raise _rpc_error(
                 C.VIR_ERR_SYSTEM_ERROR,
@@ -433,13 +418,13 @@ def client_context(plan: Any) -> ClientContext:
         settings, priority_error = None, exc
     key = (
         creds.cacert,
-        _file_sig(creds.cacert),
+        file_sig(creds.cacert),
         creds.cacrl,
-        _file_sig(creds.cacrl),
+        file_sig(creds.cacrl),
         creds.cert,
-        _file_sig(creds.cert),
+        file_sig(creds.cert),
         creds.key,
-        _file_sig(creds.key),
+        file_sig(creds.key),
         verify,
         priority if settings is not None else None,
     )
@@ -453,7 +438,7 @@ def client_context(plan: Any) -> ClientContext:
                 priority_error = _priority_error(priority, f"OpenSSL refused it ({_ssl_reason(exc)})")
                 settings = None
         if priority_error is None:
-            _remember(_CONTEXTS, key, (ctx, cas, crls))
+            remember(_CONTEXTS, key, (ctx, cas, crls), _CACHE_LIMIT)
     else:
         ctx, cas, crls = cached
     return ClientContext(ctx, creds, cas, crls, verify, priority, settings, priority_error)

@@ -224,6 +224,12 @@ def authenticate(params: OpenParams, result: OpenResult, listed: Any = _UNSET) -
     raise _remote_error(C.VIR_ERR_AUTH_FAILED, f"unsupported authentication type {chosen}")
 
 
+def _supported(answer: Any) -> bool:
+    """A SUPPORTS_FEATURE answer from a Batch: a failed probe means "not
+    supported", as in remoteConnectSupportsFeatureUnlocked."""
+    return not isinstance(answer, libvirtError) and bool(answer.supported)
+
+
 def _needs_no_auth(listed: Any) -> bool:
     if isinstance(listed, libvirtError):
         return listed.get_error_code() == C.VIR_ERR_NO_SUPPORT
@@ -249,8 +255,7 @@ def open_connection(params: OpenParams) -> Steps:
         if _needs_no_auth(listed):
             yield from authenticate(params, result, listed)
             if params.want_keepalive:
-                ka = answers[1]
-                result.keepalive = not isinstance(ka, libvirtError) and bool(ka.supported)
+                result.keepalive = _supported(answers[1])
             if isinstance(answers[-1], libvirtError):
                 raise answers[-1]
             opened = True
@@ -270,8 +275,7 @@ def open_connection(params: OpenParams) -> Steps:
         yield open_call
     # GET_URI and the two feature probes need the open connection but not
     # each other: they travel together (the C client sends them one after
-    # the other; the daemon answers the same).  A failed probe means "not
-    # supported", as in remoteConnectSupportsFeatureUnlocked.
+    # the other; the daemon answers the same).
     after = [
         Call(R.REMOTE_PROC_CONNECT_SUPPORTS_FEATURE, R.remote_connect_supports_feature_args(feature))
         for feature in (FEATURE_REMOTE_EVENT_CALLBACK, FEATURE_REMOTE_CLOSE_CALLBACK)
@@ -284,7 +288,5 @@ def open_connection(params: OpenParams) -> Steps:
         if isinstance(got, libvirtError):
             raise got
         result.uri = got.uri
-    result.event_callback, result.close_callback = (
-        not isinstance(ret, libvirtError) and bool(ret.supported) for ret in answers
-    )
+    result.event_callback, result.close_callback = (_supported(ret) for ret in answers)
     return result

@@ -12,9 +12,14 @@ Contract::
   run the same handshake as the sync client
   (:mod:`pyvirtrpc.core.handshake`), over an ``asyncio.Protocol``.
 * Many calls may be in flight on one connection (``asyncio.gather``); they
-  are multiplexed by serial.  Cancelling a call (``task.cancel()``, or
-  ``asyncio.wait_for``) abandons it without desynchronising the connection:
-  its late reply is dropped.  ``timeout=`` on a call, or a default per
+  are multiplexed by serial.  While at least :data:`BATCH_AT` calls are in
+  flight, replies are read in batches: after handling what arrived, the
+  connection stops reading for :data:`BATCH_DELAY` (1 ms), so a reply may
+  reach its caller up to that much later, events and keepalive PINGs
+  included.  The daemon is not kept waiting (it has more queued work than
+  that), and throughput rises (fewer wake-ups on both sides).
+* Cancelling a call (``task.cancel()``, or ``asyncio.wait_for``) abandons
+  it without desynchronising the connection: its late reply is dropped.  ``timeout=`` on a call, or a default per
   connection, fails it with :class:`~pyvirtrpc.errors.OperationTimeoutError`.
 * Errors are libvirtErrors with the same codes and fields as the sync API;
   unlike the sync API (which mirrors libvirt-python) they are not recorded
@@ -56,6 +61,20 @@ P = R.PROCEDURES
 #: a BufferedProtocol reads into one reused buffer instead.
 RECV_BUFFER = 65536
 
+#: Reply batching under load (see the module docstring).  With this many calls
+#: still in flight after handling what arrived, the connection stops reading
+#: for BATCH_DELAY seconds: the daemon has at least that long of queued work
+#: (its fastest calls take ~45 us each here, so 32 calls cover ~1.5 ms), so it
+#: never waits for us, and the replies it writes meanwhile are read in one go.
+#: Reading each reply as it comes costs the daemon a wake-up of our loop per
+#: reply and us a loop turn per reply; measured on this project's 2-core VM
+#: with 64 getHostname calls in flight: client CPU 26 -> 9 us per call,
+#: daemon CPU 69 -> 66 us, throughput +20%.
+BATCH_AT = 32
+#: asyncio's default loop sleeps in whole milliseconds (epoll), so this is the
+#: shortest pause it can make.
+BATCH_DELAY = 0.001
+
 
 class _Protocol(asyncio.BufferedProtocol):
     def __init__(self, conn: AsyncConnection) -> None:
@@ -88,7 +107,9 @@ class _Protocol(asyncio.BufferedProtocol):
             eno = getattr(exc, "errno", None) or _errno.EIO
             # libvirt says EOF when poll() saw the peer hang up, which a reset or broken pipe implies
             reason = CLOSE_EOF if eno in (_errno.ECONNRESET, _errno.EPIPE) else CLOSE_ERROR
-            self.conn._die(system_error(C.VIR_FROM_RPC, eno, "Cannot recv data"), reason)
+            # asyncio does not say which direction failed; EPIPE only comes from a write
+            what = "Cannot write data" if eno == _errno.EPIPE else "Cannot recv data"
+            self.conn._die(system_error(C.VIR_FROM_RPC, eno, what), reason)
 
 
 class AsyncConnection:
@@ -101,6 +122,7 @@ class AsyncConnection:
         self.timeout = timeout
         self._transport: Optional[asyncio.Transport] = None
         self._wbuf: Optional[list[bytes]] = None
+        self._paused = False
         self._dead: Optional[libvirtError] = None
         self.layer: Any = None  # SASL security layer, once negotiated
         self.is_secure = True
@@ -144,6 +166,23 @@ class AsyncConnection:
             sink = self.event_sink
             if sink is not None:
                 sink(events)
+        if len(rpc.calls) >= BATCH_AT and not self._paused:
+            self._pause()
+
+    def _pause(self) -> None:
+        """Stop reading for BATCH_DELAY (many calls in flight: read their replies in batches)."""
+        t = self._transport
+        if t is None or t.is_closing() or self._dead is not None:
+            return
+        self._paused = True
+        t.pause_reading()
+        self.loop.call_later(BATCH_DELAY, self._resume)
+
+    def _resume(self) -> None:
+        self._paused = False
+        t = self._transport
+        if t is not None and not t.is_closing():
+            t.resume_reading()
 
     def _write(self, packet: bytes) -> None:
         # Packets written in one turn of the event loop (e.g. 64 coroutines each

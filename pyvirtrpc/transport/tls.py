@@ -1074,6 +1074,16 @@ class _AsyncTransport:
         t = self._bridge.transport
         return t is None or bool(t.is_closing())
 
+    def pause_reading(self) -> None:
+        t = self._bridge.transport
+        if t is not None:
+            t.pause_reading()
+
+    def resume_reading(self) -> None:
+        t = self._bridge.transport
+        if t is not None:
+            t.resume_reading()
+
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         if name == "ssl_object":
             return self._bridge.channel._obj

@@ -13,6 +13,12 @@ Contract:
   waiting thread (libvirt's virNetClient "buck passing").  No lock is held
   across the round trip, and a single-threaded caller reads for itself: no
   extra thread is on its path.
+* Under load (at least :data:`BATCH_AT` calls in flight) the reader
+  batches: it sleeps :data:`BATCH_DELAY` (0.1 ms) instead of waiting in
+  poll() for each reply, and callers leave their packets in the send queue
+  for it, which it writes at least that often.  A reply or a request may
+  so wait up to ~0.2 ms longer; the daemon, which has the other calls to
+  work on meanwhile, is not kept waiting.
 * A call may have a timeout (per connection, or per call).  A call that
   times out fails with :class:`~pyvirtrpc.errors.OperationTimeoutError`
   and is abandoned: its reply, when it comes, is dropped, and the
@@ -33,6 +39,7 @@ import errno as _errno
 import select
 from _thread import allocate_lock
 from time import monotonic
+from time import sleep as _sleep
 
 from . import _gcpause, _log
 from ._gen import constants as C
@@ -95,6 +102,19 @@ REMOTE = _remote.PROGRAM
 RECV_SIZE = 65536
 
 _USE_DEFAULT: Any = object()
+
+#: Batching under load (see the module docstring).  With this many calls in
+#: flight the reader sleeps BATCH_DELAY seconds instead of waiting in poll()
+#: for each reply, then reads what came meanwhile in one go; callers leave
+#: their packets to it rather than write them themselves.  A reader asleep
+#: in poll() costs the daemon a wake-up per reply it writes, and a caller
+#: writing its own packet costs a GIL hand-over per call; measured on this
+#: project's 2-core VM with 16 threads on one connection (A/B, 4 rounds):
+#: client CPU 34-41 -> 31-38 us per call, daemon CPU 70-78 -> 67-73 us,
+#: throughput +5-10%.  The delay is short enough that the daemon, which
+#: takes ~45 us for its fastest calls, still has queued work when it ends.
+BATCH_AT = 6
+BATCH_DELAY = 0.0001
 
 
 class _Waiter:
@@ -191,6 +211,8 @@ class Connection:
         self._send_lock = allocate_lock()
         self._send_queue: list[bytes] = []
         self._reading = False
+        #: set (under the lock) by a reader that batches: callers queue their packets for it
+        self._batching = False
         self._dead: Optional[libvirtError] = None
         self._close_reason: Optional[int] = None
         #: (channel, recv, pending, poll_first, poll object) for the reader (see _channel_facts)
@@ -282,6 +304,11 @@ class Connection:
             if self._dead is not None:
                 raise closed_error()
             call = self.rpc.request(program, version, proc, args)
+            if self._batching:  # the reader sends it within BATCH_DELAY
+                if self._log is not None:
+                    self._trace_out(call.packet)
+                self._send_queue.append(call.packet)
+                return call
         self._send(call.packet)
         return call
 
@@ -297,7 +324,8 @@ class Connection:
         self._send(packet)
 
     def _send(self, packet: bytes) -> None:
-        if self._log is not None:
+        """Write ``packet`` (b"": only the queued packets), or leave it to the thread writing."""
+        if self._log is not None and packet:
             self._trace_out(packet)
         send_lock = self._send_lock
         if not send_lock.acquire(False):
@@ -395,11 +423,29 @@ class Connection:
         reading = True  # we hold the reader role (given up in the finally clause, or before returning)
         try:
             while True:
+                if self._send_queue:  # left by callers while a reader batched
+                    self._send(b"")
                 if poller is None:
                     pass  # closed already: recv() reports it
                 elif deadline is None:
-                    if poll_first and not (pending is not None and pending()):
-                        poller.poll()
+                    if len(rpc.calls) >= BATCH_AT:
+                        if not self._batching:
+                            with lock:
+                                self._batching = True
+                        _sleep(BATCH_DELAY)
+                        if self._send_queue:
+                            self._send(b"")
+                        # then wait for a reply, but not for long: callers' packets may queue meanwhile
+                        if not (pending is not None and pending()) and not poller.poll(BATCH_DELAY * 1000.0):
+                            continue
+                    else:
+                        if self._batching:
+                            with lock:
+                                self._batching = False
+                            if self._send_queue:
+                                self._send(b"")
+                        if poll_first and not (pending is not None and pending()):
+                            poller.poll()
                 elif not (pending is not None and pending()):
                     remaining = deadline - monotonic()
                     if remaining <= 0 or not poller.poll(remaining * 1000.0):
@@ -501,6 +547,8 @@ class Connection:
     def _release(self) -> None:
         """Give up the reader role (lock held): to a waiting caller, else back to the event loop."""
         self._reading = False
+        # packets still queued go out with the next reader (the caller woken here)
+        self._batching = False
         if self.rpc.calls or self._parked:
             self._hand_over()
 
@@ -537,6 +585,8 @@ class Connection:
                 return True
             self._reading = True
         try:
+            if self._send_queue:  # left by callers while a reader batched
+                self._send(b"")
             channel = self.channel
             pending = getattr(channel, "pending", None)
             if not (pending is not None and pending()) and not _readable(channel, timeout):

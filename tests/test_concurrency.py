@@ -13,12 +13,14 @@ core's batch path is also checked without I/O.
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any, Callable
 
 import pytest
 
 import pyvirtrpc as libvirt
 from pyvirtrpc import _xdr
+from pyvirtrpc import client as client_module
 from pyvirtrpc._gen import constants as K
 from pyvirtrpc._gen import remote as R
 from pyvirtrpc._gen import virnet as V
@@ -309,3 +311,95 @@ def test_core_batch_stops_at_a_reply_nobody_waits_for() -> None:
     assert ei.value.get_error_code() == libvirt.VIR_ERR_RPC
     assert "no call with that serial" in str(ei.value)
     assert call.done and call.result.hostname == "ok"  # the good reply before it was not lost
+
+
+# ------------------------------------------------------ batching under load
+@pytest.fixture
+def batch_sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Each sleep of a batching reader (client.BATCH_AT calls or more in flight)."""
+    seen: list[float] = []
+    real = client_module._sleep
+
+    def spy(seconds: float) -> None:
+        seen.append(seconds)
+        real(seconds)
+
+    monkeypatch.setattr(client_module, "_sleep", spy)
+    return seen
+
+
+def test_reader_batches_under_load(lab: Lab, batch_sleeps: list[float]) -> None:
+    """24 threads, mixed calls: the reader batches, callers queue their packets, every answer is right."""
+    conn = libvirt.open(unix_uri(lab))
+    try:
+        expected = {"getHostname": conn.getHostname(), "getType": conn.getType(), "getInfo": conn.getInfo()}
+        assert batch_sleeps == []
+        errors: list[BaseException] = []
+        done = [0] * 24
+
+        def work(i: int) -> None:
+            try:
+                for k in range(50):
+                    name = list(expected)[(i + k) % len(expected)]
+                    assert getattr(conn, name)() == expected[name]
+                    done[i] += 1
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        ts = [threading.Thread(target=work, args=(i,)) for i in range(24)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(60)
+        assert not any(t.is_alive() for t in ts) and not errors, errors[:3]
+        assert done == [50] * 24
+        assert batch_sleeps and set(batch_sleeps) == {client_module.BATCH_DELAY}
+        n = len(batch_sleeps)
+        for _ in range(20):  # one caller: no batching
+            assert conn.getHostname() == expected["getHostname"]
+        assert len(batch_sleeps) == n
+    finally:
+        conn.close()
+
+
+def test_queued_packets_go_out_while_the_readers_own_call_is_held(fake: FakeDaemon, batch_sleeps: list[float]) -> None:
+    """The reader's own call gets no answer for a while; other threads' calls, queued for the
+    batching reader, are still sent (and answered) meanwhile, not when the reader's reply comes."""
+    held: list[Call] = []
+
+    def hold(peer: Peer, call: Call) -> Any:
+        held.append(call)
+        return NO_REPLY
+
+    fake.handlers["CONNECT_GET_TYPE"] = hold
+    conn = libvirt.open(fake.uri)
+    peer = fake.peer()
+    got_type: list[str] = []
+    reader = threading.Thread(target=lambda: got_type.append(conn.getType()), daemon=True)
+    reader.start()
+    peer.wait_for(lambda: len(held) == 1)
+    results: dict[int, list[str]] = {}
+
+    def work(i: int) -> None:
+        results[i] = [conn.getHostname() for _ in range(30)]
+
+    ts = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(12)]
+    try:
+        for t in ts:
+            t.start()
+        deadline = time.monotonic() + 20
+        for t in ts:
+            t.join(max(deadline - time.monotonic(), 0))
+        if any(t.is_alive() for t in ts):
+            peer.die()  # free the stuck threads, then fail
+            pytest.fail("a queued packet was not sent while the reader's call was held")
+        assert results == {i: ["fakehost"] * 30 for i in range(12)}
+        assert batch_sleeps  # the reader did batch
+        assert reader.is_alive() and got_type == []
+        peer.reply(held[0], R.remote_connect_get_type_ret("FAKE"))
+        reader.join(10)
+        assert got_type == ["FAKE"]
+        assert conn.getHostname() == "fakehost"
+    finally:
+        fake.handlers.pop("CONNECT_GET_TYPE", None)
+        conn.close()

@@ -65,7 +65,8 @@ async def mixed_load(conn: aio.AsyncConnect, workers: int, per_worker: int, expe
             assert got == expected[name], (name, k, i)
             checked += 1
 
-    await asyncio.gather(*(worker(k) for k in range(workers)))
+    # bounded: a connection that stopped reading for good must fail the test, not hang it
+    await asyncio.wait_for(asyncio.gather(*(worker(k) for k in range(workers))), 60)
     return checked
 
 
@@ -91,7 +92,7 @@ def test_many_calls_in_flight_are_read_in_batches(lab: Lab, transport: str, paus
             assert len(pauses) == n
             assert conn.isAlive() == 1
         finally:
-            await conn.close()
+            await asyncio.wait_for(conn.close(), 10)
 
     asyncio.run(main())
 
@@ -147,7 +148,7 @@ def test_replies_events_and_eof_during_a_pause(fake: FakeDaemon, pauses: list[in
         # the daemon goes away inside this second pause: the rest fail with EOF when it ends
         peer.die()
         t_died = time.monotonic()
-        failed = await asyncio.gather(*tasks[5:], return_exceptions=True)
+        failed = await asyncio.wait_for(asyncio.gather(*tasks[5:], return_exceptions=True), 10)
         assert time.monotonic() - t_died < 5.0
         assert len(failed) == n - 5
         for exc in failed:
@@ -156,7 +157,7 @@ def test_replies_events_and_eof_during_a_pause(fake: FakeDaemon, pauses: list[in
             assert exc.get_error_domain() == libvirt.VIR_FROM_RPC
             assert str(exc) == "End of file while reading data: Input/output error"
         assert conn.isAlive() == 0
-        await conn.close()
+        await asyncio.wait_for(conn.close(), 10)
 
     asyncio.run(main())
 
@@ -184,10 +185,10 @@ def test_a_call_timeout_fires_while_reading_is_paused(fake: FakeDaemon, pauses: 
             # the others are answered (after the pause) and the connection stays in sync
             for i, call in enumerate(held[1:], 1):
                 peer.reply(call, R.remote_connect_get_hostname_ret(f"r{i}"))
-            assert await asyncio.gather(*tasks[1:]) == [f"r{i}" for i in range(1, n)]
+            assert await asyncio.wait_for(asyncio.gather(*tasks[1:]), 10) == [f"r{i}" for i in range(1, n)]
             fake.handlers.pop("CONNECT_GET_HOSTNAME")
             assert await conn.getHostname() == "fakehost"
         finally:
-            await conn.close()
+            await asyncio.wait_for(conn.close(), 10)
 
     asyncio.run(main())

@@ -16,9 +16,11 @@ Contract:
 * Under load (at least :data:`BATCH_AT` calls in flight) the reader
   batches: it sleeps :data:`BATCH_DELAY` (0.1 ms) instead of waiting in
   poll() for each reply, and callers leave their packets in the send queue
-  for it, which it writes at least that often.  A reply or a request may
-  so wait up to ~0.2 ms longer; the daemon, which has the other calls to
-  work on meanwhile, is not kept waiting.
+  for it, which it writes after each sleep.  A reply or a request may so
+  wait up to ~0.2 ms longer; the daemon, which has the other calls to work
+  on meanwhile, is not kept waiting.  When :data:`BATCH_IDLE` sleeps in a
+  row bring no reply (slow calls), the reader goes back to waiting in
+  poll() and callers write their own packets again.
 * A call may have a timeout (per connection, or per call).  A call that
   times out fails with :class:`~pyvirtrpc.errors.OperationTimeoutError`
   and is abandoned: its reply, when it comes, is dropped, and the
@@ -115,6 +117,9 @@ _USE_DEFAULT: Any = object()
 #: takes ~45 us for its fastest calls, still has queued work when it ends.
 BATCH_AT = 6
 BATCH_DELAY = 0.0001
+#: After this many delays in a row without a reply the reader stops batching
+#: (the daemon is slow with these calls) and waits in poll() again.
+BATCH_IDLE = 2
 
 
 class _Waiter:
@@ -421,6 +426,7 @@ class Connection:
             facts = self._reader_facts = self._channel_facts(channel)
         _channel, recv, pending, poll_first, poller = facts
         reading = True  # we hold the reader role (given up in the finally clause, or before returning)
+        idle = 0  # batching delays in a row that brought nothing
         try:
             while True:
                 if self._send_queue:  # left by callers while a reader batched
@@ -428,17 +434,21 @@ class Connection:
                 if poller is None:
                     pass  # closed already: recv() reports it
                 elif deadline is None:
-                    if len(rpc.calls) >= BATCH_AT:
+                    if len(rpc.calls) >= BATCH_AT and idle < BATCH_IDLE:
                         if not self._batching:
                             with lock:
                                 self._batching = True
                         _sleep(BATCH_DELAY)
                         if self._send_queue:
                             self._send(b"")
-                        # then wait for a reply, but not for long: callers' packets may queue meanwhile
-                        if not (pending is not None and pending()) and not poller.poll(BATCH_DELAY * 1000.0):
+                        if not (pending is not None and pending()) and not poller.poll(0):
+                            idle += 1  # nothing came meanwhile: sleep again (callers' packets may queue)
                             continue
+                        idle = 0
                     else:
+                        # few calls in flight, or the daemon is slow with them (nothing came in
+                        # BATCH_IDLE delays): callers write their own packets, and we wait in poll()
+                        idle = 0
                         if self._batching:
                             with lock:
                                 self._batching = False

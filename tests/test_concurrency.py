@@ -403,3 +403,18 @@ def test_queued_packets_go_out_while_the_readers_own_call_is_held(fake: FakeDaem
     finally:
         fake.handlers.pop("CONNECT_GET_TYPE", None)
         conn.close()
+
+
+def test_reader_stops_batching_while_the_daemon_is_slow(fake: FakeDaemon, batch_sleeps: list[float]) -> None:
+    """Eight calls held for a second: the batching reader gives up after BATCH_IDLE empty sleeps
+    and waits in poll() (a handful of sleeps, not one per 0.1 ms), and every call is answered."""
+
+    def deliver(peer: Peer, held: list[Call], results: dict[int, str]) -> None:
+        peer.ping()  # wakes the reader with all eight in flight: it starts batching
+        peer.wait_for(lambda: peer.pongs == 1)
+        time.sleep(1.0)
+        # a reader that kept batching would have slept ~6000 times by now
+        assert 1 <= len(batch_sleeps) <= 10, len(batch_sleeps)
+        peer.send_raw(b"".join(hostname_reply(c) for c in held))
+
+    run_held_hostname_calls(fake, 8, deliver)

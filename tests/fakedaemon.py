@@ -376,6 +376,18 @@ class FakeDaemon:
     def uri(self) -> str:
         return f"test+unix:///default?socket={self.path}"
 
+    def hold(self, name: str) -> list[Call]:
+        """Leave calls of ``name`` unanswered; returns the list they are collected in
+        (answer them later with :meth:`Peer.reply`)."""
+        held: list[Call] = []
+
+        def handler(peer: Peer, call: Call) -> Any:
+            held.append(call)
+            return NO_REPLY
+
+        self.handlers[name] = handler
+        return held
+
     def start(self) -> FakeDaemon:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.bind(self.path)

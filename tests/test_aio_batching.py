@@ -21,7 +21,7 @@ import pytest
 import pyvirtrpc as libvirt
 import pyvirtrpc.aio as aio
 from pyvirtrpc._gen import remote as R
-from tests.fakedaemon import NO_REPLY, Call, FakeDaemon, Peer, domain
+from tests.fakedaemon import FakeDaemon, domain
 from tests.harness.lab import Lab
 
 libvirt.registerErrorHandler(lambda ctx, err: None, None)
@@ -97,14 +97,6 @@ def test_many_calls_in_flight_are_read_in_batches(lab: Lab, transport: str, paus
     asyncio.run(main())
 
 
-def hold(fake: FakeDaemon, held: list[Call]) -> None:
-    def handler(peer: Peer, call: Call) -> Any:
-        held.append(call)
-        return NO_REPLY
-
-    fake.handlers["CONNECT_GET_HOSTNAME"] = handler
-
-
 async def until(pred: Any, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not pred():
@@ -123,8 +115,7 @@ def test_replies_events_and_eof_during_a_pause(fake: FakeDaemon, pauses: list[in
         seen: list[tuple[str, int]] = []
         await conn.domainEventRegisterAny(None, 0, lambda c, d, e, x, o: seen.append((d.name(), e)), None)
         rid = peer.registration("CONNECT_DOMAIN_EVENT_CALLBACK_REGISTER_ANY", 0)
-        held: list[Call] = []
-        hold(fake, held)
+        held = fake.hold("CONNECT_GET_HOSTNAME")
         tasks = [asyncio.ensure_future(conn.getHostname()) for _ in range(n)]
         await until(lambda: len(held) == n)
         peer.reply(held[0], R.remote_connect_get_hostname_ret("first"))
@@ -170,8 +161,7 @@ def test_a_call_timeout_fires_while_reading_is_paused(fake: FakeDaemon, pauses: 
         conn = await aio.open(fake.uri)
         try:
             peer = fake.peer()
-            held: list[Call] = []
-            hold(fake, held)
+            held = fake.hold("CONNECT_GET_HOSTNAME")
             tasks = [asyncio.ensure_future(conn.getHostname()) for _ in range(n)]
             await until(lambda: len(held) == n)
             peer.reply(held[0], R.remote_connect_get_hostname_ret("first"))

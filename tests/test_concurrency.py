@@ -27,7 +27,7 @@ from pyvirtrpc._gen import virnet as V
 from pyvirtrpc.client import Connection
 from pyvirtrpc.core.rpc import RPC
 from pyvirtrpc.packet import ERROR, MESSAGE, OK, REPLY, encode_packet
-from tests.fakedaemon import NO_REPLY, Call, FakeDaemon, Peer
+from tests.fakedaemon import Call, FakeDaemon, Peer
 from tests.harness.lab import Lab
 from tests.polling import wait_until
 
@@ -99,13 +99,7 @@ def run_held_hostname_calls(
 ) -> None:
     """``n`` threads call getHostname on one connection; the fake holds every call
     until ``deliver(peer, held, results)`` answers them; each thread must get its own answer."""
-    held: list[Call] = []
-
-    def hold(peer: Peer, call: Call) -> Any:
-        held.append(call)
-        return NO_REPLY
-
-    fake.handlers["CONNECT_GET_HOSTNAME"] = hold
+    held = fake.hold("CONNECT_GET_HOSTNAME")
     conn = libvirt.open(fake.uri)
     peer = fake.peer()
     results: dict[int, str] = {}
@@ -157,13 +151,7 @@ def test_reader_role_passes_from_thread_to_thread_as_replies_come_one_by_one(fak
 
 def test_reply_after_an_event_and_an_error_in_the_same_read(fake: FakeDaemon) -> None:
     """reply, event, error reply, reply in one write: each goes where it belongs."""
-    held: list[Call] = []
-
-    def hold(peer: Peer, call: Call) -> Any:
-        held.append(call)
-        return NO_REPLY
-
-    fake.handlers["CONNECT_GET_HOSTNAME"] = hold
+    held = fake.hold("CONNECT_GET_HOSTNAME")
     conn = libvirt.open(fake.uri)
     peer = fake.peer()
     results: dict[int, Any] = {}
@@ -365,13 +353,7 @@ def test_reader_batches_under_load(lab: Lab, batch_sleeps: list[float]) -> None:
 def test_queued_packets_go_out_while_the_readers_own_call_is_held(fake: FakeDaemon, batch_sleeps: list[float]) -> None:
     """The reader's own call gets no answer for a while; other threads' calls, queued for the
     batching reader, are still sent (and answered) meanwhile, not when the reader's reply comes."""
-    held: list[Call] = []
-
-    def hold(peer: Peer, call: Call) -> Any:
-        held.append(call)
-        return NO_REPLY
-
-    fake.handlers["CONNECT_GET_TYPE"] = hold
+    held = fake.hold("CONNECT_GET_TYPE")
     conn = libvirt.open(fake.uri)
     peer = fake.peer()
     got_type: list[str] = []

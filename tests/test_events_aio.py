@@ -19,7 +19,7 @@ import pytest
 import pyvirtrpc as libvirt
 import pyvirtrpc.aio as aio
 from pyvirtrpc._gen import remote as R
-from tests.fakedaemon import NO_REPLY, Call, FakeDaemon, Peer, domain
+from tests.fakedaemon import NO_REPLY, FakeDaemon, domain
 
 libvirt.registerErrorHandler(lambda ctx, err: None, None)
 
@@ -100,13 +100,7 @@ def test_events_while_a_call_waits_and_other_kinds(fake: FakeDaemon) -> None:
             await conn.domainEventRegister(lambda c, d, e, x, o: seen.append(("legacy", d.name(), e, o)), "L")
             rid = peer.registration("CONNECT_DOMAIN_EVENT_CALLBACK_REGISTER_ANY", 0)
             nid = peer.registration("CONNECT_NETWORK_EVENT_REGISTER_ANY", 0)
-            held: list[Call] = []
-
-            def hold(p: Peer, call: Call) -> Any:
-                held.append(call)
-                return NO_REPLY
-
-            fake.handlers["CONNECT_GET_HOSTNAME"] = hold
+            held = fake.hold("CONNECT_GET_HOSTNAME")
             task = asyncio.ensure_future(conn.getHostname())
             assert await until(lambda: held)
             peer.send_event(

@@ -21,7 +21,7 @@ from pyvirtrpc import _gcpause, _xdr, aio
 from pyvirtrpc._gen import remote as R
 from pyvirtrpc.core.rpc import BULK_BYTES
 from pyvirtrpc.packet import OK, REPLY, encode_packet
-from tests.fakedaemon import NO_REPLY, Call, FakeDaemon, Peer
+from tests.fakedaemon import Call, FakeDaemon
 from tests.polling import wait_until
 
 libvirt.registerErrorHandler(lambda ctx, err: None, None)
@@ -48,14 +48,7 @@ def listing_reply(serial: int) -> bytes:
 
 
 def held_listing(fake: FakeDaemon) -> list[Call]:
-    held: list[Call] = []
-
-    def hold(peer: Peer, call: Call) -> Any:
-        held.append(call)
-        return NO_REPLY
-
-    fake.handlers["CONNECT_LIST_ALL_DOMAINS"] = hold
-    return held
+    return fake.hold("CONNECT_LIST_ALL_DOMAINS")
 
 
 def test_pauses_nest_and_restore(gc_restored: None) -> None:

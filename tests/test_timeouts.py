@@ -21,19 +21,9 @@ import pytest
 import pyvirtrpc as libvirt
 import pyvirtrpc.aio as aio
 from pyvirtrpc._gen import remote as R
-from tests.fakedaemon import NO_REPLY, Call, FakeDaemon, Peer, default_loop_thread
+from tests.fakedaemon import Call, FakeDaemon, Peer, default_loop_thread
 
 libvirt.registerErrorHandler(lambda ctx, err: None, None)
-
-
-def hold_hostname(fake: FakeDaemon, held: list[Call]) -> None:
-    """CONNECT_GET_HOSTNAME is never answered by itself; the calls are collected."""
-
-    def handler(peer: Peer, call: Call) -> Any:
-        held.append(call)
-        return NO_REPLY
-
-    fake.handlers["CONNECT_GET_HOSTNAME"] = handler
 
 
 def late(peer: Peer, call: Call, text: str = "late") -> None:
@@ -50,11 +40,10 @@ def _is_timeout(exc: BaseException) -> bool:
 
 # ---------------------------------------------------------------- sync
 def test_per_call_timeout_then_late_reply_is_dropped(fake: FakeDaemon) -> None:
-    held: list[Call] = []
     conn = libvirt.open(fake.uri)
     try:
         peer = fake.peer()
-        hold_hostname(fake, held)
+        held = fake.hold("CONNECT_GET_HOSTNAME")
         t0 = time.monotonic()
         with pytest.raises(libvirt.libvirtError) as ei:
             conn.rpc_call("CONNECT_GET_HOSTNAME", timeout=0.3)
@@ -71,10 +60,9 @@ def test_per_call_timeout_then_late_reply_is_dropped(fake: FakeDaemon) -> None:
 
 
 def test_per_connection_timeout(fake: FakeDaemon) -> None:
-    held: list[Call] = []
     conn = libvirt.open(fake.uri, timeout=0.3)
     try:
-        hold_hostname(fake, held)
+        held = fake.hold("CONNECT_GET_HOSTNAME")
         with pytest.raises(libvirt.libvirtError) as ei:
             conn.getHostname()
         assert _is_timeout(ei.value)
@@ -88,11 +76,10 @@ def test_per_connection_timeout(fake: FakeDaemon) -> None:
 
 
 def test_many_abandoned_calls_and_interleaved_late_replies(fake: FakeDaemon) -> None:
-    held: list[Call] = []
     conn = libvirt.open(fake.uri)
     try:
         peer = fake.peer()
-        hold_hostname(fake, held)
+        held = fake.hold("CONNECT_GET_HOSTNAME")
         for _ in range(50):
             with pytest.raises(libvirt.libvirtError):
                 conn.rpc_call("CONNECT_GET_HOSTNAME", timeout=0.01)
@@ -111,11 +98,10 @@ def test_many_abandoned_calls_and_interleaved_late_replies(fake: FakeDaemon) -> 
 
 def test_timeout_of_a_waiter_while_another_thread_reads(fake: FakeDaemon) -> None:
     """Thread A is the reader (its call is slow), thread B waits behind it and times out."""
-    held: list[Call] = []
     conn = libvirt.open(fake.uri)
     try:
         peer = fake.peer()
-        hold_hostname(fake, held)
+        held = fake.hold("CONNECT_GET_HOSTNAME")
         a_result: list[Any] = []
         a = threading.Thread(target=lambda: a_result.append(conn.getHostname()))
         a.start()
@@ -136,11 +122,10 @@ def test_timeout_of_a_waiter_while_another_thread_reads(fake: FakeDaemon) -> Non
 
 def test_late_reply_read_by_the_event_loop_is_dropped(fake: FakeDaemon) -> None:
     with default_loop_thread():
-        held: list[Call] = []
         conn = libvirt.open(fake.uri)
         try:
             peer = fake.peer()
-            hold_hostname(fake, held)
+            held = fake.hold("CONNECT_GET_HOSTNAME")
             with pytest.raises(libvirt.libvirtError):
                 conn.rpc_call("CONNECT_GET_HOSTNAME", timeout=0.2)
             late(peer, held[0])  # nobody calls: the loop reads it, and drops it
@@ -177,11 +162,10 @@ def test_timeout_against_a_frozen_real_daemon(make_lab: Any) -> None:
 # ------------------------------------------------------------- asyncio
 def test_asyncio_cancellation_and_timeouts(fake: FakeDaemon) -> None:
     async def main() -> None:
-        held: list[Call] = []
         conn = await aio.open(fake.uri)
         try:
             peer = fake.peer()
-            hold_hostname(fake, held)
+            held = fake.hold("CONNECT_GET_HOSTNAME")
             # ordinary cancellation
             task = asyncio.ensure_future(conn.getHostname())
             await asyncio.sleep(0.1)

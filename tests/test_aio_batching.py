@@ -21,7 +21,7 @@ import pytest
 import pyvirtrpc as libvirt
 import pyvirtrpc.aio as aio
 from pyvirtrpc._gen import remote as R
-from tests.fakedaemon import FakeDaemon, domain
+from tests.fakedaemon import Call, FakeDaemon, domain
 from tests.harness.lab import Lab
 
 libvirt.registerErrorHandler(lambda ctx, err: None, None)
@@ -104,6 +104,20 @@ async def until(pred: Any, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.005)
 
 
+async def pause_with_calls_held(
+    conn: aio.AsyncConnect, fake: FakeDaemon, n: int, pauses: list[int]
+) -> tuple[list[Call], list[asyncio.Future[Any]]]:
+    """``n`` getHostname calls in flight, held by the fake; the first is answered
+    ("first"), so reading pauses with n - 1 still in flight."""
+    held = fake.hold("CONNECT_GET_HOSTNAME")
+    tasks = [asyncio.ensure_future(conn.getHostname()) for _ in range(n)]
+    await until(lambda: len(held) == n)
+    fake.peer().reply(held[0], R.remote_connect_get_hostname_ret("first"))
+    await until(lambda: tasks[0].done())
+    assert pauses == [n - 1]
+    return held, tasks
+
+
 def test_replies_events_and_eof_during_a_pause(fake: FakeDaemon, pauses: list[int], monkeypatch: Any) -> None:
     """What arrives while reading is paused is handled when it resumes: replies, an event, then EOF."""
     monkeypatch.setattr(aio, "BATCH_DELAY", 1.5)  # long enough to act inside the pause
@@ -115,12 +129,7 @@ def test_replies_events_and_eof_during_a_pause(fake: FakeDaemon, pauses: list[in
         seen: list[tuple[str, int]] = []
         await conn.domainEventRegisterAny(None, 0, lambda c, d, e, x, o: seen.append((d.name(), e)), None)
         rid = peer.registration("CONNECT_DOMAIN_EVENT_CALLBACK_REGISTER_ANY", 0)
-        held = fake.hold("CONNECT_GET_HOSTNAME")
-        tasks = [asyncio.ensure_future(conn.getHostname()) for _ in range(n)]
-        await until(lambda: len(held) == n)
-        peer.reply(held[0], R.remote_connect_get_hostname_ret("first"))
-        await until(lambda: tasks[0].done())
-        assert pauses == [n - 1]
+        held, tasks = await pause_with_calls_held(conn, fake, n, pauses)
         # inside the pause: more replies, an event and a PING
         for i, call in enumerate(held[1:5], 1):
             peer.reply(call, R.remote_connect_get_hostname_ret(f"r{i}"))
@@ -161,12 +170,7 @@ def test_a_call_timeout_fires_while_reading_is_paused(fake: FakeDaemon, pauses: 
         conn = await aio.open(fake.uri)
         try:
             peer = fake.peer()
-            held = fake.hold("CONNECT_GET_HOSTNAME")
-            tasks = [asyncio.ensure_future(conn.getHostname()) for _ in range(n)]
-            await until(lambda: len(held) == n)
-            peer.reply(held[0], R.remote_connect_get_hostname_ret("first"))
-            await until(lambda: tasks[0].done())
-            assert pauses == [n - 1]
+            held, tasks = await pause_with_calls_held(conn, fake, n, pauses)
             t0 = time.monotonic()
             with pytest.raises(libvirt.libvirtError) as ei:
                 await conn.rpc_call("CONNECT_GET_HOSTNAME", timeout=0.2)

@@ -19,8 +19,9 @@ Contract::
   included.  The daemon is not kept waiting (it has more queued work than
   that), and throughput rises (fewer wake-ups on both sides).
 * Cancelling a call (``task.cancel()``, or ``asyncio.wait_for``) abandons
-  it without desynchronising the connection: its late reply is dropped.  ``timeout=`` on a call, or a default per
-  connection, fails it with :class:`~pyvirtrpc.errors.OperationTimeoutError`.
+  it without desynchronising the connection: its late reply is dropped.
+  ``timeout=`` on a call, or a default per connection, fails it with
+  :class:`~pyvirtrpc.errors.OperationTimeoutError`.
 * Errors are libvirtErrors with the same codes and fields as the sync API;
   unlike the sync API (which mirrors libvirt-python) they are not recorded
   as the thread's last error nor printed: asyncio code handles exceptions.

@@ -18,7 +18,12 @@ Contract:
   poll() for each reply, and callers leave their packets in the send queue
   for it, which it writes after each sleep.  A reply or a request may so
   wait up to ~0.2 ms longer; the daemon, which has the other calls to work
-  on meanwhile, is not kept waiting.  When :data:`BATCH_IDLE` sleeps in a
+  on meanwhile, is not kept waiting.  The callers a batch completed are
+  woken one after another, not all at once: the reader wakes the first
+  before it sleeps, and each woken caller wakes the next when it blocks
+  in its next call (so that it does not wake only to wait for the GIL);
+  if a sleep passes without that chain moving on (its callers made no
+  new call), the reader wakes the rest at once.  When :data:`BATCH_IDLE` sleeps in a
   row bring no reply (slow calls), the reader goes back to waiting in
   poll() and callers write their own packets again.
 * A call may have a timeout (per connection, or per call).  A call that
@@ -218,6 +223,9 @@ class Connection:
         self._reading = False
         #: set (under the lock) by a reader that batches: callers queue their packets for it
         self._batching = False
+        #: waiters of completed calls not woken yet (batching: woken one at a time, see _pass)
+        self._chain: list[_Waiter] = []
+        self._passes = 0
         self._dead: Optional[libvirtError] = None
         self._close_reason: Optional[int] = None
         #: (channel, recv, pending, poll_first, poll object) for the reader (see _channel_facts)
@@ -396,6 +404,8 @@ class Connection:
             waiter = call.waiter
             if waiter is None:
                 waiter = call.waiter = _Waiter()
+            if self._chain:
+                self._pass()
             lock.release()
             remaining = None if deadline is None else deadline - monotonic()
             if not waiter.wait(remaining):
@@ -438,7 +448,16 @@ class Connection:
                         if not self._batching:
                             with lock:
                                 self._batching = True
+                        if self._chain:
+                            # start a chain (another, if one is moving): the
+                            # woken caller wakes the next when it blocks again
+                            with lock:
+                                self._pass()
+                        passes = self._passes
                         _sleep(BATCH_DELAY)
+                        if self._chain and self._passes == passes:
+                            with lock:  # the chain stalled (its callers made no new call): wake the rest
+                                self._wake_all()
                         if self._send_queue:
                             self._send(b"")
                         if not (pending is not None and pending()) and not poller.poll(0):
@@ -452,6 +471,7 @@ class Connection:
                         if self._batching:
                             with lock:
                                 self._batching = False
+                                self._wake_all()
                             if self._send_queue:
                                 self._send(b"")
                         if poll_first and not (pending is not None and pending()):
@@ -481,10 +501,17 @@ class Connection:
                         protocol_error: Optional[libvirtError] = exc
                     else:
                         protocol_error = None
-                        for c in completed:
-                            w = c.waiter
-                            if w is not None:
-                                w.set()
+                        if self._batching:
+                            chain = self._chain
+                            for c in completed:
+                                w = c.waiter
+                                if w is not None and c is not call:
+                                    chain.append(w)
+                        else:
+                            for c in completed:
+                                w = c.waiter
+                                if w is not None:
+                                    w.set()
                     outgoing = rpc.outgoing
                     if outgoing:
                         rpc.outgoing = []
@@ -545,6 +572,29 @@ class Connection:
             poller,
         )
 
+    def _pass(self) -> None:
+        """Wake the next waiter of the chain (lock held).
+
+        The reader completes calls in batches; waking all their threads at
+        once would have all but one of them wake only to wait for the GIL
+        (two context switches each).  Instead each woken thread wakes the
+        next just before it blocks again, when the GIL is about to be free.
+        Measured with 16 threads on one connection (alternating A/B, four
+        runs of 6-8 rounds): +1% to +7.5% calls/s, with 2-4 us less client
+        CPU and ~3 us less daemon CPU per call.  The reader starts a chain
+        before each of its sleeps even while one is moving; a single chain
+        at a time was 3% slower, two or three per sleep 5-6% slower.
+        """
+        self._passes += 1
+        self._chain.pop(0).set()
+
+    def _wake_all(self) -> None:
+        """Wake every waiter of the chain (lock held)."""
+        chain = self._chain
+        for w in chain:
+            w.set()
+        chain.clear()
+
     def _promote(self) -> bool:
         """Wake one waiting caller so that it takes over reading (lock held)."""
         for c in self.rpc.calls.values():
@@ -559,6 +609,8 @@ class Connection:
         self._reading = False
         # packets still queued go out with the next reader (the caller woken here)
         self._batching = False
+        if self._chain:
+            self._wake_all()
         if self.rpc.calls or self._parked:
             self._hand_over()
 
@@ -666,6 +718,7 @@ class Connection:
             self._dead = error
             self._close_reason = reason
             failed = self.rpc.fail_all(error)
+            self._wake_all()
             for c in failed:
                 c.error = _copy(error)
                 if c.waiter is not None:

@@ -342,6 +342,8 @@ def test_reader_batches_under_load(lab: Lab, batch_sleeps: list[float]) -> None:
         assert not any(t.is_alive() for t in ts) and not errors, errors[:3]
         assert done == [50] * 24
         assert batch_sleeps and set(batch_sleeps) == {client_module.BATCH_DELAY}
+        # batched callers were woken one after another (see Connection._pass), not all at once
+        assert conn._o is not None and conn._o.client._passes > 0
         n = len(batch_sleeps)
         for _ in range(20):  # one caller: no batching
             assert conn.getHostname() == expected["getHostname"]
@@ -400,3 +402,34 @@ def test_reader_stops_batching_while_the_daemon_is_slow(fake: FakeDaemon, batch_
         peer.send_raw(b"".join(hostname_reply(c) for c in held))
 
     run_held_hostname_calls(fake, 8, deliver)
+
+
+def test_a_stalled_wake_up_chain_is_woken_at_once(
+    fake: FakeDaemon, batch_sleeps: list[float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batching reader wakes the callers its replies completed one at a time, each woken
+    caller waking the next when it blocks in its next call.  Callers that make no next call
+    break that chain: after one sleep without progress the reader wakes all the rest, rather
+    than one per sleep."""
+    # the reader keeps batching while its own call is held (no idle fallback to poll()),
+    # and sleeps long enough for the sleeps to be counted from here
+    monkeypatch.setattr(client_module, "BATCH_IDLE", 10**6)
+    monkeypatch.setattr(client_module, "BATCH_DELAY", 0.02)
+
+    def deliver(peer: Peer, held: list[Call], results: dict[int, str]) -> None:
+        peer.ping()  # wakes the reader with all sixteen in flight: it starts batching
+        peer.wait_for(lambda: peer.pongs == 1)
+        first = sorted(held, key=lambda c: c.serial)
+        # the lowest serial is the reader's own call (the first caller takes the role);
+        # eight other callers get their replies, and make no further call
+        before = len(batch_sleeps)
+        peer.send_raw(b"".join(hostname_reply(c) for c in first[1:9]))
+        deadline = time.monotonic() + 10
+        while len(results) < 8 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert len(results) == 8
+        # one sleep to see the chain stall, one more at most for timing; one per caller otherwise
+        assert len(batch_sleeps) - before <= 4, len(batch_sleeps) - before
+        peer.send_raw(b"".join(hostname_reply(c) for c in first[9:] + first[:1]))
+
+    run_held_hostname_calls(fake, 16, deliver)

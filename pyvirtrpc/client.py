@@ -23,9 +23,9 @@ Contract:
   before it sleeps, and each woken caller wakes the next when it blocks
   in its next call (so that it does not wake only to wait for the GIL);
   if a sleep passes without that chain moving on (its callers made no
-  new call), the reader wakes the rest at once.  When :data:`BATCH_IDLE` sleeps in a
-  row bring no reply (slow calls), the reader goes back to waiting in
-  poll() and callers write their own packets again.
+  new call), the reader wakes the rest at once.  When :data:`BATCH_IDLE`
+  sleeps in a row bring no reply (slow calls), the reader goes back to
+  waiting in poll() and callers write their own packets again.
 * A call may have a timeout (per connection, or per call).  A call that
   times out fails with :class:`~pyvirtrpc.errors.OperationTimeoutError`
   and is abandoned: its reply, when it comes, is dropped, and the
@@ -225,6 +225,7 @@ class Connection:
         self._batching = False
         #: waiters of completed calls not woken yet (batching: woken one at a time, see _pass)
         self._chain: list[_Waiter] = []
+        #: how many times a waiter of the chain was woken (the reader sees whether it moves)
         self._passes = 0
         self._dead: Optional[libvirtError] = None
         self._close_reason: Optional[int] = None

@@ -502,16 +502,14 @@ class Connection:
                         protocol_error: Optional[libvirtError] = exc
                     else:
                         protocol_error = None
-                        if self._batching:
-                            chain = self._chain
-                            for c in completed:
-                                w = c.waiter
-                                if w is not None and c is not call:
+                        # batching: their callers are woken one after another (see _pass)
+                        chain = self._chain if self._batching else None
+                        for c in completed:
+                            w = c.waiter
+                            if w is not None:
+                                if chain is not None and c is not call:
                                     chain.append(w)
-                        else:
-                            for c in completed:
-                                w = c.waiter
-                                if w is not None:
+                                else:
                                     w.set()
                     outgoing = rpc.outgoing
                     if outgoing:

@@ -909,8 +909,9 @@ class TlsChannel:
     when data arrived together with the confirmation byte), b"" after a
     close_notify, and raises ``OSError(EIO)`` for a corrupt record or a
     socket closed without close_notify (as GnuTLS does), once the plaintext
-    decrypted before it has been returned.  The SSL state changes under one lock, socket reads and
-    writes happen outside it, so one thread may send while another receives.
+    decrypted before it has been returned.  The SSL state changes under one
+    lock, socket reads and writes happen outside it, so one thread may send
+    while another receives.
     Records the receive path produces (a TLS 1.3 KeyUpdate answer) go out
     with the next send, which keeps records in order.
     """

@@ -453,7 +453,8 @@ class Connection:
                             # start a chain (another, if one is moving): the
                             # woken caller wakes the next when it blocks again
                             with lock:
-                                self._pass()
+                                if self._chain:  # a caller may have woken the last while we waited for the lock
+                                    self._pass()
                         passes = self._passes
                         _sleep(BATCH_DELAY)
                         if self._chain and self._passes == passes:

@@ -433,3 +433,59 @@ def test_a_stalled_wake_up_chain_is_woken_at_once(
         peer.send_raw(b"".join(hostname_reply(c) for c in first[9:] + first[:1]))
 
     run_held_hostname_calls(fake, 16, deliver)
+
+
+class _ChainStealingLock:
+    """The connection lock, but whoever enters it by ``with`` finds the chain of waiters
+    already woken, as if another thread had woken them while it waited for the lock."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._inner = threading.Lock()
+        self.stolen = 0
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        return self._inner.acquire(blocking, timeout)
+
+    def release(self) -> None:
+        self._inner.release()
+
+    def __enter__(self) -> bool:
+        ok = self._inner.acquire()
+        chain = self._conn._chain
+        if chain:
+            self.stolen += 1
+            self._conn._wake_all()
+        return ok
+
+    def __exit__(self, *exc: object) -> None:
+        self._inner.release()
+
+
+def test_a_reader_that_finds_the_chain_emptied_while_it_waited_for_the_lock_goes_on(
+    fake: FakeDaemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batching reader sees waiters in the chain, then waits for the lock to wake the
+    first; meanwhile a woken caller wakes the last of them.  The reader must find the chain
+    empty and go on (it used to pop from the empty list: IndexError in its caller)."""
+    monkeypatch.setattr(client_module, "BATCH_IDLE", 10**6)
+    locks: list[_ChainStealingLock] = []
+    real_init = Connection.__init__
+
+    def init(self: Connection, *args: Any, **kwargs: Any) -> None:
+        real_init(self, *args, **kwargs)
+        self._lock = _ChainStealingLock(self)  # type: ignore[assignment]
+        locks.append(self._lock)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Connection, "__init__", init)
+
+    def deliver(peer: Peer, held: list[Call], results: dict[int, str]) -> None:
+        peer.ping()  # all sixteen in flight: the reader batches
+        peer.wait_for(lambda: peer.pongs == 1)
+        first = sorted(held, key=lambda c: c.serial)
+        peer.send_raw(b"".join(hostname_reply(c) for c in first[1:9]))
+        assert wait_until(lambda: len(results) == 8)
+        peer.send_raw(b"".join(hostname_reply(c) for c in first[9:] + first[:1]))
+
+    run_held_hostname_calls(fake, 16, deliver)
+    assert sum(lock.stolen for lock in locks) > 0

@@ -45,7 +45,7 @@ from ._gen import constants as C
 from ._gen import remote as R
 from .client import CLOSE_CLIENT, CLOSE_EOF, CLOSE_ERROR, PROGRAMS, REMOTE, _log_step
 from .core import handshake as hs
-from .core.rpc import RPC, Call
+from .core.rpc import RPC, Call, ReceiveError
 from .errors import closed_error, from_fields, libvirtError, make_error, system_error
 
 TYPE_CHECKING = False
@@ -148,16 +148,12 @@ class AsyncConnection:
         rpc = self.rpc
         try:
             completed = rpc.receive(data)
-        except libvirtError as exc:
-            self._die(exc, CLOSE_ERROR)
+        except ReceiveError as exc:
+            # the calls completed before the bad packet get their results, the others the error
+            self._complete(exc.completed)
+            self._die(exc.error, CLOSE_ERROR)
             return
-        for c in completed:
-            fut = c.waiter
-            if fut is not None and not fut.done():
-                if c.error is not None:
-                    fut.set_exception(c.error)
-                else:
-                    fut.set_result(c.result)
+        self._complete(completed)
         if rpc.outgoing:
             out, rpc.outgoing = rpc.outgoing, []
             for packet in out:
@@ -169,6 +165,17 @@ class AsyncConnection:
                 sink(events)
         if len(rpc.calls) >= BATCH_AT and not self._paused:
             self._pause()
+
+    @staticmethod
+    def _complete(completed: list[Call]) -> None:
+        """Resolve the futures of completed calls."""
+        for c in completed:
+            fut = c.waiter
+            if fut is not None and not fut.done():
+                if c.error is not None:
+                    fut.set_exception(c.error)
+                else:
+                    fut.set_result(c.result)
 
     def _pause(self) -> None:
         """Stop reading for BATCH_DELAY (many calls in flight: read their replies in batches)."""

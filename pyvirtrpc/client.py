@@ -52,7 +52,7 @@ from . import _gcpause, _log
 from ._gen import constants as C
 from ._gen import remote as _remote
 from .core import handshake as hs
-from .core.rpc import RPC, Call
+from .core.rpc import RPC, Call, ReceiveError
 from .errors import (
     OperationTimeoutError,
     TransportError,
@@ -306,6 +306,11 @@ class Connection:
             raise
         with lock:
             call = rpc.enter(serial, program, proc, packet)
+            dead = self._dead
+            if dead is not None:  # died after our send, before the call was in the table to fail
+                rpc.abandon(call)
+                self._release()
+                raise _copy(dead)
         self._read_until(call, None, None)
         if call.error is not None:
             raise call.error
@@ -342,6 +347,7 @@ class Connection:
         if self._log is not None and packet:
             self._trace_out(packet)
         send_lock = self._send_lock
+        queue = self._send_queue
         if not send_lock.acquire(False):
             # Another thread is writing: leave the packet to it rather than
             # block (combining: one write for the packets of several threads,
@@ -349,9 +355,16 @@ class Connection:
             # queue again after it lets go of the lock, and we try the lock
             # again after queueing, so a packet is never stranded.
             # list.append and slice deletion are atomic under the GIL.
-            self._send_queue.append(packet)
+            if packet:
+                queue.append(packet)
             if not send_lock.acquire(False):
                 return
+            packet = b""
+        elif queue:
+            # packets queued before ours (the last writer has not looked at them
+            # yet; some may be ours, e.g. stream data) go first
+            if packet:
+                queue.append(packet)
             packet = b""
         try:
             try:
@@ -367,7 +380,8 @@ class Connection:
         except OSError as exc:
             error = system_error(C.VIR_FROM_RPC, exc.errno or _errno.EIO, "Cannot write data")
             self._die(error, CLOSE_ERROR)
-            raise _copy(error) from None
+            # if it had died already (and the socket was closed under us), what it died of
+            raise _copy(self._dead or error) from None
 
     def _write(self, packet: bytes) -> None:
         """Write ``packet`` and the queued packets; called holding the send lock, releases it."""
@@ -409,14 +423,31 @@ class Connection:
                 self._pass()
             lock.release()
             remaining = None if deadline is None else deadline - monotonic()
-            if not waiter.wait(remaining):
-                with lock:
-                    if not call.done:
-                        self.rpc.abandon(call)
-                        raise self._timeout_error(call, timeout)
+            try:
+                woken = waiter.wait(remaining)
+            except BaseException:  # KeyboardInterrupt in the wait
+                self._give_up(call)
+                raise
+            if not woken and self._give_up(call):
+                raise self._timeout_error(call, timeout)
         if call.error is not None:
             raise call.error
         return call.result
+
+    def _give_up(self, call: Call) -> bool:
+        """A waiting caller stops waiting: abandon its call unless it completed (then False).
+
+        A reader that gave up its role may have picked this caller to take
+        it over (:meth:`_promote`) just as it stopped waiting: the role
+        then goes to another waiting caller, or else no one would read.
+        """
+        with self._lock:
+            if call.done:
+                return False
+            self.rpc.abandon(call)
+            if not self._reading:
+                self._hand_over()
+            return True
 
     @staticmethod
     def _timeout_error(call: Call, timeout: Optional[float]) -> libvirtError:
@@ -498,9 +529,12 @@ class Connection:
                 with lock:
                     try:
                         completed = rpc.receive(data)
-                    except libvirtError as exc:
-                        completed = []
-                        protocol_error: Optional[libvirtError] = exc
+                    except ReceiveError as exc:
+                        # the connection dies of it; calls completed before the bad packet still complete
+                        protocol_error: Optional[libvirtError] = exc.error
+                        for c in exc.completed:
+                            if c.waiter is not None:
+                                c.waiter.set()
                     else:
                         protocol_error = None
                         # batching: their callers are woken one after another (see _pass)
@@ -539,6 +573,13 @@ class Connection:
                     rpc.abandon(call)
                     call.error = self._timeout_error(call, timeout)
                     call.done = True
+        except BaseException:
+            # (an event callback's exception, KeyboardInterrupt): the call is given up, or
+            # _promote could hand the role to its waiter, which nobody waits on any more
+            with lock:
+                if not call.done:
+                    rpc.abandon(call)
+            raise
         finally:
             if reading:
                 with lock:
@@ -675,9 +716,9 @@ class Connection:
             with self._lock:
                 try:
                     completed = self.rpc.receive(data)
-                except libvirtError as exc:
-                    error: Optional[libvirtError] = exc
-                    completed = []
+                except ReceiveError as exc:  # the calls it completed before the bad packet still complete
+                    error: Optional[libvirtError] = exc.error
+                    completed = exc.completed
                 else:
                     error = None
                 for c in completed:

@@ -25,7 +25,7 @@ from pyvirtrpc._gen import constants as K
 from pyvirtrpc._gen import remote as R
 from pyvirtrpc._gen import virnet as V
 from pyvirtrpc.client import Connection
-from pyvirtrpc.core.rpc import RPC
+from pyvirtrpc.core.rpc import RPC, ReceiveError
 from pyvirtrpc.packet import ERROR, MESSAGE, OK, REPLY, encode_packet
 from tests.fakedaemon import Call, FakeDaemon, Peer
 from tests.harness.lab import Lab
@@ -294,11 +294,12 @@ def test_core_batch_stops_at_a_reply_nobody_waits_for() -> None:
     call = rpc.request(R.PROGRAM, 1, HOSTNAME)
     data = reply_packet(call.serial, HOSTNAME, R.remote_connect_get_hostname_ret("ok"))
     data += reply_packet(call.serial + 99, HOSTNAME, R.remote_connect_get_hostname_ret("stray"))
-    with pytest.raises(libvirt.libvirtError) as ei:
+    with pytest.raises(ReceiveError) as ei:
         rpc.receive(data)
-    assert ei.value.get_error_code() == libvirt.VIR_ERR_RPC
-    assert "no call with that serial" in str(ei.value)
-    assert call.done and call.result.hostname == "ok"  # the good reply before it was not lost
+    assert ei.value.error.get_error_code() == libvirt.VIR_ERR_RPC
+    assert "no call with that serial" in str(ei.value.error)
+    # the reply before the stray one completed its call: the driver must still hand it over
+    assert ei.value.completed == [call] and call.done and call.result.hostname == "ok"
 
 
 # ------------------------------------------------------ batching under load

@@ -15,9 +15,13 @@ Contract:
   completed.
 * Anything the protocol does not allow (a reply nobody waits for, a CALL
   from the server, a bad status, an undecodable packet) is fatal: it raises
-  :class:`~pyvirtrpc.errors.RPCError` or ``DecodeError``; the driver must then
+  :class:`ReceiveError`, whose ``error`` is the
+  :class:`~pyvirtrpc.errors.RPCError` or ``DecodeError`` (code VIR_ERR_RPC,
+  domain VIR_FROM_RPC) and whose ``completed`` are the calls the same bytes
+  completed before the bad packet (they are out of the table: their callers
+  must still be given their results).  The driver must then
   :meth:`RPC.fail_all` and close, because a byte stream cannot be
-  resynchronised.  (Errors with code VIR_ERR_RPC, domain VIR_FROM_RPC.)
+  resynchronised.
 * Data of :data:`BULK_BYTES` or more (a large reply) is decoded inside the
   driver's :attr:`RPC.bulk` context manager, if it set one.
 * :meth:`RPC.abandon` forgets a call (timeout or cancellation) without
@@ -100,6 +104,17 @@ def remote_error(m: Message, *, stream: bool = False) -> libvirtError:
 
     e = _xdr.decode(virnet._c_virNetMessageError, m.data, m.offset)
     return from_remote(e.code, e.domain, e.message, e.level, e.str1, e.str2, e.str3, e.int1, e.int2, stream=stream)
+
+
+class ReceiveError(Exception):
+    """:meth:`RPC.receive` met a protocol violation (see the module docstring)."""
+
+    def __init__(self, error: libvirtError, completed: list[Call]) -> None:
+        super().__init__(str(error))
+        #: what the connection dies of
+        self.error = error
+        #: calls the same bytes completed before the violation
+        self.completed = completed
 
 
 class RPC:
@@ -255,11 +270,14 @@ class RPC:
                     return done
                 data = data[pos:]
         bulk = self.bulk
-        if bulk is not None and len(data) + self.deframer.buffered >= BULK_BYTES:
-            with bulk:
+        try:
+            if bulk is not None and len(data) + self.deframer.buffered >= BULK_BYTES:
+                with bulk:
+                    self._handle_all(data, done)
+            else:
                 self._handle_all(data, done)
-        else:
-            self._handle_all(data, done)
+        except libvirtError as exc:
+            raise ReceiveError(exc, done) from None
         return done
 
     def _handle_all(self, data: bytes, done: list[Call]) -> None:

@@ -529,23 +529,19 @@ class Connection:
                 with lock:
                     try:
                         completed = rpc.receive(data)
+                        protocol_error: Optional[libvirtError] = None
                     except ReceiveError as exc:
-                        # the connection dies of it; calls completed before the bad packet still complete
-                        protocol_error: Optional[libvirtError] = exc.error
-                        for c in exc.completed:
-                            if c.waiter is not None:
-                                c.waiter.set()
-                    else:
-                        protocol_error = None
-                        # batching: their callers are woken one after another (see _pass)
-                        chain = self._chain if self._batching else None
-                        for c in completed:
-                            w = c.waiter
-                            if w is not None:
-                                if chain is not None and c is not call:
-                                    chain.append(w)
-                                else:
-                                    w.set()
+                        # the connection dies of it (below); calls completed before the bad packet still complete
+                        completed, protocol_error = exc.completed, exc.error
+                    # batching: their callers are woken one after another (see _pass; _die wakes the rest)
+                    chain = self._chain if self._batching else None
+                    for c in completed:
+                        w = c.waiter
+                        if w is not None:
+                            if chain is not None and c is not call:
+                                chain.append(w)
+                            else:
+                                w.set()
                     outgoing = rpc.outgoing
                     if outgoing:
                         rpc.outgoing = []

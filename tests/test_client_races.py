@@ -12,9 +12,10 @@ there (a real daemon cannot time a thread switch).  What is checked:
 * a connection that dies between a single caller's send and the entry of
   its call in the table fails that call (it used to return None);
 * a batching reader whose connection was killed while it slept reports
-  what the connection died of, not the write into the closed socket;
-* one thread's packets go out in the order it sent them, even when the
-  first was left in the send queue for another writer.
+  what the connection died of, not the write into the closed socket.
+
+(One thread's packets keep their order on the wire: tests/test_concurrency.py,
+with the other tests of the write side.)
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ from pyvirtrpc.client import Connection
 from pyvirtrpc.errors import closed_error, make_error
 from pyvirtrpc.packet import OK, REPLY, encode_packet
 from tests.fakedaemon import FakeDaemon
-from tests.polling import wait_until
 
 libvirt.registerErrorHandler(lambda ctx, err: None, None)
 
@@ -248,65 +248,3 @@ def test_a_batching_reader_reports_what_the_connection_died_of(
         assert isinstance(out[str(i)], libvirt.libvirtError), out[str(i)]
         assert "keepalive timeout" in str(out[str(i)]), (i, str(out[str(i)]))
     fake.handlers.pop("CONNECT_GET_HOSTNAME")
-
-
-class _Channel:
-    """Records writes; the first write of thread B waits until the test lets it finish."""
-
-    poll_first = False
-
-    def __init__(self) -> None:
-        self.writes: list[bytes] = []
-        self.entered = threading.Event()
-        self.finish = threading.Event()
-
-    def sendall(self, data: bytes) -> None:
-        if not self.writes and threading.current_thread().name == "B":
-            self.entered.set()
-            assert self.finish.wait(10)
-        self.writes.append(bytes(data))
-
-    def fileno(self) -> int:
-        return -1
-
-    def close(self) -> None:
-        pass
-
-
-class _PausingLock:
-    """The send lock; B, once it let go of it, is held up before it looks at the queue."""
-
-    def __init__(self, resume: threading.Event) -> None:
-        self._lock = threading.Lock()
-        self._resume = resume
-        self.paused = False
-
-    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-        return self._lock.acquire(blocking, timeout)
-
-    def release(self) -> None:
-        self._lock.release()
-        if threading.current_thread().name == "B" and not self.paused:
-            self.paused = True
-            assert self._resume.wait(10)
-
-
-def test_one_threads_packets_go_out_in_order() -> None:
-    """A's first packet is queued behind B's write; B lets go of the send lock but has not
-    looked at the queue yet when A sends its second packet: that one must not overtake the first."""
-    channel = _Channel()
-    conn = Connection(channel)  # type: ignore[arg-type]
-    resume = threading.Event()
-    conn._send_lock = _PausingLock(resume)  # type: ignore[assignment]
-    b = threading.Thread(target=conn.send_packet, args=(b"B" * 28,), name="B")
-    b.start()
-    assert channel.entered.wait(10)
-    conn.send_packet(b"1" * 28)  # the lock is busy: queued
-    channel.finish.set()
-    assert wait_until(lambda: conn._send_lock.paused)  # type: ignore[attr-defined]
-    conn.send_packet(b"2" * 28)
-    resume.set()
-    b.join(10)
-    wire = b"".join(channel.writes)
-    assert sorted(wire) == sorted(b"B" * 28 + b"1" * 28 + b"2" * 28)
-    assert wire.index(b"1") < wire.index(b"2"), channel.writes

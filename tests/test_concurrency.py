@@ -267,6 +267,45 @@ def test_a_failed_combined_write_fails_the_connection() -> None:
     assert "Cannot write data" in str(ei.value)
 
 
+class _PausingLock:
+    """A send lock whose thread B, once it let go of it, is held up before it looks at the queue."""
+
+    def __init__(self, resume: threading.Event) -> None:
+        self._lock = threading.Lock()
+        self._resume = resume
+        self.paused = False
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        return self._lock.acquire(blocking, timeout)
+
+    def release(self) -> None:
+        self._lock.release()
+        if threading.current_thread().name == "B" and not self.paused:
+            self.paused = True
+            assert self._resume.wait(10)
+
+
+def test_one_threads_packets_go_out_in_order() -> None:
+    """A's first packet is queued behind B's write; B lets go of the send lock but has not
+    looked at the queue yet when A sends its second packet: that one must not overtake the first."""
+    channel = _SlowChannel()
+    conn = Connection(channel)  # type: ignore[arg-type]
+    resume = threading.Event()
+    conn._send_lock = _PausingLock(resume)  # type: ignore[assignment]
+    b = threading.Thread(target=conn.send_packet, args=(b"B" * 28,), name="B")
+    b.start()
+    assert channel.entered.wait(10)
+    conn.send_packet(b"1" * 28)  # the lock is busy: queued
+    channel.release.set()
+    assert wait_until(lambda: conn._send_lock.paused)  # type: ignore[attr-defined]
+    conn.send_packet(b"2" * 28)
+    resume.set()
+    b.join(10)
+    wire = b"".join(channel.writes)
+    assert sorted(wire) == sorted(b"B" * 28 + b"1" * 28 + b"2" * 28)
+    assert wire.index(b"1") < wire.index(b"2"), channel.writes
+
+
 # ------------------------------------------------------------- the core
 def test_core_completes_every_reply_of_one_read_and_keeps_order() -> None:
     rpc = RPC({R.PROGRAM: R.PROCEDURES})

@@ -962,9 +962,7 @@ class TlsChannel:
         # own record should the server have put more in it (the confirmation
         # read took one byte of it)
         if inbio.pending or self._ssl.pending():
-            data = self._drain()
-            if data is not None:
-                self._parts.append(data)
+            self._drain_to_parts()
 
     def __repr__(self) -> str:
         return f"<TlsChannel fd={self.fileno()} {self.tls_version} {self.tls_cipher}>"
@@ -1035,6 +1033,12 @@ class TlsChannel:
         if self._out.pending:
             self._pending += self._out.read()
         return None
+
+    def _drain_to_parts(self) -> None:
+        """:meth:`_drain`, all of the plaintext going to ``_parts`` (lock held, or no reader)."""
+        data = self._drain()
+        if data is not None:
+            self._parts.append(data)
 
     def _take(self) -> Optional[bytes]:
         parts = self._parts
@@ -1134,9 +1138,7 @@ class _AsyncBridge:
     def data_received(self, data: bytes) -> None:
         ch = self.channel
         ch._in.write(data)
-        plain = ch._drain()
-        if plain is not None:
-            ch._parts.append(plain)
+        ch._drain_to_parts()
         self._deliver()
 
     def _deliver(self) -> None:
